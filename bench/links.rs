@@ -4,8 +4,13 @@
 //! paces it to the link's bandwidth; nodes advertise the relay's address, so heartbeats (RTT) and
 //! hidden states both cross it.
 //!
+//! Then the prefill gain from chunked pipelining: a BENCH_PP-token prompt (512) through
+//! `POST /bench` as one undivided batch vs cut into BENCH_CHUNK-token chunks (64) that are all
+//! sent at once, so stage b works on chunk i while stage a works on chunk i+1 and the link
+//! carries chunk i-1.
+//!
 //! `cargo bench --bench links` (env: BENCH_TOKENS=32, BENCH_REPS=3, BENCH_THREADS=2,
-//! BENCH_MODEL; the node processes inherit the environment, e.g. OMP_WAIT_POLICY=PASSIVE).
+//! BENCH_MODEL, BENCH_PP, BENCH_CHUNK; the node processes inherit the environment).
 
 #[path = "common.rs"]
 mod common;
@@ -83,6 +88,17 @@ async fn decode_rate(http: &reqwest::Client, base: &str, placement: &Value, toke
     (n - 1.0).max(1.0) / (ns / 1e9)
 }
 
+/// Prompt tok/s of one `pp` run through `POST /bench` (its own warm-up first), the prompt cut
+/// into `batch`-token chunks that the stages work on side by side.
+async fn prefill_rate(http: &reqwest::Client, base: &str, placement: &Value, pp: u32, batch: u32) -> f64 {
+    let body =
+        json!({ "model": "bench", "placement": placement, "batch_size": batch, "pp": [pp], "tg": 0, "repeat": 1 });
+    let r = http.post(format!("{base}/bench")).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    v["tests"][0]["tokens_per_s"].as_f64().unwrap()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let (reps, tokens, threads) =
@@ -100,6 +116,7 @@ async fn main() {
         "| link (each way) | 1 stage tok/s | 2 stages tok/s (median) | runs | predicted tok/s | measured / predicted |"
     );
     println!("|---|---|---|---|---|---|");
+    let mut prefill_rows = Vec::new();
     for (label, bw, delay) in links {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(std::fs::canonicalize(&model).unwrap(), dir.path().join("bench.gguf")).unwrap();
@@ -190,5 +207,27 @@ async fn main() {
             plan.tokens_per_second,
             m2 / plan.tokens_per_second
         );
+        // prefill: one pp-token prompt in chunks of `chunk` vs undivided
+        let (pp, chunk) = (env_or("BENCH_PP", 512u32), env_or("BENCH_CHUNK", 64u32));
+        let (mut chunked, mut whole) = (vec![], vec![]);
+        for _ in 0..reps {
+            chunked.push(prefill_rate(&http, &base, &two, pp, chunk).await);
+            whole.push(prefill_rate(&http, &base, &two, pp, pp).await);
+        }
+        prefill_rows.push(format!(
+            "| {label} | {pp} | {:.2} | {:.2} | {:.2}x |",
+            median(whole.clone()),
+            median(chunked.clone()),
+            median(chunked) / median(whole)
+        ));
     }
+    println!();
+    println!("Prefill over the same 2 stages: one prompt undivided vs cut into chunks sent at once (medians):");
+    println!();
+    println!(
+        "| link (each way) | prompt tokens | undivided tok/s | {}-token chunks tok/s | gain |",
+        env_or("BENCH_CHUNK", 64u32)
+    );
+    println!("|---|---|---|---|---|");
+    prefill_rows.iter().for_each(|r| println!("{r}"));
 }

@@ -85,3 +85,47 @@ pub fn measure_decode_gbps(cache_dir: &Path, threads: i32) -> Result<f64, String
     let _ = std::fs::write(&result, format!("{gbps}\n"));
     Ok(gbps)
 }
+
+/// The most resident memory this process has held (bytes): the high-water mark of mapped model
+/// pages, KV cache and buffers together. `None` where the platform does not tell.
+pub fn peak_rss_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        parse_vm_hwm(&status)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+        // sysinfo reports current, not peak, memory elsewhere: the best it offers
+        let pid = sysinfo::get_current_pid().ok()?;
+        let mut sys = System::new();
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_memory(),
+        );
+        sys.process(pid).map(|p| p.memory())
+    }
+}
+
+#[cfg(any(target_os = "linux", test))]
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod peak_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_high_water_mark() {
+        let status = "Name:\texo\nVmPeak:\t  200 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\texo\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(peak_rss_bytes().unwrap() > 1 << 20);
+    }
+}

@@ -66,6 +66,7 @@ fn seeded(seed: u32) -> SamplingParams {
         repeat_penalty: 1.1,
         repeat_last_n: 64,
         seed,
+        banned: Vec::new(),
     }
 }
 

@@ -163,6 +163,38 @@ async fn three_processes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("a *") && text.contains("b ") && text.contains("round trip"), "{text}");
 
+    // `exo bench` through node a over a=0:4,b=4:8: per-stage figures from both nodes, and the
+    // bytes that crossed: per token one hidden row (64 floats) plus the small token frames
+    let bench_out = {
+        let (model, api) = (model.clone(), a.api.trim_start_matches("http://").to_string());
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_exo"))
+                .args(["bench", model.to_str().unwrap(), "--pp", "32", "--tg", "16", "--repeat", "2", "--json"])
+                .args(["--split", "a=0:4,b=4:8"])
+                .env("EXO_API_ADDR", api)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(bench_out.status.success(), "{}", String::from_utf8_lossy(&bench_out.stderr));
+    let r: Value = serde_json::from_slice(&bench_out.stdout).unwrap();
+    assert_eq!(
+        r["stages"],
+        json!([{ "node": "a", "range": { "begin": 0, "end": 4 } }, { "node": "b", "range": { "begin": 4, "end": 8 } }]),
+        "{r}"
+    );
+    for t in r["tests"].as_array().unwrap() {
+        let ms = t["stage_compute_ms"].as_array().unwrap();
+        assert!(ms.len() == 2 && ms.iter().all(|x| x.as_f64().unwrap() > 0.0), "{t}");
+        let per_token = t["transfer_bytes_per_token"].as_f64().unwrap();
+        assert!((256.0..256.0 + 400.0).contains(&per_token), "{t}");
+    }
+    let nodes: Vec<&str> = r["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["a", "b"]);
+    assert!(r["nodes"].as_array().unwrap().iter().all(|n| n["peak_rss_bytes"].as_u64().unwrap() > 1 << 20));
+
     // kill c in the middle of a long generation
     let body = json!({ "model": "tiny-llama", "prompt": "go on forever", "options": { "num_predict": 100000 } });
     let mut resp = http.post(format!("{}/api/generate", a.api)).json(&body).send().await.unwrap();

@@ -112,6 +112,7 @@ async fn workload(chain: &Chain) -> Trace {
         repeat_penalty: 1.1,
         repeat_last_n: 64,
         seed: 1234,
+        banned: vec![],
     };
     tr.sampled = gen(chain, &a, seeded).await;
     tr

@@ -102,6 +102,7 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed: random_seed(),
+        banned: Vec::new(),
     };
     let req = GenRequest {
         model: r.model.clone(),

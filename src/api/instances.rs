@@ -85,6 +85,12 @@ impl Pipeline for Pipe {
             Pipe::Cluster(c) => Pipeline::seq_rm(c.as_ref(), seq, p0, p1).await,
         }
     }
+    async fn report(&self) -> Result<crate::pipeline::PipelineReport, PipelineError> {
+        match self {
+            Pipe::Local(c) => c.report().await,
+            Pipe::Cluster(c) => c.report().await,
+        }
+    }
 }
 
 pub struct Instance {
@@ -256,7 +262,7 @@ impl Instances {
         if let Some(stages) = self.cluster_placement(model, &shape, n_ctx)? {
             drop(_guard);
             let t = Instant::now();
-            let inst = self.load_placed(model, stages, Some(n_ctx)).await?;
+            let inst = self.load_placed(model, stages, Some(n_ctx), None).await?;
             return Ok((inst, t.elapsed()));
         }
         let parallel = self.limits.parallel.max(1);
@@ -394,6 +400,7 @@ impl Instances {
         model: &str,
         stages: Vec<crate::cluster::StagePlacement>,
         num_ctx: Option<u32>,
+        n_batch: Option<u32>,
     ) -> Result<Arc<Instance>, CoreError> {
         let node =
             self.cluster.clone().ok_or_else(|| CoreError::BadRequest("this node is not part of a cluster".into()))?;
@@ -411,10 +418,11 @@ impl Instances {
         } else {
             u32::MAX
         }));
+        let n_batch = n_batch.unwrap_or(512).max(1);
         let context = ContextParams {
             n_ctx,
-            n_batch: 512,
-            n_ubatch: 512,
+            n_batch,
+            n_ubatch: n_batch,
             n_threads: self.limits.threads,
             n_seq_max: self.limits.parallel.max(1),
         };

@@ -78,6 +78,7 @@ fn sampling(o: &Options) -> Result<(SamplingParams, Option<u32>), String> {
         repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
         repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
         seed,
+        banned: Vec::new(),
     };
     let max = match o.num_predict {
         None | Some(-1) | Some(-2) => None,

@@ -112,6 +112,7 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, String> {
         repeat_penalty: 1.0 + c.frequency_penalty.unwrap_or(0.0).max(0.0),
         repeat_last_n: 64,
         seed: c.seed.map(|s| s as u32).unwrap_or_else(random_seed),
+        banned: Vec::new(),
     };
     let stop = match &c.stop {
         None => vec![],

@@ -12,6 +12,7 @@ macro_rules! outln {
     }};
 }
 
+mod bench;
 mod dev;
 mod models;
 mod plan;
@@ -61,6 +62,8 @@ enum Command {
     },
     /// Preview a placement: which node runs which layers, memory and predicted speed.
     Plan(plan::PlanArgs),
+    /// Measure prompt and generation speed (like llama-bench), per stage and per node.
+    Bench(bench::BenchArgs),
     /// Developer tools (test-model generation).
     #[command(hide = true, subcommand)]
     Dev(dev::DevCommand),
@@ -85,6 +88,7 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve::run(a),
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Plan(a)) => plan::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Cluster { api_addr }) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

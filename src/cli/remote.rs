@@ -14,7 +14,7 @@ pub async fn running_node(addr: &str) -> Option<String> {
     (r.status().is_success() && r.text().await.ok()?.contains("exo is running")).then_some(base)
 }
 
-async fn error_of(r: reqwest::Response) -> anyhow::Error {
+pub(super) async fn error_of(r: reqwest::Response) -> anyhow::Error {
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
     let msg =

@@ -5,7 +5,7 @@
 use super::host::{LoadedMsg, SeqOpMsg, UnloadMsg};
 use super::ClusterNode;
 use crate::engine::{ContextParams, LayerRange, ModelWindow, SamplingParams, StageHandle, StageInfo, StageSpec, Token};
-use crate::pipeline::{Pipeline, PipelineError, TokenChunk};
+use crate::pipeline::{NodeReport, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk};
 use crate::transport::{BatchMsg, Conn, Kind, LoadStage, SeqOp};
 use std::path::Path;
 use std::sync::Arc;
@@ -102,12 +102,19 @@ impl ClusterChain {
     }
 
     async fn op(&self, i: usize, op: SeqOp) -> Result<bool, PipelineError> {
+        Ok(self.op_answer(i, op).await? == b"true")
+    }
+
+    async fn op_answer(&self, i: usize, op: SeqOp) -> Result<Vec<u8>, PipelineError> {
         let m = SeqOpMsg { instance: self.instance, stage: i, op };
         let f = self.conns[i]
             .request(Kind::SeqOp, serde_json::to_vec(&m).expect("serializes"), OP_TIMEOUT)
             .await
             .map_err(|e| remote(i, &self.stages[i], e))?;
-        Ok(f.payload == b"true")
+        if f.kind == Kind::Error as u16 {
+            return Err(remote(i, &self.stages[i], String::from_utf8_lossy(&f.payload)));
+        }
+        Ok(f.payload)
     }
 
     /// Names the stage an error from inside the pipeline is about: one whose address it mentions,
@@ -193,6 +200,20 @@ impl Pipeline for ClusterChain {
             ok &= self.op(i, SeqOp::Remove { seq, p0, p1 }).await?;
         }
         Ok(ok)
+    }
+
+    async fn report(&self) -> Result<PipelineReport, PipelineError> {
+        let mut stages = Vec::with_capacity(self.stages.len());
+        for i in 0..self.stages.len() {
+            let b = self.op_answer(i, SeqOp::Stats).await?;
+            stages.push(serde_json::from_slice::<StageReport>(&b).map_err(|e| remote(i, &self.stages[i], e))?);
+        }
+        let coordinator = NodeReport {
+            node: self.node.hello.node_name.clone(),
+            data_bytes_sent: self.node.data_bytes_sent().await,
+            peak_rss_bytes: crate::profile::peak_rss_bytes(),
+        };
+        Ok(PipelineReport { stages, coordinator })
     }
 }
 

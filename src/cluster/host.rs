@@ -4,6 +4,7 @@
 
 use super::ClusterNode;
 use crate::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
+use crate::pipeline::StageReport;
 use crate::store::Resolved;
 use crate::transport::{BatchMsg, Conn, Incoming, Kind, LoadStage, SeqOp};
 use serde::{Deserialize, Serialize};
@@ -206,6 +207,14 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                     SeqOp::Sampler { seq, params, history } => {
                         stage.set_sampler(seq, params, history).await.map(|_| "true".to_string())
                     }
+                    SeqOp::Stats => Ok(serde_json::to_string(&StageReport {
+                        node: n.hello.node_name.clone(),
+                        range: ls.range,
+                        counters: stage.counters(),
+                        node_data_bytes_sent: n.data_bytes_sent().await,
+                        node_peak_rss_bytes: crate::profile::peak_rss_bytes(),
+                    })
+                    .expect("plain data serializes")),
                 };
                 let _ = match r {
                     Ok(v) => conn.send(Kind::SeqDone, request, v.into_bytes()).await,

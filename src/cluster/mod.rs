@@ -74,6 +74,8 @@ pub struct ClusterNode {
     incoming: mpsc::Sender<Incoming>,
     /// Outgoing connections by peer address.
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
+    /// Data bytes sent on connections since replaced in `conns`.
+    retired_data_sent: std::sync::atomic::AtomicU64,
     peers: Mutex<HashMap<String, PeerState>>,
     waiters: Mutex<HashMap<u64, TokenWaiter>>,
     next_request: AtomicU64,
@@ -102,6 +104,7 @@ impl ClusterNode {
             store,
             incoming: tx,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            retired_data_sent: Default::default(),
             peers: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             // request ids unique across nodes: a random high half
@@ -163,6 +166,12 @@ impl ClusterNode {
         &self.hello.peer_addr
     }
 
+    /// Inference data (batches, sampled tokens) this node has sent to peers, headers included.
+    pub async fn data_bytes_sent(&self) -> u64 {
+        let open: u64 = self.conns.lock().await.values().map(Conn::data_bytes_sent).sum();
+        open + self.retired_data_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The connection to `addr`, opened (with the handshake) if needed.
     pub async fn conn(&self, addr: &str) -> Result<Conn, TransportError> {
         if let Some(c) = self.conns.lock().await.get(addr) {
@@ -179,7 +188,9 @@ impl ClusterNode {
                 return Ok(existing.clone()); // someone else connected meanwhile
             }
         }
-        conns.insert(addr.to_string(), c.clone());
+        if let Some(old) = conns.insert(addr.to_string(), c.clone()) {
+            self.retired_data_sent.fetch_add(old.data_bytes_sent(), std::sync::atomic::Ordering::Relaxed);
+        }
         drop(conns);
         self.note_peer(&c);
         Ok(c)

@@ -4,6 +4,7 @@
 
 mod batch;
 mod context;
+mod cpu_budget;
 mod detok;
 mod ffi;
 mod log;
@@ -15,7 +16,7 @@ pub use context::ContextParams;
 pub use detok::TokenDecoder;
 pub use model::{LayerRange, ModelWindow};
 pub use sampler::SamplingParams;
-pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageHandle, StageInfo, StageSpec};
+pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 
 use llama_cpp_sys_2 as sys;
 use std::ffi::CStr;
@@ -89,6 +90,19 @@ pub fn check_patches() -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(EngineError::PatchMismatch { built, expected: GGML_PATCHES_STAMP.to_string() })
+    }
+}
+
+/// Whether a GPU (discrete or integrated) is among the ggml devices: stages then compute there
+/// and leave the CPU budget alone.
+pub fn has_gpu() -> bool {
+    let _ = init();
+    // SAFETY: as in `devices`.
+    unsafe {
+        (0..sys::ggml_backend_dev_count()).any(|i| {
+            let t = sys::ggml_backend_dev_type(sys::ggml_backend_dev_get(i));
+            t == sys::GGML_BACKEND_DEVICE_TYPE_GPU || t == sys::GGML_BACKEND_DEVICE_TYPE_IGPU
+        })
     }
 }
 

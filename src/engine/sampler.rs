@@ -5,6 +5,7 @@ use super::{EngineError, Token};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,9 @@ pub struct SamplingParams {
     /// How many recent tokens the penalty looks at.
     pub repeat_last_n: i32,
     pub seed: u32,
+    /// Tokens that are never sampled (`exo bench` bans end-of-generation so every run produces
+    /// exactly the asked number of tokens).
+    pub banned: Vec<Token>,
 }
 
 impl Default for SamplingParams {
@@ -37,6 +41,7 @@ impl Default for SamplingParams {
             repeat_penalty: 1.1,
             repeat_last_n: 64,
             seed: 0,
+            banned: Vec::new(),
         }
     }
 }
@@ -79,6 +84,14 @@ impl Sampler {
     pub fn new(p: &SamplingParams, n_vocab: usize, history: &[Token]) -> Result<Sampler, EngineError> {
         p.validate()?;
         let mut s = Vec::new();
+        if !p.banned.is_empty() {
+            if let Some(&t) = p.banned.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+                return Err(EngineError::Sampling { reason: format!("banned token {t} is outside the vocabulary") });
+            }
+            let biases: Vec<LlamaLogitBias> =
+                p.banned.iter().map(|&t| LlamaLogitBias::new(LlamaToken(t), f32::NEG_INFINITY)).collect();
+            s.push(LlamaSampler::logit_bias(n_vocab as i32, &biases));
+        }
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             s.push(LlamaSampler::penalties(n_vocab as i32, p.repeat_last_n, p.repeat_penalty, 0.0, 0.0));
         }
@@ -112,5 +125,26 @@ impl Sampler {
             .ok_or_else(|| EngineError::Sampling { reason: "the sampler chain selected no token".into() })?;
         self.chain.accept(t);
         Ok(t.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banned_tokens_are_never_sampled() {
+        let logits = [0.0, 1.0, 9.0, 5.0, 0.5];
+        let mut free = Sampler::new(&SamplingParams::greedy(), 5, &[]).unwrap();
+        assert_eq!(free.sample(&logits).unwrap(), 2);
+        let banned = SamplingParams { banned: vec![2], ..SamplingParams::greedy() };
+        let mut s = Sampler::new(&banned, 5, &[]).unwrap();
+        assert_eq!(s.sample(&logits).unwrap(), 3);
+        // also at a temperature: the banned token keeps probability zero
+        let warm = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 7, ..banned.clone() };
+        let mut s = Sampler::new(&warm, 5, &[]).unwrap();
+        assert!((0..200).all(|_| s.sample(&logits).unwrap() != 2));
+        let outside = SamplingParams { banned: vec![5], ..SamplingParams::greedy() };
+        assert!(Sampler::new(&outside, 5, &[]).is_err());
     }
 }

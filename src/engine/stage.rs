@@ -11,7 +11,9 @@ use llama_cpp_sys_2 as sys;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests queued per stage before senders wait.
@@ -136,11 +138,42 @@ enum Cmd {
     },
 }
 
+/// Work a stage has done since it was loaded (benchmarks read it before and after a run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageCounters {
+    /// Decode calls.
+    pub decodes: u64,
+    /// Batch rows (tokens or hidden-state rows) decoded.
+    pub tokens: u64,
+    /// Time on the stage thread inside decode: the graph compute plus reading its output and
+    /// sampling, not the time a batch waits in the queue.
+    pub compute_ns: u64,
+}
+
+impl StageCounters {
+    /// What happened between `before` and `self`.
+    pub fn since(&self, before: &StageCounters) -> StageCounters {
+        StageCounters {
+            decodes: self.decodes.saturating_sub(before.decodes),
+            tokens: self.tokens.saturating_sub(before.tokens),
+            compute_ns: self.compute_ns.saturating_sub(before.compute_ns),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    decodes: AtomicU64,
+    tokens: AtomicU64,
+    compute_ns: AtomicU64,
+}
+
 /// Cloneable handle to a stage thread. The thread exits when the last handle is dropped.
 #[derive(Clone)]
 pub struct StageHandle {
     tx: mpsc::Sender<Cmd>,
     info: Arc<StageInfo>,
+    counters: Arc<Counters>,
 }
 
 impl StageHandle {
@@ -149,6 +182,8 @@ impl StageHandle {
     pub fn load(spec: StageSpec) -> Result<StageHandle, EngineError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
         let r = spec.window.range;
         let name = match r {
             Some(r) => format!("exo-stage-{}-{}", r.begin, r.end),
@@ -165,16 +200,25 @@ impl StageHandle {
                     }
                 };
                 if ready_tx.send(Ok(stage.info.clone())).is_ok() {
-                    stage.run(rx);
+                    stage.run(rx, &thread_counters);
                 }
             })
             .map_err(|e| EngineError::Backend { reason: format!("cannot start a stage thread: {e}") })?;
         let info = ready_rx.recv().map_err(|_| EngineError::StageGone)??;
-        Ok(StageHandle { tx, info: Arc::new(info) })
+        Ok(StageHandle { tx, info: Arc::new(info), counters })
     }
 
     pub fn info(&self) -> &StageInfo {
         &self.info
+    }
+
+    /// Decode work done so far (read without a round trip to the stage thread).
+    pub fn counters(&self) -> StageCounters {
+        StageCounters {
+            decodes: self.counters.decodes.load(Ordering::Relaxed),
+            tokens: self.counters.tokens.load(Ordering::Relaxed),
+            compute_ns: self.counters.compute_ns.load(Ordering::Relaxed),
+        }
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, EngineError> {
@@ -246,7 +290,11 @@ struct Stage {
 impl Stage {
     fn load(spec: &StageSpec) -> Result<Stage, EngineError> {
         let model = Model::load(&spec.window)?;
-        let ctx = if spec.window.vocab_only { None } else { Some(Context::new(&model, spec.context)?) };
+        let ctx = if spec.window.vocab_only {
+            None
+        } else {
+            Some(Context::new(&model, spec.context, spec.window.gpu_layers != 0 && super::has_gpu())?)
+        };
         let info = StageInfo {
             range: model.range,
             n_layer: model.n_layer,
@@ -264,11 +312,16 @@ impl Stage {
         Ok(Stage { samplers: HashMap::new(), ctx, model, info })
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
                 Cmd::Decode { batch, want_logits, sample, reply } => {
-                    let _ = reply.send(self.decode(batch, want_logits, sample));
+                    let (rows, t0) = (batch.len() as u64, Instant::now());
+                    let out = self.decode(batch, want_logits, sample);
+                    counters.compute_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    counters.tokens.fetch_add(rows, Ordering::Relaxed);
+                    counters.decodes.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(out);
                 }
                 Cmd::SetSampler { seq, params, history, reply } => {
                     let r = Sampler::new(&params, self.info.n_vocab, &history).map(|s| {

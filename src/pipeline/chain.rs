@@ -5,10 +5,14 @@ use crate::engine::{
     Batch, BatchInput, ContextParams, DecodeOutput, LayerRange, ModelWindow, StageHandle, StageInfo, StageSpec, Token,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Chain {
     stages: Vec<StageHandle>,
+    /// Hidden-state bytes handed from stage to stage (what would cross a network).
+    handed: Arc<AtomicU64>,
 }
 
 impl Chain {
@@ -29,7 +33,7 @@ impl Chain {
         if next != n_layer || stages.is_empty() {
             return Err(PipelineError::BadStages { n_layer, detail: format!("the stages end at layer {next}") });
         }
-        Ok(Chain { stages })
+        Ok(Chain { stages, handed: Arc::default() })
     }
 
     /// Loads `path` as one full stage (`ranges = None`) or as the given windows, each on its own
@@ -87,7 +91,10 @@ impl Chain {
             // only the input changes from stage to stage; positions and sequences stay
             let out = st.decode(batch.clone(), want_logits && last, sample && last).await?;
             match (out, last) {
-                (DecodeOutput::Hidden(h), false) => batch.input = BatchInput::Hidden(h),
+                (DecodeOutput::Hidden(h), false) => {
+                    self.handed.fetch_add(4 * h.len() as u64, Ordering::Relaxed);
+                    batch.input = BatchInput::Hidden(h)
+                }
                 (DecodeOutput::Last { logits, tokens }, true) => return Ok((logits, tokens)),
                 (DecodeOutput::Hidden(_), true) => {
                     return Err(PipelineError::Protocol { index: i, what: "hidden states" })
@@ -150,4 +157,25 @@ impl super::Pipeline for Chain {
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
         Chain::seq_rm(self, seq, p0, p1).await
     }
+
+    async fn report(&self) -> Result<super::PipelineReport, PipelineError> {
+        // decodes are awaited in order, so nothing is in flight when this runs
+        let (handed, peak) = (self.handed.load(Ordering::Relaxed), crate::profile::peak_rss_bytes());
+        let stages = self
+            .stages
+            .iter()
+            .map(|s| super::StageReport {
+                node: LOCAL.into(),
+                range: s.info().range,
+                counters: s.counters(),
+                node_data_bytes_sent: handed,
+                node_peak_rss_bytes: peak,
+            })
+            .collect();
+        let coordinator = super::NodeReport { node: LOCAL.into(), data_bytes_sent: handed, peak_rss_bytes: peak };
+        Ok(super::PipelineReport { stages, coordinator })
+    }
 }
+
+/// The node name in-process stages report.
+pub const LOCAL: &str = "local";

@@ -1,13 +1,16 @@
 //! Driving a model split into stages: an in-process [`Chain`] of stage handles (hidden states
 //! handed over in memory) and the token generation loop over it.
 
+mod bench;
 mod chain;
 mod generate;
 
-pub use chain::Chain;
+pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
+pub use chain::{Chain, LOCAL};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 
-use crate::engine::{SamplingParams, StageHandle, StageInfo, Token};
+use crate::engine::{LayerRange, SamplingParams, StageCounters, StageHandle, StageInfo, Token};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 /// Token ids for one decode call, with the positions, sequences and output rows every stage uses.
@@ -36,6 +39,35 @@ pub trait Pipeline: Send + Sync {
     fn run(&self, chunks: Vec<TokenChunk>) -> impl Future<Output = Result<Vec<Token>, PipelineError>> + Send;
     /// Drops positions `[p0, p1)` of `seq` on every stage (`seq = -1`: all; `p1 = -1`: to the end).
     fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> impl Future<Output = Result<bool, PipelineError>> + Send;
+    /// Work counters of every stage and of the nodes involved (for `exo bench`); asked after
+    /// the work queued before it.
+    fn report(&self) -> impl Future<Output = Result<PipelineReport, PipelineError>> + Send;
+}
+
+/// One stage's counters and its node's, as a stage reports them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub node: String,
+    pub range: LayerRange,
+    pub counters: StageCounters,
+    /// Inference data the stage's node has sent to other nodes (all its stages together); for
+    /// in-process stages, the hidden-state bytes handed from stage to stage.
+    pub node_data_bytes_sent: u64,
+    pub node_peak_rss_bytes: Option<u64>,
+}
+
+/// A node taking part in a pipeline without being a stage of it (the coordinator).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub data_bytes_sent: u64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReport {
+    pub stages: Vec<StageReport>,
+    pub coordinator: NodeReport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +82,8 @@ pub enum PipelineError {
     EmptyPrompt,
     #[error("stages must cover layers 0..{n_layer} contiguously: {detail}")]
     BadStages { n_layer: u32, detail: String },
+    #[error("benchmark: {detail}")]
+    Bench { detail: String },
     #[error("stage {stage} on {node}: {reason}")]
     Remote { stage: usize, node: String, reason: String },
 }

@@ -45,6 +45,14 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     next: AtomicU64,
     closed: AtomicBool,
+    /// Bytes (headers included) of the frames that carry inference data (batches of tokens or
+    /// hidden states, sampled tokens) queued on this connection; heartbeats and control are not.
+    data_sent: AtomicU64,
+}
+
+/// Kinds that carry inference data, counted by [`Conn::data_bytes_sent`].
+fn is_data(kind: Kind) -> bool {
+    matches!(kind, Kind::Forward | Kind::Tokens)
 }
 
 impl Conn {
@@ -56,10 +64,19 @@ impl Conn {
         self.inner.closed.load(Ordering::Relaxed)
     }
 
+    /// Inference data sent on this connection so far (frame headers included).
+    pub fn data_bytes_sent(&self) -> u64 {
+        self.inner.data_sent.load(Ordering::Relaxed)
+    }
+
     /// Sends without waiting for an answer.
     pub async fn send(&self, kind: Kind, request: u64, payload: Vec<u8>) -> Result<(), TransportError> {
         if self.is_closed() {
             return Err(TransportError::Closed);
+        }
+        if is_data(kind) {
+            let n = (super::frame::HEADER_LEN + payload.len()) as u64;
+            self.inner.data_sent.fetch_add(n, Ordering::Relaxed);
         }
         self.inner.tx.send(Frame { kind: kind as u16, request, payload }).await.map_err(|_| TransportError::Closed)
     }
@@ -108,6 +125,7 @@ fn spawn(stream: TcpStream, peer: Hello, incoming: mpsc::Sender<Incoming>) -> Co
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            data_sent: AtomicU64::new(0),
         }),
     };
     tokio::spawn(async move {

@@ -68,9 +68,19 @@ pub struct LoadStage {
 /// A KV or sampler operation applied identically on every stage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SeqOp {
-    Remove { seq: i32, p0: i32, p1: i32 },
+    Remove {
+        seq: i32,
+        p0: i32,
+        p1: i32,
+    },
     Clear,
-    Sampler { seq: i32, params: SamplingParams, history: Vec<i32> },
+    Sampler {
+        seq: i32,
+        params: SamplingParams,
+        history: Vec<i32>,
+    },
+    /// Answered with the stage's [`crate::pipeline::StageReport`] as JSON (for `exo bench`).
+    Stats,
 }
 
 /// One decode step for a stage: tokens (first stage) or hidden states (later stages).
