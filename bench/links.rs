@@ -10,7 +10,7 @@
 //! carries chunk i-1.
 //!
 //! `cargo bench --bench links` (env: BENCH_TOKENS=32, BENCH_REPS=3, BENCH_THREADS=2,
-//! BENCH_MODEL, BENCH_PP, BENCH_CHUNK; the node processes inherit the environment).
+//! BENCH_MODEL, BENCH_PP, BENCH_CHUNK).
 
 #[path = "common.rs"]
 mod common;

@@ -18,13 +18,13 @@ pub struct BenchArgs {
     /// A .gguf path, the name of a GGUF in the models dirs, or a catalog name (pulled if missing).
     pub model: String,
     /// Prompt lengths, one prompt-processing test each (comma-separated; "" for none).
-    #[arg(long, default_value = "128,512")]
+    #[arg(long, env = "EXO_BENCH_PP", default_value = "128,512")]
     pub pp: String,
     /// Tokens to generate in the generation test (0: none).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "EXO_BENCH_TG", default_value_t = 128)]
     pub tg: u32,
     /// Timed runs per test (after one warm-up run); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "EXO_BENCH_REPEAT", default_value_t = 3)]
     pub repeat: u32,
     /// Force a placement: ranges run as in-process stages (0:11,11:22); node=range pairs place
     /// the model across the cluster through the running node (a=0:11,b=11:22).
@@ -39,11 +39,12 @@ pub struct BenchArgs {
     /// Run in this process even when a node is running.
     #[arg(long)]
     pub local: bool,
+    /// CPU threads per in-process stage (default: all available cores).
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
     /// Tokens per decode call (n_batch = n_ubatch): the chunks a prompt is cut into, which the
     /// stages of a pipeline work on side by side. Applies in-process and with a named --split.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, env = "EXO_BATCH_SIZE", default_value_t = 512)]
     pub batch_size: u32,
 }
 
@@ -157,14 +158,14 @@ fn print_report(r: &BenchReport) {
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
-    let placement: Vec<String> = r.stages.iter().map(|s| format!("{}={}", s.node, s.range)).collect();
+    let placement: Vec<String> =
+        r.stages.iter().map(|s| format!("{}={} ({} threads)", s.node, s.range, s.n_threads)).collect();
     outln!(
-        "model {}: {} layers, n_embd {}, batch {}, {} threads, {} runs per test",
+        "model {}: {} layers, n_embd {}, batch {}, {} runs per test",
         r.model,
         r.n_layer,
         r.n_embd,
         r.n_batch,
-        r.n_threads,
         r.repeat
     );
     outln!("placement: {}", placement.join(", "));

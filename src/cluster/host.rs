@@ -153,7 +153,8 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, String> {
             n_batch: ls.n_batch,
             n_ubatch: ls.n_batch,
             n_seq_max: ls.n_seq_max,
-            ..ContextParams::default()
+            // this node's --threads, not the coordinator's
+            n_threads: node.threads.max(1),
         },
     };
     let stage = tokio::task::spawn_blocking(move || StageHandle::load(spec))
@@ -210,6 +211,7 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                     SeqOp::Stats => Ok(serde_json::to_string(&StageReport {
                         node: n.hello.node_name.clone(),
                         range: ls.range,
+                        n_threads: stage.info().context.n_threads,
                         counters: stage.counters(),
                         node_data_bytes_sent: n.data_bytes_sent().await,
                         node_peak_rss_bytes: crate::profile::peak_rss_bytes(),

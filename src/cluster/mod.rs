@@ -76,6 +76,8 @@ pub struct ClusterNode {
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     /// Data bytes sent on connections since replaced in `conns`.
     retired_data_sent: std::sync::atomic::AtomicU64,
+    /// CPU threads for the stages this node hosts (`--threads`).
+    pub(crate) threads: i32,
     peers: Mutex<HashMap<String, PeerState>>,
     waiters: Mutex<HashMap<u64, TokenWaiter>>,
     next_request: AtomicU64,
@@ -105,6 +107,7 @@ impl ClusterNode {
             incoming: tx,
             conns: tokio::sync::Mutex::new(HashMap::new()),
             retired_data_sent: Default::default(),
+            threads: cfg.threads,
             peers: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             // request ids unique across nodes: a random high half

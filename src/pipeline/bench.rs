@@ -71,6 +71,7 @@ pub struct BenchTest {
 pub struct BenchStage {
     pub node: String,
     pub range: LayerRange,
+    pub n_threads: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,7 +87,6 @@ pub struct BenchReport {
     pub n_layer: u32,
     pub n_embd: usize,
     pub n_batch: u32,
-    pub n_threads: i32,
     pub repeat: u32,
     pub stages: Vec<BenchStage>,
     pub tests: Vec<BenchTest>,
@@ -108,8 +108,11 @@ pub async fn run_bench<P: Pipeline>(
     }
     let mut rng = SplitMix(0x5eed_0fe0);
     let first = p.report().await?;
-    let stages: Vec<BenchStage> =
-        first.stages.iter().map(|s| BenchStage { node: s.node.clone(), range: s.range }).collect();
+    let stages: Vec<BenchStage> = first
+        .stages
+        .iter()
+        .map(|s| BenchStage { node: s.node.clone(), range: s.range, n_threads: s.n_threads })
+        .collect();
 
     progress("warm-up");
     let warm_pp = cfg.pp.first().copied().unwrap_or(16).min(64);
@@ -146,7 +149,6 @@ pub async fn run_bench<P: Pipeline>(
         n_layer: info.n_layer,
         n_embd: info.n_embd,
         n_batch: info.context.n_batch,
-        n_threads: info.context.n_threads,
         repeat: cfg.repeat,
         stages,
         tests,
@@ -315,6 +317,7 @@ mod tests {
         let stage = |node: &str, begin, (ns, bytes): (u64, u64)| StageReport {
             node: node.into(),
             range: LayerRange { begin, end: begin + 1 },
+            n_threads: 1,
             counters: StageCounters { decodes: 1, tokens: 1, compute_ns: ns },
             node_data_bytes_sent: bytes,
             node_peak_rss_bytes: Some(bytes * 10),

@@ -167,6 +167,7 @@ impl super::Pipeline for Chain {
             .map(|s| super::StageReport {
                 node: LOCAL.into(),
                 range: s.info().range,
+                n_threads: s.info().context.n_threads,
                 counters: s.counters(),
                 node_data_bytes_sent: handed,
                 node_peak_rss_bytes: peak,

@@ -49,6 +49,8 @@ pub trait Pipeline: Send + Sync {
 pub struct StageReport {
     pub node: String,
     pub range: LayerRange,
+    /// CPU threads the stage computes with.
+    pub n_threads: i32,
     pub counters: StageCounters,
     /// Inference data the stage's node has sent to other nodes (all its stages together); for
     /// in-process stages, the hidden-state bytes handed from stage to stage.
