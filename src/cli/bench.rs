@@ -119,15 +119,7 @@ fn local(a: &BenchArgs, cfg: &BenchConfig, rt: &tokio::runtime::Runtime) -> anyh
 }
 
 async fn remote(a: &BenchArgs, cfg: &BenchConfig, base: &str) -> anyhow::Result<BenchReport> {
-    let placement = match &a.split {
-        Some(s) => {
-            // layer count unknown here: the node checks the ranges against the model
-            let end = s.split(',').filter_map(|e| e.rsplit_once(':')?.1.trim().parse::<u32>().ok()).max().unwrap_or(0);
-            let stages = placement::parse_split(s, end).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
-            Some(super::remote::named_split(&stages)?)
-        }
-        None => None,
-    };
+    let placement = a.split.as_deref().map(super::remote::named_split_arg).transpose()?;
     if a.threads.is_some() {
         eprintln!("note: --threads applies to in-process runs; the nodes use their own thread counts");
     }

@@ -243,6 +243,14 @@ async fn chat(
 }
 
 /// `--split` with node names, as the placement `/instances` takes.
+/// `--split a=0:4,b=4:8` as the placement a node's API takes. The layer count is unknown here:
+/// the node checks the ranges against the model.
+pub fn named_split_arg(split: &str) -> Result<Value, UsageError> {
+    let end = split.split(',').filter_map(|e| e.rsplit_once(':')?.1.trim().parse::<u32>().ok()).max().unwrap_or(0);
+    let stages = crate::placement::parse_split(split, end).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
+    named_split(&stages)
+}
+
 pub fn named_split(stages: &[crate::placement::ForcedStage]) -> Result<Value, UsageError> {
     stages
         .iter()

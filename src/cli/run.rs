@@ -63,20 +63,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let named = a.split.as_deref().is_some_and(|s| s.contains('='));
     if named || a.split.is_none() {
         if let Some(base) = rt.block_on(super::remote::running_node(&api_addr)) {
-            let placement = match &a.split {
-                Some(s) => {
-                    // layer count unknown here: the node checks the ranges against the model
-                    let end = s
-                        .split(',')
-                        .filter_map(|e| e.rsplit_once(':')?.1.trim().parse::<u32>().ok())
-                        .max()
-                        .unwrap_or(0);
-                    let stages =
-                        placement::parse_split(s, end).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
-                    Some(super::remote::named_split(&stages)?)
-                }
-                None => None,
-            };
+            let placement = a.split.as_deref().map(super::remote::named_split_arg).transpose()?;
             return rt.block_on(super::remote::run(&a, &base, placement));
         }
         if named {

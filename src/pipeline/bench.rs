@@ -168,21 +168,7 @@ async fn pp_run<P: Pipeline>(p: &P, seq: i32, n: u32, rng: &mut SplitMix) -> Res
     p.set_sampler(seq, sampling(p), vec![]).await?;
     let n_vocab = p.info().n_vocab as u64;
     let tokens: Vec<Token> = (0..n).map(|_| (rng.next() % n_vocab) as Token).collect();
-    let n_batch = p.info().context.n_batch.max(1) as usize;
-    let chunks: Vec<TokenChunk> = tokens
-        .chunks(n_batch)
-        .enumerate()
-        .map(|(ci, c)| {
-            let start = ci * n_batch;
-            let last = start + c.len() == tokens.len();
-            TokenChunk {
-                tokens: c.to_vec(),
-                pos: (start..start + c.len()).map(|x| x as i32).collect(),
-                seq: vec![seq; c.len()],
-                output: (0..c.len()).map(|i| last && i + 1 == c.len()).collect(),
-            }
-        })
-        .collect();
+    let chunks = TokenChunk::prompt(&tokens, 0, seq, p.info().context.n_batch as usize);
     let t0 = Instant::now();
     let sampled = p.run(chunks).await?;
     let s = t0.elapsed().as_secs_f64();

@@ -68,22 +68,7 @@ pub async fn generate<P: Pipeline>(
     let n_batch = info.context.n_batch as usize;
     let mut pos = n_past;
     // all chunks at once: a multi-node pipeline works on consecutive chunks side by side
-    let chunks: Vec<TokenChunk> = req
-        .prompt
-        .chunks(n_batch)
-        .enumerate()
-        .map(|(ci, chunk)| {
-            let start = pos + ci * n_batch;
-            let n = chunk.len();
-            let last = start + n == n_past + req.prompt.len();
-            TokenChunk {
-                tokens: chunk.to_vec(),
-                pos: (start..start + n).map(|p| p as i32).collect(),
-                seq: vec![req.seq; n],
-                output: (0..n).map(|i| last && i + 1 == n).collect(),
-            }
-        })
-        .collect();
+    let chunks = TokenChunk::prompt(&req.prompt, n_past, req.seq, n_batch);
     pos += req.prompt.len();
     let mut next =
         *chain.run(chunks).await?.first().ok_or(PipelineError::Protocol { index: 0, what: "no sampled token" })?;

@@ -22,6 +22,28 @@ pub struct TokenChunk {
     pub output: Vec<bool>,
 }
 
+impl TokenChunk {
+    /// `tokens` at positions `start..` of `seq`, cut into `n_batch`-token chunks; only the last
+    /// row of the last chunk is an output.
+    pub fn prompt(tokens: &[Token], start: usize, seq: i32, n_batch: usize) -> Vec<TokenChunk> {
+        let n_batch = n_batch.max(1);
+        tokens
+            .chunks(n_batch)
+            .enumerate()
+            .map(|(ci, c)| {
+                let first = start + ci * n_batch;
+                let last_chunk = (ci + 1) * n_batch >= tokens.len();
+                TokenChunk {
+                    tokens: c.to_vec(),
+                    pos: (first..first + c.len()).map(|p| p as i32).collect(),
+                    seq: vec![seq; c.len()],
+                    output: (0..c.len()).map(|i| last_chunk && i + 1 == c.len()).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// A model split into stages, wherever they run: what generation needs from it.
 pub trait Pipeline: Send + Sync {
     /// The model's vocabulary and context settings (n_ctx, n_batch, end-of-generation tokens).
@@ -88,4 +110,21 @@ pub enum PipelineError {
     Bench { detail: String },
     #[error("stage {stage} on {node}: {reason}")]
     Remote { stage: usize, node: String, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenChunk;
+
+    #[test]
+    fn prompt_chunks_cover_the_positions_with_one_output_at_the_end() {
+        let c = TokenChunk::prompt(&[10, 11, 12, 13, 14], 3, 7, 2);
+        assert_eq!(c.iter().map(|c| c.tokens.len()).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(c.iter().flat_map(|c| c.pos.clone()).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
+        assert!(c.iter().all(|c| c.seq.iter().all(|&s| s == 7)));
+        let outputs: Vec<bool> = c.iter().flat_map(|c| c.output.clone()).collect();
+        assert_eq!(outputs, [false, false, false, false, true]);
+        let even = TokenChunk::prompt(&[1, 2, 3, 4], 0, 0, 2);
+        assert_eq!(even[1].output, [false, true]);
+    }
 }
