@@ -3,19 +3,9 @@
 
 mod common;
 
-use serde_json::Value;
-use std::process::{Command, Output};
+use common::exo;
 
-fn exo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exo"))
-        .args(args)
-        .env("EXO_MODELS_DIRS", "/nonexistent")
-        .env("EXO_API_ADDR", "127.0.0.1:1")
-        .env("EXO_NO_DISCOVERY", "1")
-        .env("EXO_DECODE_GBPS", "10")
-        .output()
-        .unwrap()
-}
+use serde_json::Value;
 
 fn bench(model: &str, extra: &[&str]) -> Value {
     let out_file = tempfile::NamedTempFile::new().unwrap();

@@ -2,19 +2,10 @@
 
 mod common;
 
+use common::exo;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-
-fn exo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exo"))
-        .args(args)
-        .env("EXO_MODELS_DIRS", "/nonexistent")
-        .env("EXO_API_ADDR", "127.0.0.1:1")
-        .env("EXO_NO_DISCOVERY", "1")
-        .env("EXO_DECODE_GBPS", "10")
-        .output()
-        .unwrap()
-}
 
 fn run(model: &str, extra: &[&str]) -> Output {
     let mut args =

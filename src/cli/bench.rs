@@ -2,11 +2,8 @@
 //! unnamed `--split`) or across the cluster through the running node (`POST /bench`).
 
 use super::UsageError;
-use crate::engine::{ContextParams, LayerRange};
-use crate::gguf::{ModelFiles, ModelShape};
+use crate::engine::ContextParams;
 use crate::pipeline::{run_bench, BenchConfig, BenchReport, Chain};
-use crate::placement;
-use crate::store::Store;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
@@ -91,20 +88,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn local(a: &BenchArgs, cfg: &BenchConfig, rt: &tokio::runtime::Runtime) -> anyhow::Result<BenchReport> {
-    let store = Store::from_env();
-    let model = rt.block_on(super::models::ensure_local(&store, &a.model))?;
+    let (model, _, ranges) = super::run::local_model(rt, &a.model, a.split.as_deref())?;
     let path = model.first().to_path_buf();
-    let shape = ModelShape::from_files(&ModelFiles::open(&path)?)?;
-    let ranges: Option<Vec<LayerRange>> = match &a.split {
-        None => None,
-        Some(s) => Some(
-            placement::parse_split(s, shape.n_layer)
-                .map_err(|e| UsageError(format!("invalid --split: {e}")))?
-                .into_iter()
-                .map(|s| s.range)
-                .collect(),
-        ),
-    };
     let n_ctx = cfg.n_ctx_needed().next_multiple_of(256);
     let mut context =
         ContextParams { n_ctx, n_batch: a.batch_size, n_ubatch: a.batch_size, n_seq_max: 1, ..Default::default() };

@@ -5,7 +5,7 @@ use crate::engine::{ChatMessage, ContextParams, LayerRange, SamplingParams, Toke
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::pipeline::{generate, Chain, GenerateRequest, GenerationStats};
 use crate::placement;
-use crate::store::Store;
+use crate::store::{LocalModel, Store};
 use anyhow::Context;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Read, Write};
@@ -85,24 +85,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let store = Store::from_env();
-    let model = rt.block_on(super::models::ensure_local(&store, &a.model))?;
+    let (model, shape, ranges) = local_model(&rt, &a.model, a.split.as_deref())?;
     let path = model.first().to_path_buf();
-    let shape = ModelShape::from_files(&ModelFiles::open(&path)?)?;
-    let ranges: Option<Vec<LayerRange>> = match &a.split {
-        None => None,
-        Some(s) => {
-            let stages =
-                placement::parse_split(s, shape.n_layer).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
-            if stages.iter().any(|s| s.node.is_some()) {
-                return Err(UsageError(
-                    "--split with node names needs a cluster; on one machine give ranges only (0:4,4:8)".into(),
-                )
-                .into());
-            }
-            Some(stages.into_iter().map(|s| s.range).collect())
-        }
-    };
     let sampling = sampling(&a);
     sampling.validate().map_err(|e| UsageError(e.to_string()))?;
     let train_ctx = if shape.context_length > 0 { shape.context_length } else { 4096 };
@@ -198,6 +182,33 @@ pub(super) fn read_prompt(a: &RunArgs) -> std::io::Result<Option<String>> {
     let mut s = String::new();
     std::io::stdin().read_to_string(&mut s)?;
     Ok(Some(s))
+}
+
+/// The model on this machine (pulled if needed), its shape, and the in-process stage ranges of
+/// an unnamed `--split` (named ranges need a cluster: a usage error here).
+pub(super) fn local_model(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    split: Option<&str>,
+) -> anyhow::Result<(LocalModel, ModelShape, Option<Vec<LayerRange>>)> {
+    let store = Store::from_env();
+    let model = rt.block_on(super::models::ensure_local(&store, name))?;
+    let shape = ModelShape::from_files(&ModelFiles::open(model.first())?)?;
+    let ranges = match split {
+        None => None,
+        Some(s) => {
+            let stages =
+                placement::parse_split(s, shape.n_layer).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
+            if stages.iter().any(|s| s.node.is_some()) {
+                return Err(UsageError(
+                    "--split with node names needs a cluster; on one machine give ranges only (0:4,4:8)".into(),
+                )
+                .into());
+            }
+            Some(stages.into_iter().map(|s| s.range).collect())
+        }
+    };
+    Ok((model, shape, ranges))
 }
 
 fn sampling(a: &RunArgs) -> SamplingParams {

@@ -39,3 +39,16 @@ pub fn offline_store(dir: &std::path::Path) -> exo::store::Store {
     s.offline = true;
     s
 }
+
+/// Runs the `exo` binary as a user on a machine with no node running: no models dir, no mDNS,
+/// no startup measurement.
+pub fn exo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+        .args(args)
+        .env("EXO_MODELS_DIRS", "/nonexistent")
+        .env("EXO_API_ADDR", "127.0.0.1:1")
+        .env("EXO_NO_DISCOVERY", "1")
+        .env("EXO_DECODE_GBPS", "10")
+        .output()
+        .unwrap()
+}
