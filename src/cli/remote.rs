@@ -3,7 +3,7 @@
 use super::run::RunArgs;
 use super::UsageError;
 use serde_json::{json, Value};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::time::Duration;
 
 /// The API base URL of a node running at `addr`, if one answers.
@@ -121,15 +121,8 @@ pub async fn run(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Resul
         chat(&http, base, a, &opts, &history).await?;
         return Ok(());
     }
-    let stdin = std::io::stdin();
     loop {
-        print!(">>> ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            outln!();
-            return Ok(());
-        }
+        let Some(line) = super::run::chat_line()? else { return Ok(()) };
         match line.trim() {
             "" => continue,
             "/bye" => return Ok(()),

@@ -211,6 +211,18 @@ pub(super) fn local_model(
     Ok((model, shape, ranges))
 }
 
+/// One line typed at the `>>> ` prompt of an interactive chat; `None` at end of input (Ctrl-D).
+pub(super) fn chat_line() -> std::io::Result<Option<String>> {
+    print!(">>> ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        outln!();
+        return Ok(None);
+    }
+    Ok(Some(line))
+}
+
 fn sampling(a: &RunArgs) -> SamplingParams {
     let d = SamplingParams::default();
     SamplingParams {
@@ -309,15 +321,8 @@ impl Session {
 
     async fn interactive(&mut self) -> anyhow::Result<()> {
         let mut history: Vec<ChatMessage> = Vec::new();
-        let stdin = std::io::stdin();
         loop {
-            print!(">>> ");
-            std::io::stdout().flush()?;
-            let mut line = String::new();
-            if stdin.lock().read_line(&mut line)? == 0 {
-                outln!();
-                return Ok(()); // Ctrl-D
-            }
+            let Some(line) = chat_line()? else { return Ok(()) };
             let line = line.trim();
             match line {
                 "" => continue,
