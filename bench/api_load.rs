@@ -6,7 +6,8 @@
 #[path = "../tests/common/load.rs"]
 mod load;
 
-use exo::api::{self, AppState, Instances, Limits};
+use exo::api::{self, AppState};
+use exo::runtime::{Limits, Runtime};
 use exo::store::Store;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,8 +39,8 @@ async fn main() {
     store.hf_cache = None;
     store.ollama = None;
     store.offline = true;
-    let limits = Limits { parallel, queue, default_ctx: 2048, keep_alive: Duration::from_secs(600), threads: 2 };
-    let app = api::router(AppState { instances: Instances::new(store, limits) });
+    let limits = Limits { parallel, queue, default_ctx: 2048, keep_alive: Duration::from_secs(600), threads: 2, ..Limits::default() };
+    let app = api::router(AppState { runtime: Runtime::new(store, limits, None) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

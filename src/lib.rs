@@ -15,6 +15,7 @@ pub mod node;
 pub mod pipeline;
 pub mod placement;
 pub mod profile;
+pub mod runtime;
 pub mod store;
 pub mod synth;
 pub mod transport;

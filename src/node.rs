@@ -1,8 +1,9 @@
-//! A node: wires the store, the model instances and the HTTP API together and serves until
-//! shutdown. (Discovery, profiling and peers join here with the cluster runtime.)
+//! A node: wires the store, the peer side, the runtime and the HTTP API together and serves until
+//! shutdown.
 
-use crate::api::{self, AppState, Instances, Limits};
+use crate::api::{self, AppState};
 use crate::cluster::{self, ClusterNode};
+use crate::runtime::{Limits, Runtime};
 use crate::store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,14 +36,14 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         Some(c) => Some(ClusterNode::start(c, cfg.store.clone()).await?),
         None => None,
     };
-    let instances = Instances::with_cluster(cfg.store, cfg.limits, node.clone());
-    let app = api::router(AppState { instances: instances.clone() });
+    let runtime = Runtime::new(cfg.store, cfg.limits, node.clone());
+    let app = api::router(AppState { runtime: runtime.clone() });
     tracing::info!(%addr, "serving the API");
     // on shutdown: running generations end with an error, peers are told, then the server
     // drains; stages unload when their instances drop
     let stop = async move {
         shutdown.await;
-        instances.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.shut_down();
         if let Some(n) = &node {
             n.goodbye().await;
         }

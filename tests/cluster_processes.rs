@@ -88,7 +88,7 @@ async fn generate(http: &reqwest::Client, base: &str, prompt: &str, seed: i64, t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes() {
     let models = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(common::model("tiny-llama"), models.path().join("tiny-llama.gguf")).unwrap();
+    std::os::unix::fs::symlink(common::model("tiny-llama-calm"), models.path().join("tiny-llama.gguf")).unwrap();
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let a = spawn("a", models.path(), free_port(), pa, &[pb, pc]);
     let b = spawn("b", models.path(), free_port(), pb, &[pa]);
@@ -120,15 +120,16 @@ async fn three_processes() {
             assert_eq!(generate(&http, &a.api, p, 0, 0.0).await, want[i].0, "greedy over {placement}");
             assert_eq!(generate(&http, &a.api, p, 100 + i as i64, 0.9).await, want[i].1, "seeded over {placement}");
         }
-        // four at once, each as when alone
+        // four at once, batched together: greedy text as when alone (batched numerics differ
+        // at the rounding level, tests/batching.rs; seeded draws may then differ)
         let jobs: Vec<_> = (0..4)
             .map(|k| {
                 let (http, api, p) = (http.clone(), a.api.clone(), prompts[k % 2]);
-                tokio::spawn(async move { generate(&http, &api, p, 100 + (k % 2) as i64, 0.9).await })
+                tokio::spawn(async move { generate(&http, &api, p, 0, 0.0).await })
             })
             .collect();
         for (k, j) in jobs.into_iter().enumerate() {
-            assert_eq!(j.await.unwrap(), want[k % 2].1, "concurrent request {k}");
+            assert_eq!(j.await.unwrap(), want[k % 2].0, "concurrent request {k}");
         }
     }
 

@@ -1,8 +1,8 @@
 //! Anthropic's Messages API: `/v1/messages`, JSON or the SSE event sequence (message_start,
 //! content_block_start, content_block_delta, content_block_stop, message_delta, message_stop).
 
-use super::core::{self, CoreError, Event, Finish, GenRequest, Input};
-use super::util::{parse, random_seed, stream_body, TextContent};
+use super::util::{model, parse, random_seed, stream_body, TextContent};
+use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
 use axum::body::Bytes;
@@ -30,8 +30,8 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn core_error(e: CoreError) -> Response {
-    error(e.status(), e)
+fn runtime_error(e: RuntimeError) -> Response {
+    error(super::status(&e), e.message_with(|f| f.openai().to_string()))
 }
 
 #[derive(Deserialize)]
@@ -104,18 +104,16 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
         seed: random_seed(),
         banned: Vec::new(),
     };
-    let req = GenRequest {
-        model: r.model.clone(),
-        input: Input::Messages(msgs),
-        sampling,
-        stop: r.stop_sequences,
-        max_tokens: Some(r.max_tokens.min(u32::MAX as i64) as u32),
-        num_ctx: None,
-        keep_alive: None,
+    let m = match model(&r.model) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
     };
-    let mut gen = match core::start(&state.instances, req).await {
+    let mut req = GenRequest::new(m, Input::Messages(msgs), sampling);
+    req.stop = r.stop_sequences;
+    req.max_tokens = Some(r.max_tokens as u64);
+    let mut gen = match state.runtime.generate(req).await {
         Ok(g) => g,
-        Err(e) => return core_error(e),
+        Err(e) => return runtime_error(e),
     };
     let id = format!("msg_{:016x}", ((random_seed() as u64) << 32) | random_seed() as u64);
     let model = r.model;
@@ -133,7 +131,7 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
                     }))
                     .into_response();
                 }
-                Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Event::Failed(e) => return runtime_error(e),
             }
         }
         return error(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result");
@@ -171,7 +169,8 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
                         + &event("message_stop", json!({ "type": "message_stop" }))
                 }
                 Event::Failed(e) => {
-                    event("error", json!({ "type": "error", "error": { "type": "api_error", "message": e } }))
+                    let m = e.message_with(|f| f.openai().to_string());
+                    event("error", json!({ "type": "error", "error": { "type": "api_error", "message": m } }))
                 }
             };
             if tx.send(out).await.is_err() {

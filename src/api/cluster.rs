@@ -1,12 +1,12 @@
 //! Cluster routes: `GET /cluster` (nodes, measured links, instances), `POST /instances` (load a
 //! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs).
 
-use super::ollama::{core_error, error};
-use super::util::parse;
+use super::ollama::{error, runtime_error};
+use super::util::{model, parse};
 use super::AppState;
-use crate::cluster::{ClusterNode, StagePlacement};
 use crate::engine::LayerRange;
 use crate::pipeline::{run_bench, BenchConfig, PipelineError};
+use crate::runtime::{Forced, LoadOptions, ModelRef};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -25,8 +25,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn cluster(State(state): State<AppState>) -> Response {
-    let inst = &state.instances;
-    let (me, peers) = match &inst.cluster {
+    let rt = &state.runtime;
+    let (me, peers) = match rt.cluster() {
         Some(c) => (
             json!({ "node_id": c.hello.node_id, "name": c.hello.node_name, "address": c.hello.peer_addr, "namespace": c.hello.namespace, "self": true, "profile": c.profile() }),
             c.peers(),
@@ -41,12 +41,12 @@ async fn cluster(State(state): State<AppState>) -> Response {
         links
             .push(json!({ "from": here, "to": p.name, "rtt_ms": p.rtt_ms, "bandwidth_bytes_per_second": p.bandwidth }));
     }
-    let instances: Vec<_> = inst
-        .list()
+    let instances: Vec<_> = rt
+        .instances()
         .iter()
         .map(|i| {
-            let stages: Vec<_> = i.chain.stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
-            json!({ "id": i.name, "model": i.name, "stages": stages, "active_requests": i.active(), "context_length": i.n_ctx })
+            let stages: Vec<_> = i.pipe.stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
+            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx })
         })
         .collect();
     axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances })).into_response()
@@ -71,25 +71,22 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let Some(node) = &state.instances.cluster else {
-        return error(StatusCode::BAD_REQUEST, "this node is not part of a cluster");
+    let m = match model(&r.model) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
     };
-    let stages = match placed(node, r.placement) {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
-    match state.instances.load_placed(&r.model, stages, r.num_ctx, None).await {
+    match state.runtime.place(&m, forced(r.placement), r.num_ctx, None).await {
         Ok(i) => {
-            let here = node.hello.node_name.clone();
+            let here = state.runtime.here();
             let stages: Vec<_> = i
-                .chain
+                .pipe
                 .stages(&here)
                 .into_iter()
                 .map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end }))
                 .collect();
-            axum::Json(json!({ "id": i.name, "model": i.name, "stages": stages })).into_response()
+            axum::Json(json!({ "id": i.name(), "model": i.name(), "stages": stages })).into_response()
         }
-        Err(e) => core_error(e),
+        Err(e) => runtime_error(e),
     }
 }
 
@@ -104,8 +101,8 @@ struct BenchReq {
     config: BenchConfig,
 }
 
-/// Runs `exo bench`'s tests on the model's instance (loaded as requested) on one of its
-/// sequences, and answers with the report once all runs are done.
+/// Runs `exo bench`'s tests on the model's instance (loaded as requested) on a sequence lent by
+/// its batcher, and answers with the report once all runs are done.
 async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
     let r: BenchReq = match parse(&body) {
         Ok(r) => r,
@@ -114,27 +111,21 @@ async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
     if let Err(e) = r.config.validate() {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let inst = &state.instances;
+    let m = match model(&r.model) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    let rt = &state.runtime;
     let needed = r.config.n_ctx_needed();
     // the instance's usual context when it is long enough, so an existing one is reused
-    let num_ctx = (needed > inst.limits.default_ctx).then_some(needed);
-    let loaded = match (r.placement, &inst.cluster) {
-        (Some(p), Some(node)) => match placed(node, p) {
-            Ok(stages) => inst.load_placed(&r.model, stages, num_ctx, r.batch_size).await,
-            Err(e) => return e,
-        },
-        (Some(_), None) => return error(StatusCode::BAD_REQUEST, "this node is not part of a cluster"),
-        (None, _) => inst.get(&r.model, num_ctx).await.map(|(i, _)| i),
+    let num_ctx = (needed > rt.limits().default_ctx).then_some(needed);
+    let opts = LoadOptions { num_ctx, n_batch: r.batch_size, forced: r.placement.map(forced), no_mmap: false };
+    let lease = match rt.lease(&m, opts).await {
+        Ok(l) => l,
+        Err(e) => return runtime_error(e),
     };
-    let instance = match loaded {
-        Ok(i) => i,
-        Err(e) => return core_error(e),
-    };
-    let slot = match instance.acquire().await {
-        Ok(s) => s,
-        Err(e) => return core_error(e),
-    };
-    match run_bench(&*instance.chain, &instance.name, slot.seq, &r.config, |step| tracing::info!(step, "bench")).await {
+    let name = lease.instance.name().to_string();
+    match run_bench(&*lease.instance.pipe, &name, lease.seq, &r.config, |step| tracing::info!(step, "bench")).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. })) => {
             error(StatusCode::BAD_REQUEST, e.to_string())
@@ -143,30 +134,17 @@ async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
-/// Node names to peer addresses; an unknown name is a 400 that lists the known ones.
-#[allow(clippy::result_large_err)]
-fn placed(node: &ClusterNode, placement: Vec<StageReq>) -> Result<Vec<StagePlacement>, Response> {
-    let mut stages = Vec::new();
-    for s in placement {
-        let Some(addr) = node.address_of(&s.node) else {
-            let known: Vec<String> = node.peers().into_iter().map(|p| p.name).collect();
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "no node named {:?} in the cluster (known: {}, {})",
-                    s.node,
-                    node.hello.node_name,
-                    known.join(", ")
-                ),
-            ));
-        };
-        stages.push(StagePlacement { node: s.node, addr, range: LayerRange { begin: s.begin, end: s.end } });
-    }
-    Ok(stages)
+/// A placement as the API takes it: node names and layer ranges (checked by the runtime).
+fn forced(placement: Vec<StageReq>) -> Forced {
+    Forced::Nodes(placement.into_iter().map(|s| (s.node, LayerRange { begin: s.begin, end: s.end })).collect())
 }
 
 async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    if state.instances.unload(&id) {
+    let m = match ModelRef::name(&id) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    if state.runtime.unload(&m) {
         StatusCode::OK.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no instance {id:?}"))

@@ -1,28 +1,28 @@
 //! The HTTP API every node serves (PRODUCT.md §5): Ollama at the root, OpenAI under `/v1`,
-//! Anthropic's `/v1/messages`. Each is a thin translation over one internal generation request
-//! ([`core`]); models load on demand ([`instances`]).
+//! Anthropic's `/v1/messages`, and the cluster's own routes. Each is a thin translation over the
+//! [`crate::runtime`]: requests become [`crate::runtime::GenRequest`]s, runtime errors become
+//! each API's status and error shape in one place per API.
 
 pub mod anthropic;
 pub mod cluster;
-pub mod core;
-pub mod instances;
 pub mod ollama;
 pub mod openai;
 mod util;
 
-pub use instances::{Instances, Limits};
-
+use crate::runtime::{ErrorKind, Runtime, RuntimeError};
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::Router;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub instances: Arc<Instances>,
+    pub runtime: Arc<Runtime>,
 }
 
-/// Request bodies above this are refused (413) before they are read whole.
-pub const MAX_BODY: usize = 32 << 20;
+/// Request bodies above this are refused (413) before they are read whole: a conversation that
+/// fills a 128k-token context is well below it.
+pub const MAX_BODY: usize = 4 << 20;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -30,7 +30,20 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(anthropic::routes())
         .merge(cluster::routes())
-        .fallback(|| async { ollama::error(axum::http::StatusCode::NOT_FOUND, "no such route") })
+        .fallback(|| async { ollama::error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The status every API answers a runtime error with.
+pub fn status(e: &RuntimeError) -> StatusCode {
+    match e.kind() {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+    }
 }

@@ -1,12 +1,12 @@
 //! Ollama's API at the root: NDJSON streaming by default, durations in nanoseconds, errors as
 //! `{"error": "..."}`.
 
-use super::core::{self, CoreError, Event, Finish, GenRequest, Input, KeepAlive, Stats};
-use super::util::{keep_alive, parse, random_seed, rfc3339, stream_body};
+use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
-use crate::store::{LocalModel, PullProgress, Resolved, StoreError};
+use crate::runtime::{Event, Finish, GenRequest, Input, KeepAlive, LoadOptions, ModelRef, RuntimeError, Stats};
+use crate::store::{LocalModel, PullProgress};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -36,8 +36,9 @@ pub fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": msg.to_string() }))).into_response()
 }
 
-pub fn core_error(e: CoreError) -> Response {
-    error(e.status(), e)
+/// A runtime error in Ollama's shape, fields named as Ollama names them.
+pub fn runtime_error(e: RuntimeError) -> Response {
+    error(super::status(&e), e.message_with(|f| f.ollama()))
 }
 
 async fn root() -> &'static str {
@@ -63,7 +64,7 @@ pub struct Options {
     repeat_last_n: Option<i32>,
 }
 
-fn sampling(o: &Options) -> Result<(SamplingParams, Option<u32>), String> {
+fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> {
     let d = SamplingParams::default();
     let seed = match o.seed {
         None => random_seed(),
@@ -82,10 +83,11 @@ fn sampling(o: &Options) -> Result<(SamplingParams, Option<u32>), String> {
     };
     let max = match o.num_predict {
         None | Some(-1) | Some(-2) => None,
-        Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
+        Some(n) if n > 0 => Some(n as u64),
         Some(n) => {
-            return Err(format!(
-                "num_predict {n} is invalid: use a positive count, -1 (no limit) or -2 (fill the context)"
+            return Err(RuntimeError::field(
+                crate::runtime::Field::MaxTokens,
+                format!("{n} is invalid: use a positive count, -1 (no limit) or -2 (fill the context)"),
             ))
         }
     };
@@ -139,32 +141,40 @@ struct ChatReq {
 async fn run(
     state: AppState,
     chat: bool,
-    model: String,
+    name: String,
     input: Option<Input>,
     stream: bool,
     options: Options,
     ka: Option<Value>,
 ) -> Response {
-    let ka = match ka.as_ref().map(keep_alive).transpose() {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let (sampling, max_tokens) = match sampling(&options) {
+    let checked = (|| {
+        let m = model(&name)?;
+        let ka = ka.as_ref().map(keep_alive).transpose()?;
+        let (sampling, max_tokens) = sampling(&options)?;
+        Ok::<_, RuntimeError>((m, ka, sampling, max_tokens))
+    })();
+    let (m, ka, sampling, max_tokens) = match checked {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return runtime_error(e),
     };
+    let rt = &state.runtime;
     let created = || rfc3339(SystemTime::now());
     let Some(input) = input else {
         // no prompt: load (or, with keep_alive 0, unload) and report it
         let unload = ka == Some(KeepAlive::For(std::time::Duration::ZERO));
         if unload {
-            state.instances.unload(&model);
-        } else if let Err(e) = state.instances.get(&model, options.num_ctx).await {
-            return core_error(e);
-        } else if let (Some(k), Ok((i, _))) = (ka, state.instances.get(&model, options.num_ctx).await) {
-            i.set_keep_alive(k);
+            rt.unload(&m);
+        } else {
+            match rt.instance(&m, LoadOptions { num_ctx: options.num_ctx, ..LoadOptions::default() }).await {
+                Ok((i, _)) => {
+                    if let Some(k) = ka {
+                        i.set_keep_alive(k);
+                    }
+                }
+                Err(e) => return runtime_error(e),
+            }
         }
-        let mut v = json!({ "model": model, "created_at": created(), "done": true, "done_reason": if unload { "unload" } else { "load" } });
+        let mut v = json!({ "model": name, "created_at": created(), "done": true, "done_reason": if unload { "unload" } else { "load" } });
         if chat {
             v["message"] = json!({ "role": "assistant", "content": "" });
         } else {
@@ -172,21 +182,17 @@ async fn run(
         }
         return axum::Json(v).into_response();
     };
-    let req = GenRequest {
-        model: model.clone(),
-        input,
-        sampling,
-        stop: options.stop.clone().unwrap_or_default(),
-        max_tokens,
-        num_ctx: options.num_ctx,
-        keep_alive: ka,
-    };
-    let mut gen = match core::start(&state.instances, req).await {
+    let mut req = GenRequest::new(m, input, sampling);
+    req.stop = options.stop.clone().unwrap_or_default();
+    req.max_tokens = max_tokens;
+    req.num_ctx = options.num_ctx;
+    req.keep_alive = ka;
+    let mut gen = match rt.generate(req).await {
         Ok(g) => g,
-        Err(e) => return core_error(e),
+        Err(e) => return runtime_error(e),
     };
     let piece = move |text: &str| {
-        let mut v = json!({ "model": model, "created_at": created(), "done": false });
+        let mut v = json!({ "model": name, "created_at": created(), "done": false });
         if chat {
             v["message"] = json!({ "role": "assistant", "content": text });
         } else {
@@ -204,7 +210,7 @@ async fn run(
                     final_fields(&mut v, finish, &stats);
                     return axum::Json(v).into_response();
                 }
-                Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Event::Failed(e) => return runtime_error(e),
             }
         }
         return error(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result");
@@ -219,7 +225,7 @@ async fn run(
                     final_fields(&mut v, finish, &stats);
                     v
                 }
-                Event::Failed(e) => json!({ "error": e }),
+                Event::Failed(e) => json!({ "error": e.message_with(|f| f.ollama()) }),
             };
             // a send error means the client left: dropping `gen` cancels the generation
             if tx.send(format!("{line}\n")).await.is_err() {
@@ -296,10 +302,9 @@ fn shape_of(m: &LocalModel) -> Option<ModelShape> {
 }
 
 async fn tags(State(state): State<AppState>) -> Response {
-    let store = state.instances.store.clone();
+    let locals = state.runtime.local_models().await;
     let models = tokio::task::spawn_blocking(move || {
-        store
-            .local_models()
+        locals
             .iter()
             .map(|m| {
                 let modified = std::fs::metadata(m.first()).and_then(|x| x.modified()).unwrap_or(SystemTime::now());
@@ -331,20 +336,20 @@ impl NameReq {
     }
 }
 
+/// The model a name-only request (show, pull, delete) is about: a name, never a path.
+fn name_req(body: &Bytes) -> Result<ModelRef, Response> {
+    let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    model(&name).map_err(runtime_error)
+}
+
 async fn show(State(state): State<AppState>, body: Bytes) -> Response {
-    let name = match parse::<NameReq>(&body).and_then(NameReq::get) {
-        Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    let m = match name_req(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    let m = match state.instances.store.resolve(&name) {
-        Ok(Resolved::Local(m)) => m,
-        _ => return error(StatusCode::NOT_FOUND, format!("model {name:?} not found")),
-    };
-    let Some(shape) = shape_of(&m) else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the GGUF header of {}", m.first().display()),
-        );
+    let (m, shape) = match state.runtime.show(&m).await {
+        Ok(x) => x,
+        Err(e) => return runtime_error(e),
     };
     let a = &shape.architecture;
     let mut info = serde_json::Map::new();
@@ -371,19 +376,20 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
 
 async fn ps(State(state): State<AppState>) -> Response {
     let models: Vec<Value> = state
-        .instances
-        .list()
+        .runtime
+        .instances()
         .iter()
         .map(|i| {
+            let l = &i.loaded;
             json!({
-                "name": i.name,
-                "model": i.name,
-                "size": i.size,
+                "name": l.name,
+                "model": l.name,
+                "size": l.size,
                 "digest": "",
-                "details": details(Some(&i.shape), i.quant.as_deref()),
+                "details": details(Some(&l.shape), l.quant.as_deref()),
                 "expires_at": i.expires_at().map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
                 "size_vram": 0,
-                "context_length": i.n_ctx,
+                "context_length": l.n_ctx,
             })
         })
         .collect();
@@ -435,15 +441,19 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
     let Some(name) = r.model.or(r.name).filter(|s| !s.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "missing field `model`");
     };
-    let store = state.instances.store.clone();
+    let m = match model(&name) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
     let (ptx, mut prx) = mpsc::unbounded_channel();
     let progress = Arc::new(NdjsonProgress { tx: ptx.clone(), cur: Mutex::new((String::new(), 0, 0, Instant::now())) });
     let _ = ptx.send(json!({ "status": "pulling manifest" }));
-    let job = tokio::spawn(async move { store.pull(&name, progress).await });
+    let rt = state.runtime.clone();
+    let job = tokio::spawn(async move { rt.pull(&m, progress).await });
     if !stream {
         return match job.await {
             Ok(Ok(_)) => axum::Json(json!({ "status": "success" })).into_response(),
-            Ok(Err(e)) => error(pull_status(&e), e),
+            Ok(Err(e)) => runtime_error(e),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
     }
@@ -457,7 +467,7 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
         }
         let last = match job.await {
             Ok(Ok(_)) => json!({ "status": "success" }),
-            Ok(Err(e)) => json!({ "error": e.to_string() }),
+            Ok(Err(e)) => json!({ "error": e.message_with(|f| f.ollama()) }),
             Err(e) => json!({ "error": e.to_string() }),
         };
         let _ = tx.send(format!("{last}\n")).await;
@@ -465,25 +475,13 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
     ndjson(stream_body(rx))
 }
 
-fn pull_status(e: &StoreError) -> StatusCode {
-    match e {
-        StoreError::NotFound { .. } | StoreError::NotDownloadable { .. } => StatusCode::NOT_FOUND,
-        StoreError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        StoreError::Offline { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
 async fn remove(State(state): State<AppState>, body: Bytes) -> Response {
-    let name = match parse::<NameReq>(&body).and_then(NameReq::get) {
-        Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    let m = match name_req(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    state.instances.unload(&name);
-    match state.instances.store.remove(&name) {
+    match state.runtime.delete(&m).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e @ StoreError::NotFound { .. }) => error(StatusCode::NOT_FOUND, e),
-        Err(e @ StoreError::NotOurs { .. }) => error(StatusCode::FORBIDDEN, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => runtime_error(e),
     }
 }

@@ -1,8 +1,8 @@
 //! OpenAI's shapes: `/v1/models`, `/v1/chat/completions`, `/v1/completions`; SSE streams ending
 //! with `data: [DONE]`; errors as `{"error": {"message", "type", ...}}`.
 
-use super::core::{self, CoreError, Event, Finish, GenRequest, Input, Stats};
-use super::util::{parse, random_seed, stream_body, unix_now, TextContent};
+use super::util::{model, parse, random_seed, stream_body, unix_now, TextContent};
+use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError, Stats};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
 use axum::body::Bytes;
@@ -33,16 +33,12 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn core_error(e: CoreError) -> Response {
-    error(e.status(), e)
+fn runtime_error(e: RuntimeError) -> Response {
+    error(super::status(&e), e.message_with(|f| f.openai().to_string()))
 }
 
 async fn models(State(state): State<AppState>) -> Response {
-    let store = state.instances.store.clone();
-    let names =
-        tokio::task::spawn_blocking(move || store.local_models().into_iter().map(|m| m.name).collect::<Vec<_>>())
-            .await
-            .unwrap_or_default();
+    let names: Vec<String> = state.runtime.local_models().await.into_iter().map(|m| m.name).collect();
     let data: Vec<Value> =
         names.iter().map(|n| json!({ "id": n, "object": "model", "created": 0, "owned_by": "exo" })).collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
@@ -97,11 +93,11 @@ struct CompletionReq {
     common: Common,
 }
 
-fn request(c: &Common, input: Input) -> Result<GenRequest, String> {
+fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
     let max = match c.max_completion_tokens.or(c.max_tokens) {
         None => None,
-        Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
-        Some(n) => return Err(format!("max_tokens must be positive, got {n}")),
+        Some(n) if n > 0 => Some(n as u64),
+        Some(n) => return Err(RuntimeError::field(crate::runtime::Field::MaxTokens, format!("must be positive, got {n}"))),
     };
     // OpenAI's defaults: temperature 1, top_p 1, no penalty
     let sampling = SamplingParams {
@@ -119,7 +115,10 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, String> {
         Some(Stop::One(s)) => vec![s.clone()],
         Some(Stop::Many(v)) => v.clone(),
     };
-    Ok(GenRequest { model: c.model.clone(), input, sampling, stop, max_tokens: max, num_ctx: None, keep_alive: None })
+    let mut r = GenRequest::new(model(&c.model)?, input, sampling);
+    r.stop = stop;
+    r.max_tokens = max;
+    Ok(r)
 }
 
 fn finish_reason(f: Finish) -> &'static str {
@@ -141,11 +140,11 @@ fn sse(rx: mpsc::Receiver<String>) -> Response {
 async fn serve(state: AppState, c: Common, input: Input, chat: bool) -> Response {
     let req = match request(&c, input) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return runtime_error(e),
     };
-    let mut gen = match core::start(&state.instances, req).await {
+    let mut gen = match state.runtime.generate(req).await {
         Ok(g) => g,
-        Err(e) => return core_error(e),
+        Err(e) => return runtime_error(e),
     };
     let id = format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, super::util::random_seed());
     let created = unix_now();
@@ -166,7 +165,7 @@ async fn serve(state: AppState, c: Common, input: Input, chat: bool) -> Response
                     return axum::Json(json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage(&stats) }))
                         .into_response();
                 }
-                Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Event::Failed(e) => return runtime_error(e),
             }
         }
         return error(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result");
@@ -216,7 +215,8 @@ async fn serve(state: AppState, c: Common, input: Input, chat: bool) -> Response
                     s
                 }
                 Event::Failed(e) => {
-                    format!("data: {}\n\n", json!({ "error": { "message": e, "type": "server_error" } }))
+                    let m = e.message_with(|f| f.openai().to_string());
+                    format!("data: {}\n\n", json!({ "error": { "message": m, "type": "server_error" } }))
                 }
             };
             if tx.send(out).await.is_err() {

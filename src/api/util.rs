@@ -1,10 +1,10 @@
 //! Helpers shared by the API translations: body parsing with our own error messages, time
 //! formats, streaming bodies.
 
-use super::core::KeepAlive;
+use crate::runtime::{Field, KeepAlive, ModelRef, RuntimeError};
 use axum::body::{Body, Bytes};
 use serde::de::DeserializeOwned;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Parses a JSON body; the error says what is wrong (malformed, missing field, wrong type).
 pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
@@ -74,20 +74,22 @@ pub fn unix_now() -> u64 {
 }
 
 /// Ollama's keep_alive: seconds as a number, or a Go-style duration ("5m", "1h30m", "0", "-1");
-/// negative means forever.
-pub fn keep_alive(v: &serde_json::Value) -> Result<KeepAlive, String> {
+/// negative means forever; bounded by the runtime before anything is converted.
+pub fn keep_alive(v: &serde_json::Value) -> Result<KeepAlive, RuntimeError> {
+    let bad = |r: String| RuntimeError::field(Field::KeepAlive, r);
     let secs: f64 = match v {
-        serde_json::Value::Number(n) => n.as_f64().ok_or("keep_alive must be a number or a duration")?,
+        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| bad("must be a number or a duration".into()))?,
         serde_json::Value::String(s) => {
-            go_duration(s).ok_or_else(|| format!("keep_alive {s:?} is not a duration like 5m or 30s"))?
+            go_duration(s).ok_or_else(|| bad(format!("{s:?} is not a duration like 5m or 30s")))?
         }
-        _ => return Err("keep_alive must be a number or a duration".into()),
+        _ => return Err(bad("must be a number or a duration".into())),
     };
-    if secs < 0.0 {
-        Ok(KeepAlive::Forever)
-    } else {
-        Ok(KeepAlive::For(Duration::from_secs_f64(secs)))
-    }
+    KeepAlive::from_secs(secs)
+}
+
+/// A model name from a request body: a name, never a path.
+pub fn model(name: &str) -> Result<ModelRef, RuntimeError> {
+    ModelRef::name(name)
 }
 
 fn go_duration(s: &str) -> Option<f64> {
@@ -148,6 +150,7 @@ pub fn random_seed() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn timestamps() {
@@ -167,5 +170,9 @@ mod tests {
         assert_eq!(keep_alive(&json!("-1m")).unwrap(), KeepAlive::Forever);
         assert!(keep_alive(&json!("soon")).is_err());
         assert!(keep_alive(&json!(true)).is_err());
+        // huge values are refused, not converted (Duration::from_secs_f64 panics on them)
+        assert!(keep_alive(&json!(1e300)).is_err());
+        assert!(keep_alive(&json!("99999999999999999h")).is_err());
+        assert!(keep_alive(&json!(f64::MAX)).is_err());
     }
 }

@@ -88,7 +88,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn local(a: &BenchArgs, cfg: &BenchConfig, rt: &tokio::runtime::Runtime) -> anyhow::Result<BenchReport> {
-    let (model, _, ranges) = super::run::local_model(rt, &a.model, a.split.as_deref())?;
+    let (model, _, forced) = rt.block_on(super::run::local_model(&a.model, a.split.as_deref()))?;
+    let ranges = match forced {
+        None => None,
+        Some(crate::runtime::Forced::Local(r)) => Some(r),
+        Some(crate::runtime::Forced::Nodes(_)) => {
+            return Err(super::UsageError("--split with node names needs a running node (exo serve)".into()).into())
+        }
+    };
     let path = model.first().to_path_buf();
     let n_ctx = cfg.n_ctx_needed().next_multiple_of(256);
     let mut context =

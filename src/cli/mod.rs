@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod chat;
 mod dev;
 mod models;
 mod plan;

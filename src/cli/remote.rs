@@ -1,9 +1,10 @@
 //! `exo run` and `exo cluster` through a running node's HTTP API (EXO_API_ADDR).
 
+use super::chat::{Backend, Params, TurnStats};
 use super::run::RunArgs;
 use super::UsageError;
+use crate::engine::ChatMessage;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::time::Duration;
 
 /// The API base URL of a node running at `addr`, if one answers.
@@ -69,170 +70,126 @@ pub async fn cluster(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(a: &RunArgs) -> Value {
+/// A running node's Ollama API answers the turns.
+pub(super) struct RemoteBackend {
+    http: reqwest::Client,
+    base: String,
+    model: String,
+    num_ctx: Option<u32>,
+    raw: bool,
+}
+
+impl RemoteBackend {
+    /// Makes sure the node has the model (pulling it like a local run would) and places it
+    /// first when `split` names nodes.
+    pub async fn connect(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Result<RemoteBackend> {
+        let http = reqwest::Client::new();
+        let r = http.post(format!("{base}/api/show")).json(&json!({ "model": a.model })).send().await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            let r = http
+                .post(format!("{base}/api/pull"))
+                .json(&json!({ "model": a.model, "stream": false }))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                return Err(error_of(r).await);
+            }
+        } else if !r.status().is_success() {
+            return Err(error_of(r).await);
+        }
+        if let Some(placement) = split {
+            let r = http
+                .post(format!("{base}/instances"))
+                .json(&json!({ "model": a.model, "placement": placement, "num_ctx": a.ctx_size }))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                return Err(error_of(r).await);
+            }
+        }
+        Ok(RemoteBackend { http, base: base.to_string(), model: a.model.clone(), num_ctx: a.ctx_size, raw: a.raw })
+    }
+}
+
+fn options(p: &Params, num_ctx: Option<u32>) -> Value {
     let mut o = serde_json::Map::new();
     let mut put = |k: &str, v: Value| {
         if !v.is_null() {
             o.insert(k.into(), v);
         }
     };
-    put("temperature", json!(a.temperature));
-    put("top_k", json!(a.top_k));
-    put("top_p", json!(a.top_p));
-    put("min_p", json!(a.min_p));
-    put("repeat_penalty", json!(a.repeat_penalty));
-    put("seed", json!(a.seed));
-    put("num_predict", json!(a.max_tokens));
-    put("num_ctx", json!(a.ctx_size));
+    put("temperature", json!(p.temperature));
+    put("top_k", json!(p.top_k));
+    put("top_p", json!(p.top_p));
+    put("min_p", json!(p.min_p));
+    put("repeat_penalty", json!(p.repeat_penalty));
+    put("seed", json!(p.seed));
+    put("num_predict", json!(p.max_tokens));
+    put("num_ctx", json!(num_ctx));
     Value::Object(o)
 }
 
-/// Runs the conversation through the node at `base`; `split` (node=begin:end,...) places the
-/// model first.
-pub async fn run(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    // the node pulls what it lacks, as a local run would
-    let r = http.post(format!("{base}/api/show")).json(&json!({ "model": a.model })).send().await?;
-    if r.status() == reqwest::StatusCode::NOT_FOUND {
-        let r =
-            http.post(format!("{base}/api/pull")).json(&json!({ "model": a.model, "stream": false })).send().await?;
+impl Backend for RemoteBackend {
+    async fn answer(
+        &mut self,
+        messages: &[ChatMessage],
+        p: &Params,
+        out: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> anyhow::Result<TurnStats> {
+        let opts = options(p, self.num_ctx);
+        let (path, body) = if self.raw {
+            let prompt = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            ("api/generate", json!({ "model": self.model, "prompt": prompt, "raw": true, "options": opts, "stream": true }))
+        } else {
+            ("api/chat", json!({ "model": self.model, "messages": messages, "options": opts, "stream": true }))
+        };
+        let mut r = self.http.post(format!("{}/{path}", self.base)).json(&body).send().await?;
         if !r.status().is_success() {
             return Err(error_of(r).await);
         }
-    }
-    if let Some(placement) = split {
-        let r = http
-            .post(format!("{base}/instances"))
-            .json(&json!({ "model": a.model, "placement": placement, "num_ctx": a.ctx_size }))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            return Err(error_of(r).await);
-        }
-        if a.verbose {
-            eprintln!("placement: {}", r.json::<Value>().await?["stages"]);
-        }
-    }
-    let prompt = super::run::read_prompt(a)?;
-    let mut history = Vec::new();
-    let mut opts = options(a);
-    if let Some(p) = prompt {
-        history.push(json!({ "role": "user", "content": p }));
-        chat(&http, base, a, &opts, &history).await?;
-        return Ok(());
-    }
-    loop {
-        let Some(line) = super::run::chat_line()? else { return Ok(()) };
-        match line.trim() {
-            "" => continue,
-            "/bye" => return Ok(()),
-            "/clear" => {
-                history.clear();
-                outln!("Cleared session context");
-                continue;
-            }
-            l if l.starts_with("/set parameter ") => {
-                match set_parameter(&mut opts, &l["/set parameter ".len()..]) {
-                    Ok(m) => outln!("{m}"),
-                    Err(e) => outln!("Error: {e}"),
+        let mut buf = String::new();
+        while let Some(chunk) = r.chunk().await? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                let v: Value = serde_json::from_str(line.trim()).unwrap_or_default();
+                if let Some(e) = v["error"].as_str() {
+                    return Err(anyhow::anyhow!("{e}"));
                 }
-                continue;
-            }
-            "/?" | "/help" => {
-                outln!(
-                    "/set parameter NAME VALUE   temperature, top_k, top_p, min_p, repeat_penalty, seed, num_predict"
-                );
-                outln!("/clear                      forget the conversation");
-                outln!("/bye                        exit (or Ctrl-D)");
-                continue;
-            }
-            l if l.starts_with('/') => {
-                outln!("Unknown command '{l}'. Type /? for help");
-                continue;
-            }
-            l => history.push(json!({ "role": "user", "content": l })),
-        }
-        let reply = chat(&http, base, a, &opts, &history).await?;
-        history.push(json!({ "role": "assistant", "content": reply }));
-        outln!();
-    }
-}
-
-fn set_parameter(opts: &mut Value, rest: &str) -> Result<String, String> {
-    let (name, value) = rest.trim().split_once(' ').ok_or("usage: /set parameter NAME VALUE")?;
-    let value = value.trim();
-    let v: Value = match name {
-        "temperature" | "top_p" | "min_p" | "repeat_penalty" => {
-            json!(value.parse::<f64>().map_err(|_| format!("{value:?} is not a number"))?)
-        }
-        "top_k" | "seed" | "num_predict" => {
-            json!(value.parse::<i64>().map_err(|_| format!("{value:?} is not an integer"))?)
-        }
-        _ => return Err(format!("unknown parameter {name:?}")),
-    };
-    opts[name] = v;
-    Ok(format!("Set parameter '{name}' to '{value}'"))
-}
-
-async fn chat(
-    http: &reqwest::Client,
-    base: &str,
-    a: &RunArgs,
-    opts: &Value,
-    messages: &[Value],
-) -> anyhow::Result<String> {
-    let body = json!({ "model": a.model, "messages": messages, "options": opts, "stream": true });
-    let mut r = http.post(format!("{base}/api/chat")).json(&body).send().await?;
-    if !r.status().is_success() {
-        return Err(error_of(r).await);
-    }
-    let (mut buf, mut reply) = (String::new(), String::new());
-    let mut out = std::io::stdout();
-    while let Some(chunk) = r.chunk().await? {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(i) = buf.find('\n') {
-            let line: String = buf.drain(..=i).collect();
-            let v: Value = serde_json::from_str(line.trim()).unwrap_or_default();
-            if let Some(e) = v["error"].as_str() {
-                return Err(anyhow::anyhow!("{e}"));
-            }
-            if let Some(t) = v["message"]["content"].as_str() {
-                reply.push_str(t);
-                out.write_all(t.as_bytes())?;
-                out.flush()?;
-            }
-            if v["done"] == true {
-                outln!();
-                if a.verbose {
-                    if let Ok(cl) = http.get(format!("{base}/cluster")).send().await {
-                        let cl: Value = cl.json().await.unwrap_or_default();
-                        let stages: Vec<String> = cl["instances"]
-                            .as_array()
-                            .and_then(|v| v.first())
-                            .and_then(|i| i["stages"].as_array().cloned())
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|s| format!("{} {}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
-                            .collect();
-                        eprintln!("placement: {}", stages.join(", "));
-                    }
-                    let ns = |k: &str| v[k].as_u64().unwrap_or(0) as f64 / 1e9;
-                    let rate =
-                        |n: &str, d: &str| if ns(d) > 0.0 { v[n].as_u64().unwrap_or(0) as f64 / ns(d) } else { 0.0 };
-                    eprintln!("total duration:       {:.3}s", ns("total_duration"));
-                    eprintln!("load duration:        {:.3}s", ns("load_duration"));
-                    eprintln!("prompt eval count:    {} token(s)", v["prompt_eval_count"]);
-                    eprintln!(
-                        "prompt eval rate:     {:.2} tokens/s",
-                        rate("prompt_eval_count", "prompt_eval_duration")
-                    );
-                    eprintln!("eval count:           {} token(s)", v["eval_count"]);
-                    eprintln!("eval rate:            {:.2} tokens/s", rate("eval_count", "eval_duration"));
+                let piece = v["message"]["content"].as_str().or_else(|| v["response"].as_str());
+                if let Some(t) = piece.filter(|t| !t.is_empty()) {
+                    out(t)?;
+                }
+                if v["done"] == true {
+                    let d = |k: &str| Duration::from_nanos(v[k].as_u64().unwrap_or(0));
+                    let n = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
+                    return Ok(TurnStats {
+                        load: d("load_duration"),
+                        prompt_tokens: n("prompt_eval_count"),
+                        prompt_eval: d("prompt_eval_duration"),
+                        eval_count: n("eval_count"),
+                        eval: d("eval_duration"),
+                        total: d("total_duration"),
+                    });
                 }
             }
         }
+        anyhow::bail!("the node ended the answer early")
     }
-    Ok(reply)
+
+    async fn placement(&self) -> Option<String> {
+        let cl: Value = self.http.get(format!("{}/cluster", self.base)).send().await.ok()?.json().await.ok()?;
+        let inst = cl["instances"].as_array()?.iter().find(|i| {
+            let m = i["model"].as_str().unwrap_or_default();
+            m == self.model || Some(m) == self.model.strip_suffix(":latest")
+        })?;
+        let stages: Vec<String> = inst["stages"]
+            .as_array()?
+            .iter()
+            .map(|s| format!("{} {}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
+            .collect();
+        Some(stages.join(", "))
+    }
 }
 
 /// `--split` with node names, as the placement `/instances` takes.

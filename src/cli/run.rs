@@ -1,15 +1,16 @@
-//! `exo run MODEL [PROMPT]` on this machine: one stage, or in-process stages with `--split`.
+//! `exo run MODEL [PROMPT]`: through a running node when one answers, else with the runtime in
+//! this process (joining the cluster when peers are given or discovered; in-process stages with
+//! an unnamed `--split`). The chat itself is [`super::chat`].
 
+use super::chat::{self, Backend, Params, TurnStats};
 use super::UsageError;
-use crate::engine::{ChatMessage, ContextParams, LayerRange, SamplingParams, Token, TokenDecoder};
+use crate::engine::{ChatMessage, LayerRange, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
-use crate::pipeline::{generate, Chain, GenerateRequest, GenerationStats};
 use crate::placement;
+use crate::runtime::{Event, Forced, GenRequest, Input, Limits, LoadOptions, ModelRef, Runtime};
 use crate::store::{LocalModel, Store};
-use anyhow::Context;
 use clap::Args;
-use std::io::{BufRead, IsTerminal, Read, Write};
-use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -57,84 +58,88 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    // through a running node: always for a split that names nodes, otherwise when one answers
-    let api_addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
-    let named = a.split.as_deref().is_some_and(|s| s.contains('='));
-    if named || a.split.is_none() {
-        if let Some(base) = rt.block_on(super::remote::running_node(&api_addr)) {
-            let placement = a.split.as_deref().map(super::remote::named_split_arg).transpose()?;
-            return rt.block_on(super::remote::run(&a, &base, placement));
-        }
-        if named {
-            return Err(UsageError(format!(
-                "--split with node names needs a running node to place the model across the cluster; none answers at {api_addr} (start `exo serve`)"
-            ))
-            .into());
-        }
-        // no node here: start one for this session, so the model can use the cluster too
-        // (flags that only an in-process run honours keep the in-process path)
-        if !a.ignore_eos && !a.raw && !a.no_mmap {
-            match rt.block_on(embedded_node(&a)) {
-                Ok((base, stop)) => {
-                    let r = rt.block_on(super::remote::run(&a, &base, None));
-                    let _ = stop.send(());
-                    return r;
-                }
-                Err(e) => tracing::warn!("cannot start an embedded node ({e}); running in this process"),
-            }
-        }
-    }
-    let (model, shape, ranges) = local_model(&rt, &a.model, a.split.as_deref())?;
-    let path = model.first().to_path_buf();
-    let sampling = sampling(&a);
-    sampling.validate().map_err(|e| UsageError(e.to_string()))?;
-    let train_ctx = if shape.context_length > 0 { shape.context_length } else { 4096 };
-    let n_ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
-    let mut context = ContextParams { n_ctx, n_seq_max: 1, ..ContextParams::default() };
-    if let Some(t) = a.threads {
-        context.n_threads = t;
-    }
-
-    let t_load = Instant::now();
-    let chain = Chain::load(&path, ranges.as_deref(), context, !a.no_mmap)
-        .with_context(|| format!("loading {}", path.display()))?;
-    let load = t_load.elapsed();
-    if a.verbose {
-        let stages: Vec<String> = chain.stages().iter().map(|s| format!("local {}", s.info().range)).collect();
-        eprintln!("placement: {}", stages.join(", "));
-        eprintln!("load duration: {}", fmt_dur(load));
-    }
-    let prompt = read_prompt(&a)?;
-    let mut session = Session { chain, args: a, sampling, cached: Vec::new(), load };
-    match prompt {
-        Some(p) => rt.block_on(session.answer(vec![ChatMessage { role: "user".into(), content: p }])).map(|_| ()),
-        None => rt.block_on(session.interactive()),
-    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run_async(a))
 }
 
-/// Starts a node inside this process (API on a free loopback port, peers by mDNS and EXO_PEERS)
-/// and waits briefly for peers; returns its API base URL and a handle that stops it.
-async fn embedded_node(a: &RunArgs) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    use crate::api::Limits;
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut limits = Limits { parallel: 1, queue: 1, ..Limits::default() };
-    if let Some(c) = a.ctx_size {
-        limits.default_ctx = c;
+async fn run_async(a: RunArgs) -> anyhow::Result<()> {
+    // through a running node: always for a split that names nodes, otherwise when one answers
+    // (flags only an in-process run honours keep it here)
+    let api_addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
+    let named = a.split.as_deref().is_some_and(|s| s.contains('='));
+    if (named || a.split.is_none()) && !a.ignore_eos && !a.no_mmap {
+        if let Some(base) = super::remote::running_node(&api_addr).await {
+            let placement = a.split.as_deref().map(super::remote::named_split_arg).transpose()?;
+            let mut b = super::remote::RemoteBackend::connect(&a, &base, placement).await?;
+            return chat::run(&mut b, &a).await;
+        }
     }
+    let (model, _, forced) = local_model(&a.model, a.split.as_deref()).await?;
+    let mut limits = Limits { parallel: 1, queue: 1, ..Limits::default() };
     if let Some(t) = a.threads {
         limits.threads = t;
     }
+    // in-process stages stay in this process; anything else may use the cluster
+    let cluster = match forced {
+        Some(Forced::Local(_)) => None,
+        _ => embedded_cluster(&limits, named).await?,
+    };
+    if let (Some(Forced::Nodes(stages)), Some(c)) = (&forced, &cluster) {
+        wait_for_nodes(c, stages).await;
+    }
+    let runtime = Runtime::new(Store::from_env(), limits, cluster.clone());
+    // the file the user named, or the one the store found (and perhaps pulled) for the name
+    let model = ModelRef::Path(model.first().to_path_buf());
+    let opts = LoadOptions { num_ctx: a.ctx_size, n_batch: None, forced, no_mmap: a.no_mmap };
+    let t = Instant::now();
+    let (instance, _) = runtime.instance(&model, opts.clone()).await?;
+    let load = t.elapsed();
+    if a.verbose {
+        eprintln!("placement: {}", placement_of(&runtime, &instance));
+        eprintln!("load duration: {}", fmt_secs(load));
+    }
+    let mut b = LocalBackend { runtime, model, opts, load: Some(load), raw: a.raw, ignore_eos: a.ignore_eos };
+    let r = chat::run(&mut b, &a).await;
+    if let Some(c) = cluster {
+        c.goodbye().await;
+    }
+    r
+}
+
+fn fmt_secs(d: Duration) -> String {
+    if d.as_secs_f64() >= 1.0 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else {
+        format!("{:.3}ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn placement_of(rt: &Runtime, i: &crate::runtime::Instance) -> String {
+    let here = rt.here();
+    i.pipe.stages(&here).iter().map(|(n, r)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Joins the cluster for this session (peers from EXO_PEERS, discovery unless
+/// EXO_NO_DISCOVERY) without an HTTP server; None when there is nobody to find.
+async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option<Arc<crate::cluster::ClusterNode>>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let peers: Vec<String> =
         env("EXO_PEERS").map(|p| p.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default();
     let discovery = !env("EXO_NO_DISCOVERY").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
-    let cluster = crate::cluster::NodeConfig {
+    if !discovery && peers.is_empty() {
+        if named {
+            return Err(UsageError(
+                "--split with node names needs a cluster: start `exo serve`, or give peers with EXO_PEERS".into(),
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let cfg = crate::cluster::NodeConfig {
         namespace: env("EXO_NAMESPACE").unwrap_or_else(|| "default".into()),
         node_name: env("EXO_NODE_NAME").unwrap_or_else(|| format!("{}-run", super::serve::host_name())),
         peer_bind: "0.0.0.0:0".parse()?,
-        peers: peers.clone(),
+        peers,
         memory_limit: None,
         decode_gbps: env("EXO_DECODE_GBPS").and_then(|v| v.parse().ok()),
         cache_dir: crate::config::cache_dir(),
@@ -142,272 +147,138 @@ async fn embedded_node(a: &RunArgs) -> anyhow::Result<(String, tokio::sync::ones
         discovery,
         advertise: None,
     };
-    let cfg = crate::node::NodeConfig { api_addr, limits, store: Store::from_env(), cluster: Some(cluster) };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        if let Err(e) = crate::node::serve(cfg, async {
-            let _ = stopped.await;
-        })
-        .await
-        {
-            tracing::warn!("embedded node: {e}");
+    match crate::cluster::ClusterNode::start(cfg, Store::from_env()).await {
+        Ok(n) => {
+            // give discovery a moment to find peers, so placement can use them
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(Some(n))
         }
-    });
-    let addr = api_addr.to_string();
+        Err(e) if !named => {
+            tracing::warn!("cannot join the cluster ({e}); running on this machine only");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits (briefly) until every node a named split uses is known.
+async fn wait_for_nodes(c: &crate::cluster::ClusterNode, stages: &[(String, LayerRange)]) {
     let t = Instant::now();
-    let base = loop {
-        if let Some(b) = super::remote::running_node(&addr).await {
-            break b;
+    while t.elapsed() < Duration::from_secs(5) {
+        if stages.iter().all(|(n, _)| c.address_of(n).is_some()) {
+            return;
         }
-        if t.elapsed() > Duration::from_secs(5) {
-            anyhow::bail!("the embedded node did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // give discovery a moment to find peers, so placement can use them
-    if discovery || !peers.is_empty() {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((base, stop))
 }
 
-/// PROMPT, else a prompt piped on stdin; None means an interactive chat.
-pub(super) fn read_prompt(a: &RunArgs) -> std::io::Result<Option<String>> {
-    if !a.prompt.is_empty() {
-        return Ok(Some(a.prompt.join(" ")));
-    }
-    if std::io::stdin().is_terminal() {
-        return Ok(None);
-    }
-    let mut s = String::new();
-    std::io::stdin().read_to_string(&mut s)?;
-    Ok(Some(s))
+/// The runtime in this process answers the turns; the instance's prompt cache keeps the
+/// conversation's KV from turn to turn.
+struct LocalBackend {
+    runtime: Arc<Runtime>,
+    model: ModelRef,
+    opts: LoadOptions,
+    /// Load time, reported with the first answer.
+    load: Option<Duration>,
+    raw: bool,
+    ignore_eos: bool,
 }
 
-/// The model on this machine (pulled if needed), its shape, and the in-process stage ranges of
-/// an unnamed `--split` (named ranges need a cluster: a usage error here).
-pub(super) fn local_model(
-    rt: &tokio::runtime::Runtime,
+impl Backend for LocalBackend {
+    async fn answer(
+        &mut self,
+        messages: &[ChatMessage],
+        p: &Params,
+        out: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> anyhow::Result<TurnStats> {
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: p.temperature.unwrap_or(d.temperature),
+            top_k: p.top_k.unwrap_or(d.top_k),
+            top_p: p.top_p.unwrap_or(d.top_p),
+            min_p: p.min_p.unwrap_or(d.min_p),
+            repeat_penalty: p.repeat_penalty.unwrap_or(d.repeat_penalty),
+            seed: p.seed.unwrap_or_else(random_seed),
+            ..d
+        };
+        let input = if self.raw {
+            Input::Raw(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
+        } else {
+            Input::Messages(messages.to_vec())
+        };
+        let mut req = GenRequest::new(self.model.clone(), input, sampling);
+        req.max_tokens = p.max_tokens;
+        req.num_ctx = self.opts.num_ctx;
+        req.ignore_eos = self.ignore_eos;
+        let mut gen = self.runtime.generate(req).await.map_err(usage_or_runtime)?;
+        let mut io_err = None;
+        while let Some(ev) = gen.events.recv().await {
+            match ev {
+                Event::Text(t) => {
+                    if io_err.is_none() {
+                        io_err = out(&t).err();
+                    }
+                }
+                Event::Done { stats, .. } => {
+                    if let Some(e) = io_err {
+                        return Err(e.into());
+                    }
+                    return Ok(TurnStats {
+                        load: self.load.take().unwrap_or(stats.load),
+                        prompt_tokens: stats.prompt_tokens - stats.cached_tokens,
+                        prompt_eval: stats.prompt_eval,
+                        eval_count: stats.completion_tokens,
+                        eval: stats.eval,
+                        total: stats.total,
+                    });
+                }
+                Event::Failed(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("the generation ended without a result")
+    }
+
+    async fn placement(&self) -> Option<String> {
+        None // printed once after loading
+    }
+}
+
+/// Bad request values from the command line are usage errors (exit code 2).
+fn usage_or_runtime(e: crate::runtime::RuntimeError) -> anyhow::Error {
+    match e.kind() {
+        crate::runtime::ErrorKind::Invalid => UsageError(e.to_string()).into(),
+        _ => e.into(),
+    }
+}
+
+fn random_seed() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
+
+/// The model on this machine (pulled if needed), its shape, and the placement a `--split`
+/// forces: unnamed ranges run as in-process stages, named ones on those nodes.
+pub(super) async fn local_model(
     name: &str,
     split: Option<&str>,
-) -> anyhow::Result<(LocalModel, ModelShape, Option<Vec<LayerRange>>)> {
+) -> anyhow::Result<(LocalModel, ModelShape, Option<Forced>)> {
     let store = Store::from_env();
-    let model = rt.block_on(super::models::ensure_local(&store, name))?;
-    let shape = ModelShape::from_files(&ModelFiles::open(model.first())?)?;
-    let ranges = match split {
+    let model = super::models::ensure_local(&store, name).await?;
+    let first = model.first().to_path_buf();
+    let shape = tokio::task::spawn_blocking(move || ModelShape::from_files(&ModelFiles::open(&first)?))
+        .await??;
+    let forced = match split {
         None => None,
         Some(s) => {
             let stages =
                 placement::parse_split(s, shape.n_layer).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
-            if stages.iter().any(|s| s.node.is_some()) {
-                return Err(UsageError(
-                    "--split with node names needs a cluster; on one machine give ranges only (0:4,4:8)".into(),
-                )
-                .into());
+            if stages.iter().all(|s| s.node.is_none()) {
+                Some(Forced::Local(stages.into_iter().map(|s| s.range).collect()))
+            } else if stages.iter().all(|s| s.node.is_some()) {
+                Some(Forced::Nodes(stages.into_iter().map(|s| (s.node.unwrap_or_default(), s.range)).collect()))
+            } else {
+                return Err(UsageError("mix of named and unnamed ranges in --split".into()).into());
             }
-            Some(stages.into_iter().map(|s| s.range).collect())
         }
     };
-    Ok((model, shape, ranges))
-}
-
-/// One line typed at the `>>> ` prompt of an interactive chat; `None` at end of input (Ctrl-D).
-pub(super) fn chat_line() -> std::io::Result<Option<String>> {
-    print!(">>> ");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line)? == 0 {
-        outln!();
-        return Ok(None);
-    }
-    Ok(Some(line))
-}
-
-fn sampling(a: &RunArgs) -> SamplingParams {
-    let d = SamplingParams::default();
-    SamplingParams {
-        temperature: a.temperature.unwrap_or(d.temperature),
-        top_k: a.top_k.unwrap_or(d.top_k),
-        top_p: a.top_p.unwrap_or(d.top_p),
-        min_p: a.min_p.unwrap_or(d.min_p),
-        repeat_penalty: a.repeat_penalty.unwrap_or(d.repeat_penalty),
-        seed: a.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-        }),
-        ..d
-    }
-}
-
-struct Session {
-    chain: Chain,
-    args: RunArgs,
-    sampling: SamplingParams,
-    /// Tokens of sequence 0 now in the KV cache, reused across chat turns.
-    cached: Vec<Token>,
-    load: Duration,
-}
-
-impl Session {
-    /// Formats the conversation, decodes what the cache lacks, streams the reply to stdout.
-    async fn answer(&mut self, messages: Vec<ChatMessage>) -> anyhow::Result<String> {
-        let first = self.chain.first().clone();
-        let text = match (&first.info().chat_template, self.args.raw) {
-            (Some(_), false) => first.apply_template(messages, true).await?,
-            _ => messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
-        };
-        let tokens = first.tokenize(&text, true, true).await?;
-        // reuse the longest cached prefix; at least one token must be decoded to get logits
-        let mut keep = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
-        if !self.chain.seq_rm(0, keep as i32, -1).await? {
-            self.chain.clear().await?;
-            keep = 0;
-        }
-        let req = GenerateRequest {
-            prompt: tokens[keep..].to_vec(),
-            past: tokens[..keep].to_vec(),
-            seq: 0,
-            sampling: self.sampling.clone(),
-            max_tokens: self.args.max_tokens,
-            ignore_eos: self.args.ignore_eos,
-        };
-        let t0 = Instant::now();
-        let mut out = std::io::stdout().lock();
-        let mut decoder = TokenDecoder::new();
-        let mut generated = Vec::new();
-        let mut reply = String::new();
-        let mut io_err = None;
-        let stats = {
-            // detokenizing needs the stage thread: collect ids here, print as they arrive
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let printer = async {
-                while let Some(t) = rx.recv().await {
-                    let bytes = first.token_bytes(vec![t], false).await?;
-                    let s = decoder.push(&bytes[0]);
-                    reply.push_str(&s);
-                    if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-                        io_err = Some(e);
-                    }
-                }
-                anyhow::Ok(())
-            };
-            let gen = async {
-                let r = generate(&self.chain, req, |t| {
-                    generated.push(t);
-                    let _ = tx.send(t);
-                    ControlFlow::Continue(())
-                })
-                .await;
-                drop(tx);
-                r
-            };
-            let (stats, printed) = tokio::join!(gen, printer);
-            printed?;
-            stats?
-        };
-        let tail = decoder.finish();
-        reply.push_str(&tail);
-        writeln!(out, "{tail}")?;
-        if let Some(e) = io_err {
-            return Err(e.into());
-        }
-        self.cached = tokens;
-        self.cached.extend_from_slice(&generated);
-        self.cached.truncate(stats.n_past);
-        if self.args.verbose {
-            print_stats(&stats, self.load, t0.elapsed());
-        }
-        Ok(reply)
-    }
-
-    async fn interactive(&mut self) -> anyhow::Result<()> {
-        let mut history: Vec<ChatMessage> = Vec::new();
-        loop {
-            let Some(line) = chat_line()? else { return Ok(()) };
-            let line = line.trim();
-            match line {
-                "" => continue,
-                "/bye" => return Ok(()),
-                "/clear" => {
-                    history.clear();
-                    self.chain.clear().await?;
-                    self.cached.clear();
-                    outln!("Cleared session context");
-                    continue;
-                }
-                "/?" | "/help" => {
-                    outln!("/set parameter NAME VALUE   temperature, top_k, top_p, min_p, repeat_penalty, seed, num_predict");
-                    outln!("/clear                      forget the conversation");
-                    outln!("/bye                        exit (or Ctrl-D)");
-                    continue;
-                }
-                _ => {}
-            }
-            if let Some(rest) = line.strip_prefix("/set parameter ") {
-                match self.set_parameter(rest) {
-                    Ok(msg) => outln!("{msg}"),
-                    Err(e) => outln!("Error: {e}"),
-                }
-                continue;
-            }
-            if line.starts_with('/') {
-                outln!("Unknown command '{line}'. Type /? for help");
-                continue;
-            }
-            history.push(ChatMessage { role: "user".into(), content: line.to_string() });
-            let reply = self.answer(history.clone()).await?;
-            history.push(ChatMessage { role: "assistant".into(), content: reply });
-            outln!();
-        }
-    }
-
-    fn set_parameter(&mut self, rest: &str) -> Result<String, String> {
-        let (name, value) = rest.trim().split_once(' ').ok_or("usage: /set parameter NAME VALUE")?;
-        let value = value.trim();
-        let f = || value.parse::<f32>().map_err(|_| format!("{value:?} is not a number"));
-        let i = || value.parse::<i64>().map_err(|_| format!("{value:?} is not an integer"));
-        let mut s = self.sampling.clone();
-        match name {
-            "temperature" => s.temperature = f()?,
-            "top_k" => s.top_k = i()? as i32,
-            "top_p" => s.top_p = f()?,
-            "min_p" => s.min_p = f()?,
-            "repeat_penalty" => s.repeat_penalty = f()?,
-            "seed" => s.seed = i()? as u32,
-            "num_predict" => {
-                let n = i()?;
-                self.args.max_tokens = (n > 0).then_some(n as u32);
-                return Ok(format!("Set parameter 'num_predict' to '{value}'"));
-            }
-            _ => return Err(format!("unknown parameter {name:?}")),
-        }
-        s.validate().map_err(|e| e.to_string())?;
-        self.sampling = s;
-        Ok(format!("Set parameter '{name}' to '{value}'"))
-    }
-}
-
-fn print_stats(s: &GenerationStats, load: Duration, total: Duration) {
-    let rate = |n: usize, d: Duration| {
-        if d.as_secs_f64() > 0.0 {
-            n as f64 / d.as_secs_f64()
-        } else {
-            0.0
-        }
-    };
-    eprintln!("total duration:       {}", fmt_dur(total + load));
-    eprintln!("load duration:        {}", fmt_dur(load));
-    eprintln!("prompt eval count:    {} token(s)", s.prompt_tokens);
-    eprintln!("prompt eval duration: {}", fmt_dur(s.prompt_duration));
-    eprintln!("prompt eval rate:     {:.2} tokens/s", rate(s.prompt_tokens, s.prompt_duration));
-    eprintln!("eval count:           {} token(s)", s.generated_tokens);
-    eprintln!("eval duration:        {}", fmt_dur(s.eval_duration));
-    eprintln!("eval rate:            {:.2} tokens/s", rate(s.generated_tokens.saturating_sub(1), s.eval_duration));
-}
-
-fn fmt_dur(d: Duration) -> String {
-    if d.as_secs_f64() >= 1.0 {
-        format!("{:.3}s", d.as_secs_f64())
-    } else {
-        format!("{:.3}ms", d.as_secs_f64() * 1e3)
-    }
+    Ok((model, shape, forced))
 }

@@ -1,6 +1,6 @@
 //! `exo serve` (also plain `exo`): run a node until Ctrl-C or SIGTERM.
 
-use crate::api::Limits;
+use crate::runtime::Limits;
 use crate::node::{self, NodeConfig};
 use crate::store::Store;
 use clap::Args;
@@ -79,6 +79,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    limits.memory_limit = memory_limit;
     let cfg = NodeConfig {
         api_addr: a.api_addr,
         limits,

@@ -5,11 +5,12 @@
 use super::host::{LoadedMsg, SeqOpMsg, UnloadMsg};
 use super::ClusterNode;
 use crate::engine::{ContextParams, LayerRange, ModelWindow, SamplingParams, StageHandle, StageInfo, StageSpec, Token};
-use crate::pipeline::{NodeReport, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk};
+use crate::pipeline::{NodeReport, Pending, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk};
 use crate::transport::{BatchMsg, Conn, Kind, LoadStage, SeqOp};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// One stage of a placement: which node (by name and peer address) runs which layers.
 #[derive(Clone, Debug)]
@@ -117,6 +118,42 @@ impl ClusterChain {
         Ok(f.payload)
     }
 
+}
+
+/// What waiting for a batch's answer needs: the stages, to notice one going away and to say
+/// which one an error is about.
+struct Watch {
+    node: Arc<ClusterNode>,
+    stages: Vec<StagePlacement>,
+    conns: Vec<Conn>,
+}
+
+impl Watch {
+    async fn answer(
+        &self,
+        request: u64,
+        mut rx: oneshot::Receiver<Result<Vec<Token>, String>>,
+    ) -> Result<Vec<Token>, PipelineError> {
+        let last = self.stages.len() - 1;
+        let started = std::time::Instant::now();
+        let r = loop {
+            tokio::select! {
+                r = &mut rx => break r.map_err(|_| PipelineError::Protocol { index: last, what: "a dropped answer" })?,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(i) = self.dead_stage() {
+                        self.node.forget(request);
+                        return Err(remote(i, &self.stages[i], "the node went away (connection closed)"));
+                    }
+                    if started.elapsed() > BATCH_TIMEOUT {
+                        self.node.forget(request);
+                        return Err(remote(last, &self.stages[last], "no answer in time"));
+                    }
+                }
+            }
+        };
+        r.map_err(|e| self.blame(e))
+    }
+
     /// Names the stage an error from inside the pipeline is about: one whose address it mentions,
     /// else one whose node went away, else the last stage (which reported it).
     fn blame(&self, reason: String) -> PipelineError {
@@ -148,50 +185,26 @@ impl Pipeline for ClusterChain {
         self.op(self.stages.len() - 1, SeqOp::Sampler { seq, params, history }).await.map(|_| ())
     }
 
-    async fn run(&self, chunks: Vec<TokenChunk>) -> Result<Vec<Token>, PipelineError> {
-        let n = chunks.len();
-        let mut waits = Vec::with_capacity(n);
-        // send every chunk at once: stage k works on chunk i while stage k+1 works on chunk i-1
-        for (i, c) in chunks.into_iter().enumerate() {
-            let request = self.node.new_request();
-            waits.push((request, self.node.wait_tokens(request)));
-            let msg = BatchMsg {
-                instance: self.instance,
-                stage: 0,
-                sample: i + 1 == n,
-                pos: c.pos,
-                seq: c.seq,
-                output: c.output,
-                tokens: c.tokens,
-                hidden: vec![],
-                reply_to: self.node.peer_addr().to_string(),
-            };
-            if let Err(e) = self.conns[0].send(Kind::Forward, request, msg.encode()).await {
-                waits.iter().for_each(|(r, _)| self.node.forget(*r));
-                return Err(remote(0, &self.stages[0], e));
-            }
+    async fn submit(&self, c: TokenChunk, sample: bool) -> Result<Pending, PipelineError> {
+        let request = self.node.new_request();
+        let rx = self.node.wait_tokens(request);
+        let msg = BatchMsg {
+            instance: self.instance,
+            stage: 0,
+            sample,
+            pos: c.pos,
+            seq: c.seq,
+            output: c.output,
+            tokens: c.tokens,
+            hidden: vec![],
+            reply_to: self.node.peer_addr().to_string(),
+        };
+        if let Err(e) = self.conns[0].send(Kind::Forward, request, msg.encode()).await {
+            self.node.forget(request);
+            return Err(remote(0, &self.stages[0], e));
         }
-        let mut last = Vec::new();
-        for (request, mut rx) in waits {
-            let started = std::time::Instant::now();
-            let r = loop {
-                tokio::select! {
-                    r = &mut rx => break r.map_err(|_| PipelineError::Protocol { index: self.stages.len() - 1, what: "a dropped answer" })?,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if let Some(i) = self.dead_stage() {
-                            self.node.forget(request);
-                            return Err(remote(i, &self.stages[i], "the node went away (connection closed)"));
-                        }
-                        if started.elapsed() > BATCH_TIMEOUT {
-                            self.node.forget(request);
-                            return Err(remote(self.stages.len() - 1, &self.stages[self.stages.len() - 1], "no answer in time"));
-                        }
-                    }
-                }
-            };
-            last = r.map_err(|e| self.blame(e))?;
-        }
-        Ok(last)
+        let watch = Watch { node: self.node.clone(), stages: self.stages.clone(), conns: self.conns.clone() };
+        Ok(Box::pin(async move { watch.answer(request, rx).await }))
     }
 
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {

@@ -136,7 +136,7 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
 /// Loads the requested window if this node has the same model (same name, same size).
 async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, String> {
     let me = &node.hello.node_name;
-    let local = match node.store.resolve(&ls.model) {
+    let local = match node.store.resolve_name(&ls.model) {
         Ok(Resolved::Local(m)) => m,
         _ => return Err(format!("node {me} does not have model {:?}", ls.model)),
     };

@@ -95,10 +95,15 @@ pub struct ChatMessage {
 }
 
 enum Cmd {
+    /// Decodes on this stage, then hands the hidden state straight to `next[0]` (which gets
+    /// `next[1..]`), so consecutive batches stream through the stages in order without a round
+    /// trip through async code; the stage without successors answers `reply`. `want_logits` and
+    /// `sample` apply on that last stage.
     Decode {
         batch: Batch,
         want_logits: bool,
         sample: bool,
+        next: Vec<StageHandle>,
         reply: oneshot::Sender<Result<DecodeOutput, EngineError>>,
     },
     SetSampler {
@@ -229,7 +234,23 @@ impl StageHandle {
 
     /// Runs one batch through this stage's layers.
     pub async fn decode(&self, batch: Batch, want_logits: bool, sample: bool) -> Result<DecodeOutput, EngineError> {
-        self.call(|reply| Cmd::Decode { batch, want_logits, sample, reply }).await?
+        self.call(|reply| Cmd::Decode { batch, want_logits, sample, next: Vec::new(), reply }).await?
+    }
+
+    /// Queues one batch for this stage and then `next` in order (each stage thread hands the
+    /// hidden state to the next one itself) and returns the last stage's answer as a receiver.
+    /// Batches queued one after another reach every stage in that order, so stage k can work on
+    /// one while stage k+1 works on the previous one.
+    pub async fn decode_through(
+        &self,
+        batch: Batch,
+        next: Vec<StageHandle>,
+        want_logits: bool,
+        sample: bool,
+    ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Decode { batch, want_logits, sample, next, reply }).await.map_err(|_| EngineError::StageGone)?;
+        Ok(rx)
     }
 
     /// Installs the sampler of `seq` on this (last) stage; `history` feeds the repetition penalty.
@@ -315,13 +336,34 @@ impl Stage {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
-                Cmd::Decode { batch, want_logits, sample, reply } => {
+                Cmd::Decode { mut batch, want_logits, sample, next, reply } => {
                     let (rows, t0) = (batch.len() as u64, Instant::now());
-                    let out = self.decode(batch, want_logits, sample);
+                    let end = next.is_empty();
+                    let out = self.decode(&batch, want_logits && end, sample && end);
                     counters.compute_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     counters.tokens.fetch_add(rows, Ordering::Relaxed);
                     counters.decodes.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(out);
+                    match (out, next.split_first()) {
+                        (Ok(DecodeOutput::Hidden(h)), Some((head, rest))) => {
+                            batch.input = BatchInput::Hidden(h);
+                            let cmd = Cmd::Decode { batch, want_logits, sample, next: rest.to_vec(), reply };
+                            // a plain thread, never inside the async runtime: blocking is fine, and
+                            // the chain has no cycle, so the last stage always drains
+                            if let Err(e) = head.tx.blocking_send(cmd) {
+                                if let Cmd::Decode { reply, .. } = e.0 {
+                                    let _ = reply.send(Err(EngineError::StageGone));
+                                }
+                            }
+                        }
+                        (Ok(DecodeOutput::Last { .. }), Some(_)) => {
+                            let _ = reply.send(Err(EngineError::InvalidBatch {
+                                reason: "the last stage of the model was given a successor".into(),
+                            }));
+                        }
+                        (out, _) => {
+                            let _ = reply.send(out);
+                        }
+                    }
                 }
                 Cmd::SetSampler { seq, params, history, reply } => {
                     let r = Sampler::new(&params, self.info.n_vocab, &history).map(|s| {
@@ -363,7 +405,7 @@ impl Stage {
         tracing::debug!(range = %self.info.range, "stage unloaded");
     }
 
-    fn decode(&mut self, batch: Batch, want_logits: bool, sample: bool) -> Result<DecodeOutput, EngineError> {
+    fn decode(&mut self, batch: &Batch, want_logits: bool, sample: bool) -> Result<DecodeOutput, EngineError> {
         let info = &self.info;
         let n = batch.len();
         if n > info.context.n_batch as usize {

@@ -2,11 +2,13 @@
 
 use super::PipelineError;
 use crate::engine::{
-    Batch, BatchInput, ContextParams, DecodeOutput, LayerRange, ModelWindow, StageHandle, StageInfo, StageSpec, Token,
+    Batch, BatchInput, ContextParams, DecodeOutput, EngineError, LayerRange, ModelWindow, StageHandle, StageInfo,
+    StageSpec, Token,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 #[derive(Clone)]
 pub struct Chain {
@@ -84,25 +86,34 @@ impl Chain {
         want_logits: bool,
         sample: bool,
     ) -> Result<(Vec<Vec<f32>>, Vec<Token>), PipelineError> {
-        let mut batch = Batch { input: BatchInput::Tokens(tokens), pos, seq, output };
-        let n = self.stages.len();
-        for (i, st) in self.stages.iter().enumerate() {
-            let last = i + 1 == n;
-            // only the input changes from stage to stage; positions and sequences stay
-            let out = st.decode(batch.clone(), want_logits && last, sample && last).await?;
-            match (out, last) {
-                (DecodeOutput::Hidden(h), false) => {
-                    self.handed.fetch_add(4 * h.len() as u64, Ordering::Relaxed);
-                    batch.input = BatchInput::Hidden(h)
-                }
-                (DecodeOutput::Last { logits, tokens }, true) => return Ok((logits, tokens)),
-                (DecodeOutput::Hidden(_), true) => {
-                    return Err(PipelineError::Protocol { index: i, what: "hidden states" })
-                }
-                (DecodeOutput::Last { .. }, false) => return Err(PipelineError::Protocol { index: i, what: "logits" }),
-            }
+        let chunk = super::TokenChunk { tokens, pos, seq, output };
+        let rx = self.queue(chunk, want_logits, sample).await?;
+        Self::answer(rx, self.stages.len()).await
+    }
+
+    /// Hands the batch to the first stage; each stage passes its hidden state to the next.
+    async fn queue(
+        &self,
+        c: super::TokenChunk,
+        want_logits: bool,
+        sample: bool,
+    ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, PipelineError> {
+        let rows = c.pos.len() as u64;
+        let n_embd = self.info().n_embd as u64;
+        // what would cross a network: one hidden row per token per cut
+        self.handed.fetch_add(4 * n_embd * rows * (self.stages.len() as u64 - 1), Ordering::Relaxed);
+        let batch = Batch { input: BatchInput::Tokens(c.tokens), pos: c.pos, seq: c.seq, output: c.output };
+        Ok(self.stages[0].decode_through(batch, self.stages[1..].to_vec(), want_logits, sample).await?)
+    }
+
+    async fn answer(
+        rx: oneshot::Receiver<Result<DecodeOutput, EngineError>>,
+        n_stages: usize,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Token>), PipelineError> {
+        match rx.await.map_err(|_| EngineError::StageGone)?? {
+            DecodeOutput::Last { logits, tokens } => Ok((logits, tokens)),
+            DecodeOutput::Hidden(_) => Err(PipelineError::Protocol { index: n_stages - 1, what: "hidden states" }),
         }
-        unreachable!("a chain has at least one stage")
     }
 
     /// Drops `[p0, p1)` of `seq` on every stage (all are asked even if one refuses).
@@ -144,14 +155,10 @@ impl super::Pipeline for Chain {
         Ok(self.last().set_sampler(seq, params, history).await?)
     }
 
-    async fn run(&self, chunks: Vec<super::TokenChunk>) -> Result<Vec<Token>, PipelineError> {
-        let n = chunks.len();
-        let mut out = Vec::new();
-        for (i, c) in chunks.into_iter().enumerate() {
-            let (_, toks) = self.decode(c.tokens, c.pos, c.seq, c.output, false, i + 1 == n).await?;
-            out = toks;
-        }
-        Ok(out)
+    async fn submit(&self, chunk: super::TokenChunk, sample: bool) -> Result<super::Pending, PipelineError> {
+        let rx = self.queue(chunk, false, sample).await?;
+        let n = self.stages.len();
+        Ok(Box::pin(async move { Chain::answer(rx, n).await.map(|(_, tokens)| tokens) }))
     }
 
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
@@ -159,7 +166,7 @@ impl super::Pipeline for Chain {
     }
 
     async fn report(&self) -> Result<super::PipelineReport, PipelineError> {
-        // decodes are awaited in order, so nothing is in flight when this runs
+        // callers ask after their batches have answered, so nothing is in flight
         let (handed, peak) = (self.handed.load(Ordering::Relaxed), crate::profile::peak_rss_bytes());
         let stages = self
             .stages

@@ -12,6 +12,11 @@ pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 use crate::engine::{LayerRange, SamplingParams, StageCounters, StageHandle, StageInfo, Token};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::pin::Pin;
+
+/// The answer to a submitted batch: the tokens sampled at its output rows (empty when it was
+/// not sampled).
+pub type Pending = Pin<Box<dyn Future<Output = Result<Vec<Token>, PipelineError>> + Send>>;
 
 /// Token ids for one decode call, with the positions, sequences and output rows every stage uses.
 #[derive(Clone, Debug)]
@@ -56,9 +61,28 @@ pub trait Pipeline: Send + Sync {
         params: SamplingParams,
         history: Vec<Token>,
     ) -> impl Future<Output = Result<(), PipelineError>> + Send;
+    /// Queues one batch. Batches reach every stage in the order they were submitted (await each
+    /// submit before the next), so several can be in flight: stage k works on one while stage
+    /// k+1 works on an earlier one. With `sample`, the last stage samples at the output rows
+    /// with each row's sequence sampler.
+    fn submit(&self, chunk: TokenChunk, sample: bool)
+        -> impl Future<Output = Result<Pending, PipelineError>> + Send;
     /// Decodes the chunks in order (stages may work on consecutive chunks at once) and returns
     /// the tokens sampled at the output rows of the last chunk.
-    fn run(&self, chunks: Vec<TokenChunk>) -> impl Future<Output = Result<Vec<Token>, PipelineError>> + Send;
+    fn run(&self, chunks: Vec<TokenChunk>) -> impl Future<Output = Result<Vec<Token>, PipelineError>> + Send {
+        async move {
+            let n = chunks.len();
+            let mut pending = Vec::with_capacity(n);
+            for (i, c) in chunks.into_iter().enumerate() {
+                pending.push(self.submit(c, i + 1 == n).await?);
+            }
+            let mut last = Vec::new();
+            for p in pending {
+                last = p.await?;
+            }
+            Ok(last)
+        }
+    }
     /// Drops positions `[p0, p1)` of `seq` on every stage (`seq = -1`: all; `p1 = -1`: to the end).
     fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> impl Future<Output = Result<bool, PipelineError>> + Send;
     /// Work counters of every stage and of the nodes involved (for `exo bench`); asked after

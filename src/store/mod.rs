@@ -146,6 +146,7 @@ impl Store {
     }
 
     /// Resolves a MODEL argument without touching the network.
+    /// A model by path (the CLI's) or by name.
     pub fn resolve(&self, name: &str) -> Result<Resolved, StoreError> {
         let p = Path::new(name);
         if p.is_file() {
@@ -161,6 +162,12 @@ impl Store {
                 repo: None,
             }));
         }
+        self.resolve_name(name)
+    }
+
+    /// A model by name only: the models dirs, the caches, `hf.co/` names and the catalog; never
+    /// a file path (names from the network go through here).
+    pub fn resolve_name(&self, name: &str) -> Result<Resolved, StoreError> {
         let local = self.local_models();
         let bare = name.strip_suffix(":latest").unwrap_or(name);
         let wanted = [name.to_string(), bare.to_string(), format!("{bare}:latest")];
@@ -314,15 +321,20 @@ impl Store {
     }
 
     /// Deletes a model from a writable models dir.
+    /// Deletes a model by name, only when every file of it (links resolved) lies inside one of
+    /// the writable models dirs.
     pub fn remove(&self, name: &str) -> Result<LocalModel, StoreError> {
-        let m = match self.resolve(name)? {
+        let m = match self.resolve_name(name)? {
             Resolved::Local(m) => m,
             Resolved::Remote(_) => {
                 return Err(StoreError::NotFound { name: name.into(), hint: ": it is not on this machine".into() })
             }
         };
-        let ours =
-            m.location == Location::ModelsDir && m.paths.iter().all(|p| self.dirs.iter().any(|d| p.starts_with(d)));
+        // canonical paths: `..` and links cannot lead out of the dirs
+        let dirs: Vec<PathBuf> = self.dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
+        let inside = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| dirs.iter().any(|d| c.starts_with(d)));
+        let ours = m.location == Location::ModelsDir
+            && m.paths.iter().all(|p| inside(p) && p.parent().is_some_and(inside));
         if !ours {
             let location = if m.location == Location::ModelsDir { Location::ReadOnlyDir } else { m.location.clone() };
             return Err(StoreError::NotOurs { name: name.into(), location, path: m.paths[0].clone() });

@@ -52,3 +52,18 @@ pub fn exo(args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Eight prompts of different lengths for batching tests: tests/batching.rs measures the margin
+/// between the two best logits over `BATCH_STEPS` greedy steps of each on `tiny-llama-calm`, which
+/// the tests comparing batched with single text rely on.
+pub const BATCH_PROMPTS: [&str; 8] = [
+    "Once upon a time",
+    "The quick brown fox jumps over the lazy dog and then",
+    "In a hole in the ground there lived",
+    "It was the best of times",
+    "Call me Ishmael.",
+    "All happy families are alike;",
+    "A longer prompt, so that the batch holds rows of different lengths and positions",
+    "Hello",
+];
+pub const BATCH_STEPS: usize = 24;

@@ -1,0 +1,452 @@
+//! Continuous batching: one loop per instance puts the next token of every decoding sequence,
+//! plus bounded chunks of waiting prompts, into each batch, and keeps up to `depth` batches in
+//! flight so that in a pipeline of stages each stage works on another group of sequences
+//! (pipeline fill). Samplers live per sequence on the last stage; stop, cancel and limits are per
+//! sequence; a cancelled or failed sequence's KV is dropped at once. A finished sequence keeps
+//! its tokens' KV as a prompt cache: the next request that shares a prefix with it reuses it
+//! (each sequence has its own share of the KV pool, so a kept cache never crowds out another).
+
+use super::error::RuntimeError;
+use super::instance::Pipe;
+use crate::engine::{SamplingParams, Token};
+use crate::pipeline::{Pipeline, PipelineError, TokenChunk};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// One sequence's work as the batcher takes it.
+pub(crate) struct SeqRequest {
+    pub prompt: Vec<Token>,
+    pub sampling: SamplingParams,
+    /// Generated tokens after which the sequence ends (already capped).
+    pub max_tokens: u32,
+    pub ignore_eos: bool,
+    /// Not a generation: the caller gets a sequence of its own to drive directly (`exo bench`)
+    /// until it drops `events`.
+    pub lease: bool,
+    pub events: mpsc::UnboundedSender<SeqEvent>,
+}
+
+#[derive(Debug)]
+pub(crate) enum SeqEvent {
+    /// The sequence has a slot: `cached` prompt tokens were already in its KV.
+    Started { cached: usize },
+    /// A lease was granted: the sequence id is the caller's until it drops the receiver.
+    Leased { seq: i32 },
+    Token(Token),
+    /// Ended by an end-of-generation token (`false`) or a length limit (`true`).
+    Done { length: bool },
+    Failed(RuntimeError),
+}
+
+/// Requests waiting for a slot and sequences being decoded, shared with the instance (which
+/// refuses new requests when both are full).
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub waiting: AtomicUsize,
+    pub active: AtomicUsize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    /// Sequences decoded side by side (KV sequence ids 0..n_seq).
+    pub n_seq: u32,
+    /// Rows per batch.
+    pub n_batch: u32,
+    /// Positions each sequence may use.
+    pub n_ctx_seq: u32,
+    /// Batches in flight at once: the number of stages fills the pipeline.
+    pub depth: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    /// Waiting for its sampler (and cache trim) on the stages.
+    Admitting,
+    /// Prompt tokens left to submit.
+    Prefill,
+    /// A batch with its output row is in flight.
+    Waiting,
+    /// Its last sampled token is to be decoded next.
+    Ready(Token),
+    /// Lent to a caller that decodes on it directly.
+    Leased,
+}
+
+struct Job {
+    req: SeqRequest,
+    phase: Phase,
+    /// Order of admission (prefill chunks go first come, first served).
+    ticket: u64,
+    /// Prompt tokens submitted so far (the cached prefix counts as submitted).
+    next_prompt: usize,
+    /// Generated tokens that have been submitted for decoding (their KV exists once answered).
+    decoded: Vec<Token>,
+    generated: u32,
+    in_flight: usize,
+    /// Set when the caller left or a batch failed: the sequence is dropped once nothing of it
+    /// is in flight.
+    doomed: bool,
+}
+
+impl Job {
+    /// Positions of this sequence submitted so far.
+    fn pos(&self) -> usize {
+        self.next_prompt + self.decoded.len()
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Tokens whose KV this sequence holds while it is free (its prompt cache).
+    cached: Vec<Token>,
+    /// When it was last given out (least recently used caches go first).
+    used: u64,
+    job: Option<Job>,
+    /// A KV drop is in flight: not free yet.
+    freeing: bool,
+}
+
+enum Done {
+    Admitted { slot: usize, keep: Result<usize, PipelineError> },
+    Batch { outputs: Vec<usize>, members: Vec<usize>, result: Result<Vec<Token>, PipelineError> },
+    Freed { slot: usize },
+}
+
+struct Batcher {
+    pipe: Arc<Pipe>,
+    cfg: Config,
+    eog: Vec<Token>,
+    slots: Vec<Slot>,
+    queue: VecDeque<SeqRequest>,
+    counts: Arc<Counts>,
+    shutdown: Arc<AtomicBool>,
+    tasks: JoinSet<Done>,
+    batches: usize,
+    tick: u64,
+}
+
+/// Runs until the instance is dropped (its request channel closes) and every sequence ended.
+pub(crate) async fn run(
+    pipe: Arc<Pipe>,
+    cfg: Config,
+    mut rx: mpsc::Receiver<SeqRequest>,
+    counts: Arc<Counts>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let eog = pipe.info().eog_tokens.clone();
+    let slots = (0..cfg.n_seq).map(|_| Slot::default()).collect();
+    let mut b = Batcher {
+        pipe,
+        cfg,
+        eog,
+        slots,
+        queue: VecDeque::new(),
+        counts,
+        shutdown,
+        tasks: JoinSet::new(),
+        batches: 0,
+        tick: 0,
+    };
+    let mut open = true;
+    loop {
+        b.admit();
+        b.reap();
+        while b.batches < b.cfg.depth.max(1) {
+            if !b.submit_next().await {
+                break;
+            }
+        }
+        if !open && b.queue.is_empty() && b.tasks.is_empty() && b.slots.iter().all(|s| s.job.is_none()) {
+            return;
+        }
+        let leased = b.slots.iter().any(|s| s.job.as_ref().is_some_and(|j| j.phase == Phase::Leased));
+        tokio::select! {
+            r = rx.recv(), if open => match r {
+                Some(req) => b.queue.push_back(req),
+                None => open = false,
+            },
+            Some(done) = b.tasks.join_next(), if !b.tasks.is_empty() => match done {
+                Ok(d) => b.complete(d),
+                Err(e) => tracing::error!("a batcher task failed: {e}"),
+            },
+            // a lease ends when its holder drops the receiver: look now and then
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if leased => {}
+        }
+    }
+}
+
+impl Batcher {
+    /// Gives free slots to waiting requests, the slot whose cache shares the longest prefix first.
+    fn admit(&mut self) {
+        while !self.queue.is_empty() {
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.job.is_none() && !s.freeing)
+                .map(|(i, s)| (common_prefix(&s.cached, &self.queue[0].prompt), std::cmp::Reverse(s.used), i))
+                .max();
+            let Some((shared, _, i)) = best else { return };
+            let req = self.queue.pop_front().expect("not empty");
+            self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.counts.active.fetch_add(1, Ordering::Relaxed);
+            self.tick += 1;
+            // at least one prompt token is decoded: its logits give the first token
+            let keep = if req.lease { 0 } else { shared.min(req.prompt.len() - 1) };
+            let lease = req.lease;
+            let slot = &mut self.slots[i];
+            slot.used = self.tick;
+            let cached = std::mem::take(&mut slot.cached).len();
+            let (pipe, seq) = (self.pipe.clone(), i as i32);
+            let (params, history) = (req.sampling.clone(), req.prompt.clone());
+            slot.job = Some(Job {
+                req,
+                phase: Phase::Admitting,
+                ticket: self.tick,
+                next_prompt: 0,
+                decoded: Vec::new(),
+                generated: 0,
+                in_flight: 0,
+                doomed: false,
+            });
+            self.tasks.spawn(async move {
+                let keep = async {
+                    let mut keep = keep;
+                    if keep < cached && !(keep > 0 && pipe.seq_rm(seq, keep as i32, -1).await?) {
+                        pipe.seq_rm(seq, -1, -1).await?;
+                        keep = 0;
+                    }
+                    if !lease {
+                        pipe.set_sampler(seq, params, history).await?;
+                    }
+                    Ok(keep)
+                }
+                .await;
+                Done::Admitted { slot: i, keep }
+            });
+        }
+    }
+
+    /// Drops sequences whose caller left (or that failed) once nothing of theirs is in flight.
+    fn reap(&mut self) {
+        let shutting = self.shutdown.load(Ordering::Relaxed);
+        if shutting {
+            for req in self.queue.drain(..) {
+                self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = req.events.send(SeqEvent::Failed(RuntimeError::ShuttingDown));
+            }
+        }
+        for i in 0..self.slots.len() {
+            let Some(job) = self.slots[i].job.as_mut() else { continue };
+            if job.req.events.is_closed() {
+                job.doomed = true;
+            }
+            if shutting && !job.doomed {
+                let _ = job.req.events.send(SeqEvent::Failed(RuntimeError::ShuttingDown));
+                job.doomed = true;
+            }
+            if job.doomed && job.in_flight == 0 && job.phase != Phase::Admitting {
+                self.release(i);
+            }
+        }
+    }
+
+    /// Ends the slot's job and drops its KV.
+    fn release(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if slot.job.take().is_some() {
+            self.counts.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        slot.cached.clear();
+        slot.freeing = true;
+        let pipe = self.pipe.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = pipe.seq_rm(i as i32, -1, -1).await {
+                tracing::warn!(seq = i, "cannot drop a sequence's KV: {e}");
+            }
+            Done::Freed { slot: i }
+        });
+    }
+
+    /// Builds and queues the next batch; false when there is nothing to decode now.
+    async fn submit_next(&mut self) -> bool {
+        let n_batch = self.cfg.n_batch.max(1) as usize;
+        let decoding = self
+            .slots
+            .iter()
+            .filter_map(|s| s.job.as_ref())
+            .filter(|j| !j.doomed && matches!(j.phase, Phase::Ready(_) | Phase::Waiting))
+            .count();
+        // one group of sequences per batch in flight, so that every stage has work
+        let group = decoding.div_ceil(self.cfg.depth.max(1)).max(1);
+        let mut chunk = TokenChunk { tokens: vec![], pos: vec![], seq: vec![], output: vec![] };
+        let (mut outputs, mut members) = (Vec::new(), Vec::new());
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if outputs.len() >= group.min(n_batch) {
+                break;
+            }
+            let Some(job) = slot.job.as_mut() else { continue };
+            let Phase::Ready(t) = job.phase else { continue };
+            if job.doomed {
+                continue;
+            }
+            chunk.tokens.push(t);
+            chunk.pos.push(job.pos() as i32);
+            chunk.seq.push(i as i32);
+            chunk.output.push(true);
+            job.decoded.push(t);
+            job.phase = Phase::Waiting;
+            job.in_flight += 1;
+            outputs.push(i);
+            members.push(i);
+        }
+        // prompt chunks fill the rest of the batch, first come first served
+        let mut prefill: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.job.as_ref().filter(|j| j.phase == Phase::Prefill && !j.doomed).map(|j| (j.ticket, i)))
+            .collect();
+        prefill.sort();
+        for (_, i) in prefill {
+            let budget = n_batch - chunk.tokens.len();
+            if budget == 0 {
+                break;
+            }
+            let job = self.slots[i].job.as_mut().expect("listed above");
+            let start = job.next_prompt;
+            let n = budget.min(job.req.prompt.len() - start);
+            for k in start..start + n {
+                chunk.tokens.push(job.req.prompt[k]);
+                chunk.pos.push(k as i32);
+                chunk.seq.push(i as i32);
+                chunk.output.push(false);
+            }
+            job.next_prompt += n;
+            job.in_flight += 1;
+            members.push(i);
+            if job.next_prompt == job.req.prompt.len() {
+                *chunk.output.last_mut().expect("n >= 1") = true;
+                job.phase = Phase::Waiting;
+                outputs.push(i);
+            }
+        }
+        if chunk.tokens.is_empty() {
+            return false;
+        }
+        let sample = !outputs.is_empty();
+        match self.pipe.submit(chunk, sample).await {
+            Ok(pending) => {
+                self.batches += 1;
+                self.tasks.spawn(async move { Done::Batch { outputs, members, result: pending.await } });
+            }
+            Err(e) => self.fail(&members, e),
+        }
+        true
+    }
+
+    fn complete(&mut self, done: Done) {
+        match done {
+            Done::Freed { slot } => self.slots[slot].freeing = false,
+            Done::Admitted { slot, keep } => {
+                let job = self.slots[slot].job.as_mut().expect("admitting");
+                match keep {
+                    Ok(_) if job.req.lease => {
+                        let _ = job.req.events.send(SeqEvent::Leased { seq: slot as i32 });
+                        job.phase = Phase::Leased;
+                    }
+                    Ok(keep) => {
+                        let _ = job.req.events.send(SeqEvent::Started { cached: keep });
+                        job.next_prompt = keep;
+                        job.phase = Phase::Prefill;
+                    }
+                    Err(e) => {
+                        let _ = job.req.events.send(SeqEvent::Failed(e.into()));
+                        job.phase = Phase::Prefill;
+                        job.doomed = true;
+                    }
+                }
+            }
+            Done::Batch { outputs, members, result } => {
+                self.batches -= 1;
+                for &i in &members {
+                    if let Some(j) = self.slots[i].job.as_mut() {
+                        j.in_flight -= 1;
+                    }
+                }
+                match result {
+                    Ok(tokens) if tokens.len() == outputs.len() => {
+                        for (&i, &t) in outputs.iter().zip(&tokens) {
+                            self.sampled(i, t);
+                        }
+                    }
+                    Ok(tokens) => {
+                        let index = 0;
+                        let what = if tokens.len() < outputs.len() { "too few tokens" } else { "too many tokens" };
+                        self.fail(&members, PipelineError::Protocol { index, what });
+                    }
+                    Err(e) => self.fail(&members, e),
+                }
+            }
+        }
+    }
+
+    /// A sequence's next token arrived.
+    fn sampled(&mut self, i: usize, t: Token) {
+        let n_ctx = self.cfg.n_ctx_seq as usize;
+        let eog = self.eog.contains(&t);
+        let slot = &mut self.slots[i];
+        let Some(job) = slot.job.as_mut() else { return };
+        if job.doomed {
+            return;
+        }
+        let end = if !job.req.ignore_eos && eog {
+            Some(false)
+        } else {
+            job.generated += 1;
+            let _ = job.req.events.send(SeqEvent::Token(t));
+            (job.generated >= job.req.max_tokens || job.pos() + 1 >= n_ctx).then_some(true)
+        };
+        match end {
+            None => job.phase = Phase::Ready(t),
+            Some(length) => {
+                let _ = job.req.events.send(SeqEvent::Done { length });
+                let job = slot.job.take().expect("checked");
+                self.counts.active.fetch_sub(1, Ordering::Relaxed);
+                // what is in the KV now: the prompt and every generated token but the last
+                slot.cached = job.req.prompt;
+                slot.cached.extend(job.decoded);
+            }
+        }
+    }
+
+    /// Every sequence of a failed batch fails; its KV is dropped once nothing of it is in flight.
+    fn fail(&mut self, members: &[usize], e: PipelineError) {
+        let e = RuntimeError::from(e);
+        for &i in members {
+            if let Some(job) = self.slots[i].job.as_mut() {
+                if !job.doomed {
+                    let _ = job.req.events.send(SeqEvent::Failed(e.clone()));
+                    job.doomed = true;
+                }
+            }
+        }
+    }
+}
+
+fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn common_prefix_lengths() {
+        assert_eq!(super::common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(super::common_prefix(&[], &[1]), 0);
+        assert_eq!(super::common_prefix(&[1, 2], &[1, 2, 3]), 2);
+    }
+}

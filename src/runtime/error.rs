@@ -1,0 +1,170 @@
+//! The runtime's one error type. Every API maps it once (to its status and error shape); the CLI
+//! prints it.
+
+/// A request field a validation error is about. Each API names fields its own way
+/// ([`Field::ollama`], [`Field::openai`]); the generic name is the CLI's and the runtime's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Model,
+    Prompt,
+    Temperature,
+    TopK,
+    TopP,
+    MinP,
+    RepeatPenalty,
+    RepeatLastN,
+    MaxTokens,
+    NumCtx,
+    KeepAlive,
+    Stop,
+}
+
+impl Field {
+    pub fn generic(self) -> &'static str {
+        match self {
+            Field::Model => "model",
+            Field::Prompt => "prompt",
+            Field::Temperature => "temperature",
+            Field::TopK => "top_k",
+            Field::TopP => "top_p",
+            Field::MinP => "min_p",
+            Field::RepeatPenalty => "repeat_penalty",
+            Field::RepeatLastN => "repeat_last_n",
+            Field::MaxTokens => "max_tokens",
+            Field::NumCtx => "num_ctx",
+            Field::KeepAlive => "keep_alive",
+            Field::Stop => "stop",
+        }
+    }
+
+    /// As Ollama's API names it (sampling settings live under `options`).
+    pub fn ollama(self) -> String {
+        match self {
+            Field::Model | Field::Prompt | Field::KeepAlive => self.generic().to_string(),
+            Field::MaxTokens => "options.num_predict".into(),
+            f => format!("options.{}", f.generic()),
+        }
+    }
+
+    /// As OpenAI's and Anthropic's APIs name it.
+    pub fn openai(self) -> &'static str {
+        match self {
+            Field::RepeatPenalty => "frequency_penalty",
+            f => f.generic(),
+        }
+    }
+}
+
+/// How an error is answered: each API turns this into its status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong (400).
+    Invalid,
+    /// No such model or instance (404).
+    NotFound,
+    /// Not allowed (403).
+    Forbidden,
+    /// Try again later: queue full, not enough memory right now, shutting down (503).
+    Unavailable,
+    /// Our fault or a failed node (500).
+    Internal,
+    /// The model hub failed or sent something wrong (502).
+    Upstream,
+    /// No disk space for a download (507).
+    NoSpace,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{}: {reason}", field.generic())]
+    InvalidField { field: Field, reason: String },
+    #[error("invalid model name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("model {name:?} not found{hint}; try pulling it first")]
+    ModelNotFound { name: String, hint: String },
+    #[error("the prompt has {prompt} tokens but the context holds {n_ctx}; shorten it or raise num_ctx")]
+    PromptTooLong { prompt: usize, n_ctx: u32 },
+    #[error("{model} is serving {active} requests and {waiting} more are waiting; try again shortly")]
+    Busy { model: String, active: usize, waiting: usize },
+    #[error("{model} does not fit: {reason}")]
+    DoesNotFit { model: String, reason: String },
+    #[error("cannot delete {name:?}: {reason}")]
+    NotDeletable { name: String, reason: String },
+    #[error("this node is not part of a cluster")]
+    NoCluster,
+    #[error("invalid placement: {reason}")]
+    BadPlacement { reason: String },
+    #[error("cannot load {model}: {reason}")]
+    Load { model: String, reason: String },
+    #[error("{reason}")]
+    Store { kind: ErrorKind, reason: String },
+    #[error("generation failed: {reason}")]
+    Failed { reason: String },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl RuntimeError {
+    pub fn field(field: Field, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::InvalidField { field, reason: reason.into() }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RuntimeError::InvalidField { .. }
+            | RuntimeError::InvalidName { .. }
+            | RuntimeError::PromptTooLong { .. }
+            | RuntimeError::NoCluster
+            | RuntimeError::BadPlacement { .. } => ErrorKind::Invalid,
+            RuntimeError::ModelNotFound { .. } => ErrorKind::NotFound,
+            RuntimeError::NotDeletable { .. } => ErrorKind::Forbidden,
+            RuntimeError::Busy { .. } | RuntimeError::DoesNotFit { .. } | RuntimeError::ShuttingDown => {
+                ErrorKind::Unavailable
+            }
+            RuntimeError::Store { kind, .. } => *kind,
+            RuntimeError::Load { .. } | RuntimeError::Failed { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The message with the field named as `name` calls it (each API's own field names).
+    pub fn message_with(&self, name: impl Fn(Field) -> String) -> String {
+        match self {
+            RuntimeError::InvalidField { field, reason } => format!("{}: {reason}", name(*field)),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for RuntimeError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as S;
+        match e {
+            S::NotFound { name, hint } => RuntimeError::ModelNotFound { name, hint },
+            S::NotOurs { ref name, .. } => RuntimeError::NotDeletable { name: name.clone(), reason: e.to_string() },
+            S::NotDownloadable { .. } => RuntimeError::Store { kind: ErrorKind::NotFound, reason: e.to_string() },
+            S::Offline { .. } => RuntimeError::Store { kind: ErrorKind::Unavailable, reason: e.to_string() },
+            S::NoSpace { .. } => RuntimeError::Store { kind: ErrorKind::NoSpace, reason: e.to_string() },
+            S::Hub { .. } | S::Corrupt { .. } => RuntimeError::Store { kind: ErrorKind::Upstream, reason: e.to_string() },
+            other => RuntimeError::Store { kind: ErrorKind::Internal, reason: other.to_string() },
+        }
+    }
+}
+
+impl From<crate::pipeline::PipelineError> for RuntimeError {
+    fn from(e: crate::pipeline::PipelineError) -> Self {
+        use crate::engine::EngineError as E;
+        use crate::pipeline::PipelineError as P;
+        match e {
+            P::PromptTooLong { prompt, n_ctx } => RuntimeError::PromptTooLong { prompt, n_ctx },
+            P::Engine(E::Template { reason }) => RuntimeError::field(Field::Prompt, format!("chat template: {reason}")),
+            P::Engine(E::Tokenize { reason }) => RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}")),
+            other => RuntimeError::Failed { reason: other.to_string() },
+        }
+    }
+}
+
+impl From<crate::engine::EngineError> for RuntimeError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        crate::pipeline::PipelineError::Engine(e).into()
+    }
+}

@@ -1,0 +1,212 @@
+//! A loaded model: its pipeline (in this process or across the cluster), its vocabulary, its
+//! batcher, and how long it stays loaded.
+
+use super::batcher::{self, Counts, SeqRequest};
+use super::error::RuntimeError;
+use super::request::KeepAlive;
+use crate::cluster::ClusterChain;
+use crate::engine::{LayerRange, SamplingParams, StageHandle, StageInfo, Token};
+use crate::gguf::ModelShape;
+use crate::pipeline::{Chain, Pending, Pipeline, PipelineError, PipelineReport, TokenChunk};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// Where an instance's stages run: all in this process, or across the cluster.
+pub enum Pipe {
+    Local(Chain),
+    Cluster(Box<ClusterChain>),
+}
+
+impl Pipe {
+    /// (node, layers) of each stage, for `/api/ps` and `/cluster`.
+    pub fn stages(&self, here: &str) -> Vec<(String, LayerRange)> {
+        match self {
+            Pipe::Local(c) => c.stages().iter().map(|s| (here.to_string(), s.info().range)).collect(),
+            Pipe::Cluster(c) => c.stages().iter().map(|s| (s.node.clone(), s.range)).collect(),
+        }
+    }
+
+    pub fn n_stages(&self) -> usize {
+        match self {
+            Pipe::Local(c) => c.stages().len(),
+            Pipe::Cluster(c) => c.stages().len(),
+        }
+    }
+}
+
+impl Pipeline for Pipe {
+    fn info(&self) -> &StageInfo {
+        match self {
+            Pipe::Local(c) => Pipeline::info(c),
+            Pipe::Cluster(c) => c.info(),
+        }
+    }
+    fn vocab(&self) -> &StageHandle {
+        match self {
+            Pipe::Local(c) => c.vocab(),
+            Pipe::Cluster(c) => c.vocab(),
+        }
+    }
+    async fn set_sampler(&self, seq: i32, params: SamplingParams, history: Vec<Token>) -> Result<(), PipelineError> {
+        match self {
+            Pipe::Local(c) => Pipeline::set_sampler(c, seq, params, history).await,
+            Pipe::Cluster(c) => c.set_sampler(seq, params, history).await,
+        }
+    }
+    async fn submit(&self, chunk: TokenChunk, sample: bool) -> Result<Pending, PipelineError> {
+        match self {
+            Pipe::Local(c) => c.submit(chunk, sample).await,
+            Pipe::Cluster(c) => c.submit(chunk, sample).await,
+        }
+    }
+    async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
+        match self {
+            Pipe::Local(c) => Pipeline::seq_rm(c, seq, p0, p1).await,
+            Pipe::Cluster(c) => Pipeline::seq_rm(c.as_ref(), seq, p0, p1).await,
+        }
+    }
+    async fn report(&self) -> Result<PipelineReport, PipelineError> {
+        match self {
+            Pipe::Local(c) => c.report().await,
+            Pipe::Cluster(c) => c.report().await,
+        }
+    }
+}
+
+/// What an instance was loaded from and with.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The key it is found by (a model name, or a canonical path from the CLI).
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub quant: Option<String>,
+    pub shape: ModelShape,
+    /// Positions each sequence may use.
+    pub n_ctx: u32,
+    /// Sequences decoded side by side.
+    pub n_seq: u32,
+    /// Estimated bytes of weights, KV and buffers this node holds for it.
+    pub local_memory: u64,
+}
+
+pub struct Instance {
+    pub loaded: Loaded,
+    pub pipe: Arc<Pipe>,
+    /// Tokenizes, formats and detokenizes, apart from the stages so it never waits for a decode.
+    pub vocab: StageHandle,
+    requests: mpsc::Sender<SeqRequest>,
+    counts: Arc<Counts>,
+    queue: usize,
+    last_used: Mutex<Instant>,
+    keep_alive: Mutex<KeepAlive>,
+    /// When this instance was made (placement changes replace the instance).
+    pub created: SystemTime,
+}
+
+impl Instance {
+    /// Starts the batcher for a loaded pipeline.
+    pub(crate) fn start(
+        loaded: Loaded,
+        pipe: Pipe,
+        vocab: StageHandle,
+        n_batch: u32,
+        queue: usize,
+        keep_alive: KeepAlive,
+        shutdown: Arc<AtomicBool>,
+    ) -> Arc<Instance> {
+        let pipe = Arc::new(pipe);
+        let counts = Arc::new(Counts::default());
+        let cfg = batcher::Config {
+            n_seq: loaded.n_seq,
+            n_batch,
+            n_ctx_seq: loaded.n_ctx,
+            depth: pipe.n_stages(),
+        };
+        let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
+        tokio::spawn(batcher::run(pipe.clone(), cfg, rx, counts.clone(), shutdown));
+        Arc::new(Instance {
+            loaded,
+            pipe,
+            vocab,
+            requests: tx,
+            counts,
+            queue,
+            last_used: Mutex::new(Instant::now()),
+            keep_alive: Mutex::new(keep_alive),
+            created: SystemTime::now(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    pub fn info(&self) -> &StageInfo {
+        self.pipe.info()
+    }
+
+    /// Hands a sequence to the batcher, or refuses when the slots and the queue are full.
+    pub(crate) fn enqueue(&self, req: SeqRequest) -> Result<(), RuntimeError> {
+        let (waiting, active) = (self.counts.waiting.load(Ordering::SeqCst), self.active());
+        if waiting + active >= self.loaded.n_seq as usize + self.queue {
+            return Err(RuntimeError::Busy { model: self.loaded.name.clone(), active, waiting });
+        }
+        self.counts.waiting.fetch_add(1, Ordering::SeqCst);
+        if self.requests.try_send(req).is_err() {
+            self.counts.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(RuntimeError::Busy { model: self.loaded.name.clone(), active, waiting });
+        }
+        self.touch();
+        Ok(())
+    }
+
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap() = Instant::now();
+    }
+
+    pub fn set_keep_alive(&self, k: KeepAlive) {
+        *self.keep_alive.lock().unwrap() = k;
+        self.touch();
+    }
+
+    /// Requests being decoded.
+    pub fn active(&self) -> usize {
+        self.counts.active.load(Ordering::SeqCst)
+    }
+
+    /// Requests waiting for a sequence.
+    pub fn waiting(&self) -> usize {
+        self.counts.waiting.load(Ordering::SeqCst)
+    }
+
+    pub fn busy(&self) -> bool {
+        self.active() + self.waiting() > 0
+    }
+
+    /// When it will be unloaded if nothing uses it (None: never).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match *self.keep_alive.lock().unwrap() {
+            KeepAlive::Forever => None,
+            KeepAlive::For(d) => {
+                let idle = if self.busy() { Duration::ZERO } else { self.last_used.lock().unwrap().elapsed() };
+                Some(SystemTime::now() + d.saturating_sub(idle))
+            }
+        }
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        !self.busy()
+            && match *self.keep_alive.lock().unwrap() {
+                KeepAlive::Forever => false,
+                KeepAlive::For(d) => self.last_used.lock().unwrap().elapsed() >= d,
+            }
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_used.lock().unwrap().elapsed()
+    }
+}

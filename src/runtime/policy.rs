@@ -1,0 +1,243 @@
+//! Load policy: from a model's shape, the cluster's profiles and a request's wishes to the
+//! context (per sequence and in all), the number of sequences and the placement. One function
+//! for every way a model is loaded (on demand, a forced split, `POST /instances`, `exo run`).
+
+use super::error::{Field, RuntimeError};
+use crate::cluster::PeerStatus;
+use crate::engine::LayerRange;
+use crate::gguf::ModelShape;
+use crate::placement::{self, Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, PlacementError, Plan};
+use crate::profile::Profile;
+
+/// Estimates for what has not been measured yet (documented in the README's cost model).
+const DEFAULT_GBPS: f64 = 10.0;
+const DEFAULT_BANDWIDTH: f64 = 125e6; // 1 Gbit/s
+const DEFAULT_RTT_MS: f64 = 1.0;
+
+/// The nodes a placement may use, as placement sees them, with their peer addresses.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub cluster: Cluster,
+    pub addrs: Vec<(String, String)>,
+    /// This node's name in `cluster`.
+    pub here: String,
+}
+
+impl View {
+    pub fn addr_of(&self, node: &str) -> Option<&str> {
+        self.addrs.iter().find(|(n, _)| n == node).map(|(_, a)| a.as_str())
+    }
+}
+
+fn backend(name: &str) -> Backend {
+    match name {
+        "cuda" => Backend::Cuda,
+        "metal" => Backend::Metal,
+        "vulkan" => Backend::Vulkan,
+        _ => Backend::Cpu,
+    }
+}
+
+fn spec(name: &str, p: &Profile, memory: u64) -> NodeSpec {
+    NodeSpec {
+        name: name.to_string(),
+        memory,
+        backend: backend(&p.backend),
+        decode_gbps: p.decode_gbps.filter(|g| g.is_finite() && *g > 0.0).unwrap_or(DEFAULT_GBPS),
+        prefill_tflops: None,
+    }
+}
+
+/// This node (offering what it has minus what its loaded instances already hold, when a limit
+/// is set; without one the measured available memory already reflects them) and the peers
+/// whose profiles have arrived. Links: measured round trips and bandwidths, else estimates.
+pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[PeerStatus]) -> View {
+    let offered = if local.memory_offered < local.memory_available {
+        local.memory_offered.saturating_sub(held)
+    } else {
+        local.memory_offered
+    };
+    let mut nodes = vec![spec(here, local, offered)];
+    let mut addrs = vec![(here.to_string(), here_addr.to_string())];
+    for p in peers {
+        if let Some(prof) = &p.profile {
+            if nodes.iter().any(|n| n.name == p.name) {
+                continue; // two nodes with one name cannot be told apart; the first stays
+            }
+            nodes.push(spec(&p.name, prof, prof.memory_offered));
+            addrs.push((p.name.clone(), p.address.clone()));
+        }
+    }
+    let mut links = Vec::new();
+    for a in &nodes {
+        for b in &nodes {
+            if a.name == b.name {
+                continue;
+            }
+            // what this node measured to the peer at either end
+            let peer = peers.iter().find(|p| p.name == a.name || p.name == b.name);
+            let rtt = peer.and_then(|p| p.rtt_ms).unwrap_or(DEFAULT_RTT_MS);
+            let bw = peer.and_then(|p| p.bandwidth).filter(|b| *b > 0.0).unwrap_or(DEFAULT_BANDWIDTH);
+            links.push(LinkSpec { from: a.name.clone(), to: b.name.clone(), bandwidth: bw, latency: rtt / 2e3 });
+        }
+    }
+    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string() }
+}
+
+/// A placement given by the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Forced {
+    /// In-process stages on this node (`exo run --split 0:4,4:8`).
+    Local(Vec<LayerRange>),
+    /// Named nodes (`--split a=0:4,b=4:8`, `POST /instances`).
+    Nodes(Vec<(String, LayerRange)>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// Sequences decoded side by side.
+    pub n_seq: u32,
+    /// Positions per sequence; the KV cache holds `n_seq * n_ctx_seq`.
+    pub n_ctx_seq: u32,
+    pub plan: Plan,
+}
+
+impl Decision {
+    /// One stage on this node: the model loads in this process.
+    pub fn is_local(&self, view: &View) -> bool {
+        self.plan.stages.iter().all(|s| s.node == view.here)
+    }
+}
+
+fn memory_error(e: &PlacementError) -> bool {
+    matches!(
+        e,
+        PlacementError::DoesNotFit { .. }
+            | PlacementError::ForcedDoesNotFit { .. }
+            | PlacementError::StageTooBig { .. }
+            | PlacementError::Infeasible { .. }
+    )
+}
+
+fn try_place(
+    cost: &ModelCost,
+    view: &View,
+    forced: Option<&Forced>,
+    ctx: u32,
+    n_batch: u32,
+) -> Result<Plan, PlacementError> {
+    let opts = Options { ctx, n_ubatch: n_batch, ..Options::default() };
+    match forced {
+        None => placement::place(cost, &view.cluster, &opts),
+        // in-process stages share this node's memory: priced as one stage holding everything
+        Some(Forced::Local(_)) => {
+            let one = Cluster { nodes: vec![view.cluster.nodes[0].clone()], links: vec![] };
+            placement::evaluate(cost, &one, &opts, &[(view.here.clone(), 0, cost.n_layer)])
+        }
+        Some(Forced::Nodes(stages)) => {
+            let s: Vec<(String, u32, u32)> = stages.iter().map(|(n, r)| (n.clone(), r.begin, r.end)).collect();
+            placement::evaluate(cost, &view.cluster, &opts, &s)
+        }
+    }
+}
+
+/// Chooses sequences and placement: as many sequences as allowed (up to `max_seq`, halved while
+/// the KV cache does not fit), each with `n_ctx_seq` positions. A context that fits only when
+/// smaller is an error about `num_ctx` when the caller asked for it.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    model: &str,
+    shape: &ModelShape,
+    view: &View,
+    n_ctx_seq: u32,
+    asked_ctx: bool,
+    max_seq: u32,
+    n_batch: u32,
+    forced: Option<&Forced>,
+) -> Result<Decision, RuntimeError> {
+    let cost = ModelCost::from_shape(model, shape);
+    let mut n_seq = max_seq.max(1);
+    loop {
+        match try_place(&cost, view, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
+            Ok(plan) => return Ok(Decision { n_seq, n_ctx_seq, plan }),
+            Err(e) if memory_error(&e) && n_seq > 1 => n_seq /= 2,
+            Err(e) if memory_error(&e) => {
+                let small = n_ctx_seq.min(256);
+                if asked_ctx && small < n_ctx_seq && try_place(&cost, view, forced, small, n_batch).is_ok() {
+                    return Err(RuntimeError::field(
+                        Field::NumCtx,
+                        format!("a context of {n_ctx_seq} tokens does not fit in the memory offered: {e}"),
+                    ));
+                }
+                return Err(RuntimeError::DoesNotFit { model: model.to_string(), reason: e.to_string() });
+            }
+            Err(e) => return Err(RuntimeError::BadPlacement { reason: e.to_string() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> ModelShape {
+        ModelShape {
+            architecture: "llama".into(),
+            n_layer: 8,
+            n_embd: 256,
+            n_head: 4,
+            n_head_kv: 4,
+            head_dim_k: 64,
+            head_dim_v: 64,
+            context_length: 8192,
+            vocab_size: 1000,
+            chat_template: None,
+            name: None,
+            layer_bytes: vec![10 << 20; 8],
+            embedding_bytes: 1 << 20,
+            output_bytes: 1 << 20,
+            tied_embeddings: false,
+            other_bytes: 0,
+            total_weight_bytes: 82 << 20,
+            n_params: 80 << 20,
+            n_files: 1,
+        }
+    }
+
+    fn profile(memory: u64) -> Profile {
+        Profile {
+            memory_total: memory,
+            memory_available: memory,
+            memory_offered: memory,
+            backend: "cpu".into(),
+            devices: vec![],
+            threads: 2,
+            decode_gbps: Some(10.0),
+        }
+    }
+
+    #[test]
+    fn sequences_shrink_before_the_context_is_refused() {
+        let v = view("me", "127.0.0.1:1", &profile(1 << 30), 0, &[]);
+        let d = decide("m", &shape(), &v, 4096, false, 4, 512, None).unwrap();
+        assert_eq!((d.n_seq, d.n_ctx_seq), (4, 4096));
+        assert!(d.is_local(&v));
+        // 8 layers * 2 KiB per token: 100k tokens need ~1.6 GB of KV
+        let v = view("me", "127.0.0.1:1", &profile(600 << 20), 0, &[]);
+        let d = decide("m", &shape(), &v, 16384, false, 4, 512, None).unwrap();
+        assert!(d.n_seq < 4, "{}", d.n_seq);
+        let e = decide("m", &shape(), &v, 100_000, true, 4, 512, None).unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidField { field: Field::NumCtx, .. }), "{e}");
+        let tiny = view("me", "127.0.0.1:1", &profile(10 << 20), 0, &[]);
+        let e = decide("m", &shape(), &tiny, 512, false, 1, 512, None).unwrap_err();
+        assert!(matches!(e, RuntimeError::DoesNotFit { .. }), "{e}");
+    }
+
+    #[test]
+    fn held_memory_counts_against_a_limit() {
+        let mut p = profile(1 << 30);
+        p.memory_offered = 200 << 20;
+        let v = view("me", "a", &p, 150 << 20, &[]);
+        assert_eq!(v.cluster.nodes[0].memory, 50 << 20);
+    }
+}

@@ -1,0 +1,328 @@
+//! The loaded instances by key: one shared load per key (however many requests ask at once, in
+//! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
+//! idle instances when a new one does not fit.
+
+use super::instance::{Instance, Loaded, Pipe};
+use super::policy::{self, Decision, Forced, View};
+use super::request::{KeepAlive, ModelRef};
+use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
+use crate::cluster::{ClusterChain, StagePlacement};
+use crate::engine::{ContextParams, LayerRange};
+use crate::gguf::{ModelFiles, ModelShape};
+use crate::pipeline::Chain;
+use crate::store::{LocalModel, Resolved, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+type LoadResult = Option<Result<Arc<Instance>, RuntimeError>>;
+
+enum Entry {
+    Loading(watch::Receiver<LoadResult>),
+    Ready(Arc<Instance>),
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    pub fn list(&self) -> Vec<Arc<Instance>> {
+        let map = self.map.lock().unwrap();
+        let mut v: Vec<Arc<Instance>> = map
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ready(i) => Some(i.clone()),
+                Entry::Loading(_) => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
+    }
+
+    pub fn remove(&self, key: &str) -> bool {
+        let mut map = self.map.lock().unwrap();
+        match map.get(key) {
+            Some(Entry::Ready(_)) => map.remove(key).is_some(),
+            _ => false,
+        }
+    }
+
+    pub fn reap(&self) {
+        let mut map = self.map.lock().unwrap();
+        map.retain(|k, e| match e {
+            Entry::Ready(i) if i.expired() => {
+                tracing::info!(model = %k, "unloading after keep_alive");
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Bytes the loaded instances hold on this node, except `except`'s.
+    fn held(&self, except: &str) -> u64 {
+        let map = self.map.lock().unwrap();
+        map.iter()
+            .filter(|(k, _)| k.as_str() != except)
+            .filter_map(|(_, e)| match e {
+                Entry::Ready(i) => Some(i.loaded.local_memory),
+                Entry::Loading(_) => None,
+            })
+            .sum()
+    }
+
+    /// Unloads the least recently used idle instance other than `except`; false if none.
+    fn evict_one(&self, except: &str) -> bool {
+        let mut map = self.map.lock().unwrap();
+        let victim = map
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Ready(i) if k != except && !i.busy() => Some((i.idle_for(), k.clone())),
+                _ => None,
+            })
+            .max();
+        match victim {
+            Some((_, k)) => {
+                tracing::info!(model = %k, "unloading to make room");
+                map.remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub async fn get_or_load(
+        &self,
+        rt: &Arc<Runtime>,
+        model: &ModelRef,
+        opts: LoadOptions,
+    ) -> Result<(Arc<Instance>, Duration), RuntimeError> {
+        let key = model.key();
+        let t = Instant::now();
+        let mut waited_for_other = false;
+        loop {
+            let (mut done, ours) = {
+                let mut map = self.map.lock().unwrap();
+                match map.get(&key) {
+                    Some(Entry::Ready(i)) if opts.forced.is_none() && (fits(i, &opts) || i.busy()) => {
+                        i.touch();
+                        return Ok((i.clone(), if waited_for_other { t.elapsed() } else { Duration::ZERO }));
+                    }
+                    Some(Entry::Loading(rx)) => (rx.clone(), false),
+                    _ => {
+                        // nothing loaded, or a reload (another context, a forced placement)
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(key.clone(), Entry::Loading(rx.clone()));
+                        rt.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (rt2, model2, opts2, key2) = (rt.clone(), model.clone(), opts.clone(), key.clone());
+                        tokio::spawn(async move {
+                            let r = load(&rt2, &model2, &key2, &opts2).await;
+                            {
+                                let mut map = rt2.registry.map.lock().unwrap();
+                                match &r {
+                                    Ok(i) => map.insert(key2, Entry::Ready(i.clone())),
+                                    Err(_) => map.remove(&key2),
+                                };
+                            }
+                            let _ = tx.send(Some(r));
+                        });
+                        (rx, true)
+                    }
+                }
+            };
+            let r = wait(&mut done).await;
+            if ours {
+                return r.map(|i| (i, t.elapsed()));
+            }
+            // someone else's load: share its result, unless this request needs another one
+            waited_for_other = true;
+            match r {
+                Ok(i) if opts.forced.is_none() && fits(&i, &opts) => return Ok((i, t.elapsed())),
+                Err(e) if opts.forced.is_none() => return Err(e),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// A loaded instance serves a request that asks for no particular context, or for its own.
+fn fits(i: &Instance, opts: &LoadOptions) -> bool {
+    opts.num_ctx.is_none_or(|n| n == i.loaded.n_ctx)
+}
+
+async fn wait(rx: &mut watch::Receiver<LoadResult>) -> Result<Arc<Instance>, RuntimeError> {
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
+        }
+        if rx.changed().await.is_err() {
+            return Err(RuntimeError::Failed { reason: "the load was abandoned".into() });
+        }
+    }
+}
+
+/// A model on this node by name (never a path), or a CLI path.
+pub(super) fn resolve_local(store: &Store, model: &ModelRef) -> Result<LocalModel, RuntimeError> {
+    let resolved = match model {
+        ModelRef::Name(n) => store.resolve_name(n)?,
+        ModelRef::Path(p) => store.resolve(&p.display().to_string())?,
+    };
+    match resolved {
+        Resolved::Local(m) => Ok(m),
+        Resolved::Remote(_) => Err(RuntimeError::ModelNotFound {
+            name: model.display(),
+            hint: ": it is not on this node".into(),
+        }),
+    }
+}
+
+pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
+    let bad = |e: &dyn std::fmt::Display| RuntimeError::Load { model: m.first().display().to_string(), reason: e.to_string() };
+    let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
+    ModelShape::from_files(&files).map_err(|e| bad(&e))
+}
+
+/// The nodes a placement may use now (profiles refreshed off the async workers).
+async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
+    let (cluster, limit) = (rt.cluster.clone(), rt.limits.memory_limit);
+    blocking(move || {
+        Ok(match &cluster {
+            Some(c) => policy::view(&c.hello.node_name, c.peer_addr(), &c.profile(), held, &c.peers()),
+            None => policy::view("local", "", &crate::profile::snapshot(limit, None), held, &[]),
+        })
+    })
+    .await
+}
+
+async fn load(rt: &Arc<Runtime>, model: &ModelRef, key: &str, opts: &LoadOptions) -> Result<Arc<Instance>, RuntimeError> {
+    let t = Instant::now();
+    let (store, m) = (rt.store.clone(), model.clone());
+    let (local, shape) = blocking(move || {
+        let local = resolve_local(&store, &m)?;
+        let shape = read_shape(&local)?;
+        Ok((local, shape))
+    })
+    .await?;
+    let n_ctx_seq = validate::num_ctx(opts.num_ctx, rt.limits.default_ctx, shape.context_length)?;
+    let n_batch = opts.n_batch.unwrap_or(512);
+    if let Some(Forced::Local(ranges)) = &opts.forced {
+        check_ranges(ranges, shape.n_layer)?;
+    }
+    // fit it, unloading idle instances while it does not
+    let decision: Decision;
+    let view = loop {
+        let view = view(rt, rt.registry.held(key)).await?;
+        match policy::decide(
+            key,
+            &shape,
+            &view,
+            n_ctx_seq,
+            opts.num_ctx.is_some(),
+            rt.limits.parallel,
+            n_batch,
+            opts.forced.as_ref(),
+        ) {
+            Ok(d) => {
+                decision = d;
+                break view;
+            }
+            Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => {
+                if !rt.registry.evict_one(key) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let context = ContextParams {
+        n_ctx: decision.n_ctx_seq * decision.n_seq,
+        n_batch,
+        n_ubatch: n_batch,
+        n_threads: rt.limits.threads,
+        n_seq_max: decision.n_seq,
+    };
+    let path = local.first().to_path_buf();
+    let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
+    // a named placement runs as named, even when every stage is on this node
+    let (pipe, vocab) = if local_forced || (opts.forced.is_none() && decision.is_local(&view)) {
+        let ranges: Option<Vec<LayerRange>> = match &opts.forced {
+            Some(Forced::Local(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let (p, mmap) = (path.clone(), !opts.no_mmap);
+        blocking(move || {
+            let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
+                .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
+            let vocab = Runtime::vocab_of(&p, context)?;
+            Ok((Pipe::Local(chain), vocab))
+        })
+        .await?
+    } else {
+        let node = rt.cluster.clone().ok_or(RuntimeError::NoCluster)?;
+        let stages: Vec<StagePlacement> = decision
+            .plan
+            .stages
+            .iter()
+            .map(|s| StagePlacement {
+                node: s.node.clone(),
+                addr: view.addr_of(&s.node).unwrap_or_default().to_string(),
+                range: LayerRange { begin: s.begin, end: s.end },
+            })
+            .collect();
+        tracing::info!(
+            model = key,
+            stages = ?stages.iter().map(|s| format!("{}={}", s.node, s.range)).collect::<Vec<_>>(),
+            predicted_tok_s = decision.plan.tokens_per_second,
+            "placing across the cluster"
+        );
+        // peers look the model up by name: a CLI path travels as its file's model name
+        let name = match model {
+            ModelRef::Name(n) => n.clone(),
+            ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
+        };
+        let chain = ClusterChain::load(node, &name, &path, local.size, stages, context)
+            .await
+            .map_err(|e| RuntimeError::Load { model: key.to_string(), reason: e.to_string() })?;
+        let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
+        (Pipe::Cluster(Box::new(chain)), vocab)
+    };
+    let actual = crate::pipeline::Pipeline::info(&pipe).n_ctx / decision.n_seq;
+    let here = view.here.clone();
+    let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
+    let loaded = Loaded {
+        name: key.to_string(),
+        path,
+        size: local.size,
+        quant: local.quant.clone(),
+        shape,
+        n_ctx: decision.n_ctx_seq.min(actual.max(1)),
+        n_seq: decision.n_seq,
+        local_memory,
+    };
+    tracing::info!(model = key, n_ctx = loaded.n_ctx, n_seq = loaded.n_seq, secs = t.elapsed().as_secs_f64(), "loaded");
+    Ok(Instance::start(
+        loaded,
+        pipe,
+        vocab,
+        n_batch,
+        rt.limits.queue,
+        KeepAlive::For(rt.limits.keep_alive),
+        rt.shutdown.clone(),
+    ))
+}
+
+fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {
+    let mut next = 0;
+    for r in ranges {
+        if r.begin != next || r.end <= r.begin {
+            return Err(RuntimeError::BadPlacement { reason: format!("stage {r} does not continue at layer {next}") });
+        }
+        next = r.end;
+    }
+    if next != n_layer {
+        return Err(RuntimeError::BadPlacement { reason: format!("the stages end at layer {next} of {n_layer}") });
+    }
+    Ok(())
+}
