@@ -39,7 +39,14 @@ async fn main() {
     store.hf_cache = None;
     store.ollama = None;
     store.offline = true;
-    let limits = Limits { parallel, queue, default_ctx: 2048, keep_alive: Duration::from_secs(600), threads: 2, ..Limits::default() };
+    let limits = Limits {
+        parallel,
+        queue,
+        default_ctx: 2048,
+        keep_alive: Duration::from_secs(600),
+        threads: 2,
+        ..Limits::default()
+    };
     let app = api::router(AppState { runtime: Runtime::new(store, limits, None) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -31,7 +31,14 @@ fn app(models: &Path, limits: Limits) -> (Router, Arc<Runtime>) {
 }
 
 fn limits() -> Limits {
-    Limits { parallel: 2, queue: 4, default_ctx: 512, keep_alive: Duration::from_secs(300), threads: 2, ..Limits::default() }
+    Limits {
+        parallel: 2,
+        queue: 4,
+        default_ctx: 512,
+        keep_alive: Duration::from_secs(300),
+        threads: 2,
+        ..Limits::default()
+    }
 }
 
 async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, String, String) {
@@ -463,4 +470,127 @@ async fn pull_streams_progress_and_delete_removes() {
     let (s, _, _) =
         call(&app, Method::DELETE, "/api/delete", Some(json!({ "model": "hf.co/org/Tiny-GGUF:q8_0" }))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// The hostile inputs of the runtime issue: each is refused with a 4xx that says why, in under a
+/// second, touching nothing; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_are_refused_fast_and_touch_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(common::model("tiny-llama"), models.join("tiny-llama.gguf")).unwrap();
+    let victim = elsewhere.join("victim.gguf");
+    std::fs::copy(common::model("tiny-llama"), &victim).unwrap();
+    // a link in the models dir that leads out of it
+    std::os::unix::fs::symlink(&victim, models.join("escape.gguf")).unwrap();
+    let (app, _) = app(&models, limits());
+    let out = |p: &Path| p.display().to_string();
+    let traversal = format!("{}/../elsewhere/victim", models.display());
+    let gen = |extra: Value| {
+        let mut b = json!({ "model": "tiny-llama", "prompt": "hi", "stream": false, "options": { "num_predict": 2 } });
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "options" {
+                for (ok, ov) in v.as_object().unwrap() {
+                    b["options"][ok] = ov.clone();
+                }
+            } else {
+                b[k] = v.clone();
+            }
+        }
+        b
+    };
+    let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
+        (Method::DELETE, "/api/delete", json!({ "model": traversal }), StatusCode::BAD_REQUEST, "not paths"),
+        (
+            Method::DELETE,
+            "/api/delete",
+            json!({ "model": "../elsewhere/victim" }),
+            StatusCode::BAD_REQUEST,
+            "not paths",
+        ),
+        (Method::DELETE, "/api/delete", json!({ "model": "escape" }), StatusCode::FORBIDDEN, "only deletes"),
+        (Method::POST, "/api/show", json!({ "model": "/etc/passwd" }), StatusCode::BAD_REQUEST, "not paths"),
+        (Method::POST, "/api/show", json!({ "model": "/no/such/file" }), StatusCode::BAD_REQUEST, "not paths"),
+        (
+            Method::POST,
+            "/api/pull",
+            json!({ "model": "/etc/passwd", "stream": false }),
+            StatusCode::BAD_REQUEST,
+            "not paths",
+        ),
+        (Method::POST, "/api/generate", gen(json!({ "model": out(&victim) })), StatusCode::BAD_REQUEST, "not paths"),
+        (Method::POST, "/api/generate", gen(json!({ "keep_alive": 1e300 })), StatusCode::BAD_REQUEST, "keep_alive"),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "keep_alive": "99999999999999999h" })),
+            StatusCode::BAD_REQUEST,
+            "keep_alive",
+        ),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "options": { "repeat_last_n": 2_000_000_000 } })),
+            StatusCode::BAD_REQUEST,
+            "options.repeat_last_n",
+        ),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "options": { "repeat_last_n": 100_000 } })),
+            StatusCode::BAD_REQUEST,
+            "options.repeat_last_n",
+        ),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "options": { "num_ctx": 100_000 } })),
+            StatusCode::BAD_REQUEST,
+            "options.num_ctx: 100000 is more than the model's trained context",
+        ),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "options": { "num_predict": 1_000_000_000_000u64 } })),
+            StatusCode::BAD_REQUEST,
+            "options.num_predict",
+        ),
+        (
+            Method::POST,
+            "/api/generate",
+            gen(json!({ "options": { "top_k": -3 } })),
+            StatusCode::BAD_REQUEST,
+            "options.top_k",
+        ),
+    ];
+    for (method, uri, body, status, says) in cases {
+        let t = std::time::Instant::now();
+        let (s, _, text) = call(&app, method, uri, Some(body.clone())).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "{uri} {body}: took {:?}", t.elapsed());
+        assert_eq!(s, status, "{uri} {body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{uri}: {text}"));
+        assert!(v["error"].as_str().unwrap().contains(says), "{uri} {body}: {text}");
+    }
+    assert!(victim.is_file(), "the file outside the models dir was deleted");
+    // OpenAI: the field as OpenAI names it
+    let (s, _, text) = post(
+        &app,
+        "/v1/chat/completions",
+        json!({ "model": "tiny-llama", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 1_000_000_000_000u64 }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("max_tokens"), "{text}");
+    // a 20 MB body is refused before it is read whole
+    let big = json!({ "model": "tiny-llama", "prompt": "x".repeat(20 << 20) }).to_string();
+    let t = std::time::Instant::now();
+    let resp = app.clone().oneshot(Request::post("/api/generate").body(Body::from(big)).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // still serving, and a large max_tokens within the context is simply capped
+    let (s, _, text) = post(&app, "/api/generate", gen(json!({ "options": { "num_predict": 100_000 } }))).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
 }

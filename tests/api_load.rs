@@ -13,7 +13,14 @@ async fn thirty_two_streaming_clients() {
     std::os::unix::fs::symlink(common::model("tiny-llama"), d.path().join("tiny-llama.gguf")).unwrap();
     let store = common::offline_store(d.path());
     // 4 sequences decode side by side, 8 may wait: 32 clients must see some 503s
-    let limits = Limits { parallel: 4, queue: 8, default_ctx: 1024, keep_alive: Duration::from_secs(60), threads: 2, ..Limits::default() };
+    let limits = Limits {
+        parallel: 4,
+        queue: 8,
+        default_ctx: 1024,
+        keep_alive: Duration::from_secs(60),
+        threads: 2,
+        ..Limits::default()
+    };
     let app = api::router(AppState { runtime: Runtime::new(store, limits, None) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

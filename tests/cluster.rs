@@ -274,3 +274,53 @@ async fn a_stage_node_that_dies_ends_the_request_quickly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The runtime's batcher over a 2-stage cluster pipeline: 8 greedy requests at once (two groups
+/// of four in flight, one per stage) each give the text they give alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_batched_requests_over_two_nodes_equal_each_alone() {
+    use exo::runtime::{Event, Forced, GenRequest, Input, Limits, ModelRef, Runtime};
+    let d = tempfile::tempdir().unwrap();
+    // the calm model: batched and single decoding pick the same tokens (tests/batching.rs)
+    std::os::unix::fs::symlink(common::model("tiny-llama-calm"), d.path().join("tiny-llama.gguf")).unwrap();
+    let (a, b) = (node("a", d.path(), "t").await, node("b", d.path(), "t").await);
+    let t = Instant::now();
+    while a.address_of("b").is_none() {
+        b.conn(a.peer_addr()).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = Limits { parallel: 8, queue: 8, default_ctx: 256, threads: 1, ..Limits::default() };
+    let rt = Runtime::new(store(d.path()), limits, Some(a.clone()));
+    let model = ModelRef::Name("tiny-llama".into());
+    let placement =
+        vec![("a".to_string(), LayerRange { begin: 0, end: 4 }), ("b".to_string(), LayerRange { begin: 4, end: 8 })];
+    let inst = rt.place(&model, Forced::Nodes(placement), None, None).await.unwrap();
+    assert_eq!(inst.pipe.n_stages(), 2);
+    let text = |p: &'static str| {
+        let (rt, model) = (rt.clone(), model.clone());
+        async move {
+            let mut r = GenRequest::new(model, Input::Raw(p.into()), SamplingParams::greedy());
+            r.max_tokens = Some(common::BATCH_STEPS as u64);
+            r.ignore_eos = true;
+            let mut g = rt.generate(r).await.unwrap();
+            let mut out = String::new();
+            while let Some(ev) = g.events.recv().await {
+                match ev {
+                    Event::Text(t) => out.push_str(&t),
+                    Event::Done { .. } => return out,
+                    Event::Failed(e) => panic!("{e}"),
+                }
+            }
+            panic!("no end")
+        }
+    };
+    let mut alone = Vec::new();
+    for p in common::BATCH_PROMPTS {
+        alone.push(text(p).await);
+    }
+    let tasks: Vec<_> = common::BATCH_PROMPTS.iter().map(|p| tokio::spawn(text(p))).collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), alone[i], "request {i}");
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own `llama-bench` and `rpc-server` into a scratch directory (never committed):
-#   target/llama-cpp-tools/bin/{llama-bench,rpc-server}
+# Builds llama.cpp's own `llama-bench`, `llama-batched-bench` and `rpc-server` into a scratch
+# directory (never committed):
+#   target/llama-cpp-tools/bin/{llama-bench,llama-batched-bench,rpc-server}
 #
 # The libraries they link (llama, ggml, ggml-cpu, common) are compiled from exactly the llama.cpp
 # sources that the llama-cpp-sys-2 crate bundles (unpatched), with the build type, compiler flags
@@ -30,15 +31,19 @@ cache=$(ls -t target/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt 2>
 drivers="$out/drivers"
 if [ -n "${LLAMA_CPP_CHECKOUT:-}" ]; then
     rm -rf "$drivers" && mkdir -p "$drivers"
-    cp -r "$LLAMA_CPP_CHECKOUT/tools/llama-bench" "$LLAMA_CPP_CHECKOUT/tools/rpc" "$drivers/"
-elif [ ! -f "$drivers/llama-bench/llama-bench.cpp" ]; then
+    cp -r "$LLAMA_CPP_CHECKOUT/tools/llama-bench" "$LLAMA_CPP_CHECKOUT/tools/rpc" \
+        "$LLAMA_CPP_CHECKOUT/tools/batched-bench" "$drivers/"
+elif [ ! -f "$drivers/llama-bench/llama-bench.cpp" ] || [ ! -f "$drivers/batched-bench/batched-bench.cpp" ]; then
     ver="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
     tmp=$(mktemp -d)
     python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$ver"
     tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards \
-        '*/vendor/llama.cpp/tools/llama-bench/*' '*/vendor/llama.cpp/tools/rpc/*'
+        '*/vendor/llama.cpp/tools/llama-bench/*' '*/vendor/llama.cpp/tools/rpc/*' \
+        '*/vendor/llama.cpp/tools/batched-bench/*'
     rm -rf "$drivers" && mkdir -p "$drivers"
-    cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/tools/llama-bench "$tmp"/llama_cpp_python-*/vendor/llama.cpp/tools/rpc "$drivers/"
+    for t in llama-bench rpc batched-bench; do
+        cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/tools/$t "$drivers/"
+    done
     rm -rf "$tmp"
 fi
 
@@ -50,6 +55,7 @@ project(exo_llama_tools C CXX)
 add_subdirectory("$src" llama.cpp)
 add_subdirectory("$drivers/llama-bench" llama-bench)
 add_subdirectory("$drivers/rpc" rpc)
+add_subdirectory("$drivers/batched-bench" batched-bench)
 CMAKE
 
 # The crate's choices: build type, C/C++ flags and every GGML_* switch it set.
@@ -70,8 +76,9 @@ echo "options: ${args[*]}"
 cmake -S "$out/project" -B "$out/build" "${args[@]}" \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_COMMON=ON -DGGML_RPC=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-cmake --build "$out/build" --target llama-bench ggml-rpc-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+cmake --build "$out/build" --target llama-bench llama-batched-bench ggml-rpc-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 mkdir -p "$out/bin"
 cp "$(find "$out/build" -name llama-bench -type f -perm -u+x | head -1)" "$out/bin/llama-bench"
 cp "$(find "$out/build" -name ggml-rpc-server -type f -perm -u+x | head -1)" "$out/bin/rpc-server"
+cp "$(find "$out/build" -name llama-batched-bench -type f -perm -u+x | head -1)" "$out/bin/llama-batched-bench"
 ls -l "$out/bin"

@@ -2,9 +2,9 @@
 //! content_block_start, content_block_delta, content_block_stop, message_delta, message_stop).
 
 use super::util::{model, parse, random_seed, stream_body, TextContent};
-use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
+use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};

@@ -337,6 +337,7 @@ impl NameReq {
 }
 
 /// The model a name-only request (show, pull, delete) is about: a name, never a path.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn name_req(body: &Bytes) -> Result<ModelRef, Response> {
     let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     model(&name).map_err(runtime_error)

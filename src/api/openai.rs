@@ -2,9 +2,9 @@
 //! with `data: [DONE]`; errors as `{"error": {"message", "type", ...}}`.
 
 use super::util::{model, parse, random_seed, stream_body, unix_now, TextContent};
-use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError, Stats};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
+use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError, Stats};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -97,7 +97,9 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
     let max = match c.max_completion_tokens.or(c.max_tokens) {
         None => None,
         Some(n) if n > 0 => Some(n as u64),
-        Some(n) => return Err(RuntimeError::field(crate::runtime::Field::MaxTokens, format!("must be positive, got {n}"))),
+        Some(n) => {
+            return Err(RuntimeError::field(crate::runtime::Field::MaxTokens, format!("must be positive, got {n}")))
+        }
     };
     // OpenAI's defaults: temperature 1, top_p 1, no penalty
     let sampling = SamplingParams {

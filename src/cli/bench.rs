@@ -116,7 +116,7 @@ async fn remote(a: &BenchArgs, cfg: &BenchConfig, base: &str) -> anyhow::Result<
         eprintln!("note: --threads applies to in-process runs; the nodes use their own thread counts");
     }
     eprintln!("benchmarking {} through the node at {base} (this takes a while)", a.model);
-    let body = json!({ "model": a.model, "placement": placement, "batch_size": a.batch_size,
+    let body = json!({ "model": super::remote::name_for_node(&a.model), "placement": placement, "batch_size": a.batch_size,
         "pp": cfg.pp, "tg": cfg.tg, "repeat": cfg.repeat });
     let r = reqwest::Client::new().post(format!("{base}/bench")).json(&body).send().await?;
     if !r.status().is_success() {

@@ -96,7 +96,9 @@ pub async fn run(b: &mut impl Backend, a: &RunArgs) -> anyhow::Result<()> {
                 continue;
             }
             "/?" | "/help" => {
-                outln!("/set parameter NAME VALUE   temperature, top_k, top_p, min_p, repeat_penalty, seed, num_predict");
+                outln!(
+                    "/set parameter NAME VALUE   temperature, top_k, top_p, min_p, repeat_penalty, seed, num_predict"
+                );
                 outln!("/clear                      forget the conversation");
                 outln!("/bye                        exit (or Ctrl-D)");
                 continue;
@@ -122,7 +124,12 @@ pub async fn run(b: &mut impl Backend, a: &RunArgs) -> anyhow::Result<()> {
 }
 
 /// One answer streamed to stdout; returns its text.
-async fn turn(b: &mut impl Backend, messages: &[ChatMessage], params: &Params, verbose: bool) -> anyhow::Result<String> {
+async fn turn(
+    b: &mut impl Backend,
+    messages: &[ChatMessage],
+    params: &Params,
+    verbose: bool,
+) -> anyhow::Result<String> {
     let mut stdout = std::io::stdout().lock();
     let mut reply = String::new();
     let stats = b

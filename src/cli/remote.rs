@@ -79,18 +79,37 @@ pub(super) struct RemoteBackend {
     raw: bool,
 }
 
+/// How a node knows MODEL: a name as given, a file path by its model name (nodes take names,
+/// never paths).
+pub(super) fn name_for_node(model: &str) -> String {
+    let p = std::path::Path::new(model);
+    match p.is_file() {
+        true => crate::store::model_name(p).unwrap_or_else(|| model.to_string()),
+        false => model.to_string(),
+    }
+}
+
+/// The node has no model by that file's name: `exo run` answers in its own process instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the node at {base} has no model named {name:?}")]
+pub(super) struct NodeLacksFile {
+    pub base: String,
+    pub name: String,
+}
+
 impl RemoteBackend {
     /// Makes sure the node has the model (pulling it like a local run would) and places it
     /// first when `split` names nodes.
     pub async fn connect(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Result<RemoteBackend> {
         let http = reqwest::Client::new();
-        let r = http.post(format!("{base}/api/show")).json(&json!({ "model": a.model })).send().await?;
+        let name = name_for_node(&a.model);
+        let r = http.post(format!("{base}/api/show")).json(&json!({ "model": name })).send().await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND && name != a.model {
+            return Err(NodeLacksFile { base: base.to_string(), name }.into());
+        }
         if r.status() == reqwest::StatusCode::NOT_FOUND {
-            let r = http
-                .post(format!("{base}/api/pull"))
-                .json(&json!({ "model": a.model, "stream": false }))
-                .send()
-                .await?;
+            let r =
+                http.post(format!("{base}/api/pull")).json(&json!({ "model": name, "stream": false })).send().await?;
             if !r.status().is_success() {
                 return Err(error_of(r).await);
             }
@@ -100,14 +119,14 @@ impl RemoteBackend {
         if let Some(placement) = split {
             let r = http
                 .post(format!("{base}/instances"))
-                .json(&json!({ "model": a.model, "placement": placement, "num_ctx": a.ctx_size }))
+                .json(&json!({ "model": name, "placement": placement, "num_ctx": a.ctx_size }))
                 .send()
                 .await?;
             if !r.status().is_success() {
                 return Err(error_of(r).await);
             }
         }
-        Ok(RemoteBackend { http, base: base.to_string(), model: a.model.clone(), num_ctx: a.ctx_size, raw: a.raw })
+        Ok(RemoteBackend { http, base: base.to_string(), model: name, num_ctx: a.ctx_size, raw: a.raw })
     }
 }
 
@@ -139,7 +158,10 @@ impl Backend for RemoteBackend {
         let opts = options(p, self.num_ctx);
         let (path, body) = if self.raw {
             let prompt = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-            ("api/generate", json!({ "model": self.model, "prompt": prompt, "raw": true, "options": opts, "stream": true }))
+            (
+                "api/generate",
+                json!({ "model": self.model, "prompt": prompt, "raw": true, "options": opts, "stream": true }),
+            )
         } else {
             ("api/chat", json!({ "model": self.model, "messages": messages, "options": opts, "stream": true }))
         };

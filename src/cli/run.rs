@@ -70,8 +70,14 @@ async fn run_async(a: RunArgs) -> anyhow::Result<()> {
     if (named || a.split.is_none()) && !a.ignore_eos && !a.no_mmap {
         if let Some(base) = super::remote::running_node(&api_addr).await {
             let placement = a.split.as_deref().map(super::remote::named_split_arg).transpose()?;
-            let mut b = super::remote::RemoteBackend::connect(&a, &base, placement).await?;
-            return chat::run(&mut b, &a).await;
+            match super::remote::RemoteBackend::connect(&a, &base, placement).await {
+                Ok(mut b) => return chat::run(&mut b, &a).await,
+                // a file the node does not have: answer here (a named split needs the node)
+                Err(e) if e.is::<super::remote::NodeLacksFile>() && !named => {
+                    eprintln!("note: {e}; running in this process")
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let (model, _, forced) = local_model(&a.model, a.split.as_deref()).await?;
@@ -264,8 +270,7 @@ pub(super) async fn local_model(
     let store = Store::from_env();
     let model = super::models::ensure_local(&store, name).await?;
     let first = model.first().to_path_buf();
-    let shape = tokio::task::spawn_blocking(move || ModelShape::from_files(&ModelFiles::open(&first)?))
-        .await??;
+    let shape = tokio::task::spawn_blocking(move || ModelShape::from_files(&ModelFiles::open(&first)?)).await??;
     let forced = match split {
         None => None,
         Some(s) => {

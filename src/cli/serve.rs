@@ -1,7 +1,7 @@
 //! `exo serve` (also plain `exo`): run a node until Ctrl-C or SIGTERM.
 
-use crate::runtime::Limits;
 use crate::node::{self, NodeConfig};
+use crate::runtime::Limits;
 use crate::store::Store;
 use clap::Args;
 use std::net::SocketAddr;
@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Context size when a request does not set one (num_ctx).
     #[arg(long, env = "EXO_CONTEXT_LENGTH", default_value_t = 4096)]
     pub ctx_size: u32,
+    /// Most tokens one request may generate (default: the context).
+    #[arg(long, env = "EXO_MAX_TOKENS_CAP")]
+    pub max_tokens_cap: Option<u32>,
     /// How long an idle model stays loaded (seconds).
     #[arg(long, env = "EXO_KEEP_ALIVE", default_value_t = 300)]
     pub keep_alive: u64,
@@ -67,6 +70,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         queue: a.max_queue,
         default_ctx: a.ctx_size,
         keep_alive: Duration::from_secs(a.keep_alive),
+        max_tokens: a.max_tokens_cap.filter(|n| *n > 0),
         ..Limits::default()
     };
     if let Some(t) = a.threads {

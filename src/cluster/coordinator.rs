@@ -117,7 +117,6 @@ impl ClusterChain {
         }
         Ok(f.payload)
     }
-
 }
 
 /// What waiting for a batch's answer needs: the stages, to notice one going away and to say

@@ -136,7 +136,10 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
 /// Loads the requested window if this node has the same model (same name, same size).
 async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, String> {
     let me = &node.hello.node_name;
-    let local = match node.store.resolve_name(&ls.model) {
+    // by name only (a peer never names a path), and off the async workers
+    let (store, name) = (node.store.clone(), ls.model.clone());
+    let resolved = tokio::task::spawn_blocking(move || store.resolve_name(&name)).await.map_err(|e| e.to_string())?;
+    let local = match resolved {
         Ok(Resolved::Local(m)) => m,
         _ => return Err(format!("node {me} does not have model {:?}", ls.model)),
     };

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 /// How often peers are pinged, and after how long without an answer a peer is dropped.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A disturbed decode probe is repeated this many times, waiting longer each time.
+const PROBE_ATTEMPTS: u32 = 6;
+const PROBE_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -82,7 +85,10 @@ pub struct ClusterNode {
     waiters: Mutex<HashMap<u64, TokenWaiter>>,
     next_request: AtomicU64,
     host: host::Host,
+    /// The last profile snapshot (what pings answer with).
     profile: Mutex<Profile>,
+    /// The decode probe's figure (or EXO_DECODE_GBPS); the profile refines it.
+    probe: Mutex<Option<f64>>,
     memory_limit: Option<u64>,
     discovery: Mutex<Option<crate::discovery::Discovery>>,
 }
@@ -114,6 +120,7 @@ impl ClusterNode {
             next_request: AtomicU64::new(random_u64() & 0xFFFF_FFFF_0000_0000),
             host: host::Host::default(),
             profile: Mutex::new(profile::snapshot(cfg.memory_limit, cfg.decode_gbps)),
+            probe: Mutex::new(cfg.decode_gbps),
             memory_limit: cfg.memory_limit,
             discovery: Mutex::new(None),
         });
@@ -137,17 +144,35 @@ impl ClusterNode {
             });
         }
         if cfg.decode_gbps.is_none() {
-            // measured in the background: the node serves meanwhile
+            // measured in the background: the node serves meanwhile; a disturbed measurement
+            // is used for now and repeated later
             let weak = Arc::downgrade(&node);
             let (dir, threads) = (cfg.cache_dir.clone(), cfg.threads);
-            tokio::task::spawn_blocking(move || match profile::measure_decode_gbps(&dir, threads) {
-                Ok(g) => {
-                    tracing::info!(decode_gbps = format!("{g:.1}"), "measured decode speed");
-                    if let Some(n) = weak.upgrade() {
-                        n.profile.lock().unwrap().decode_gbps = Some(g);
+            tokio::spawn(async move {
+                for attempt in 0..PROBE_ATTEMPTS {
+                    let (d, t) = (dir.clone(), threads);
+                    match tokio::task::spawn_blocking(move || profile::measure_decode_gbps(&d, t)).await {
+                        Ok(Ok(p)) => {
+                            tracing::info!(
+                                decode_gbps = format!("{:.1}", p.gbps),
+                                kept = p.cached,
+                                "measured decode speed"
+                            );
+                            let Some(n) = weak.upgrade() else { return };
+                            *n.probe.lock().unwrap() = Some(p.gbps);
+                            n.profile();
+                            if p.cached {
+                                return;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!("cannot measure the decode speed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
                     }
+                    tokio::time::sleep(PROBE_RETRY * (attempt + 1)).await;
                 }
-                Err(e) => tracing::warn!("cannot measure the decode speed: {e}"),
             });
         }
         tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
@@ -159,8 +184,8 @@ impl ClusterNode {
 
     /// This node's profile, memory refreshed.
     pub fn profile(&self) -> Profile {
-        let measured = self.profile.lock().unwrap().decode_gbps;
-        let p = profile::snapshot(self.memory_limit, measured);
+        let probe = *self.probe.lock().unwrap();
+        let p = profile::snapshot(self.memory_limit, profile::refined_decode_gbps(probe));
         *self.profile.lock().unwrap() = p.clone();
         p
     }
@@ -315,6 +340,11 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
+        if beat % 4 == 1 {
+            // memory and the refined decode speed, fresh for the pongs
+            let n2 = n.clone();
+            let _ = tokio::task::spawn_blocking(move || n2.profile()).await;
+        }
         for addr in &statics {
             if let Err(e) = n.conn(addr).await {
                 tracing::debug!(%addr, "static peer not reachable: {e}");

@@ -249,7 +249,10 @@ impl StageHandle {
         sample: bool,
     ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Decode { batch, want_logits, sample, next, reply }).await.map_err(|_| EngineError::StageGone)?;
+        self.tx
+            .send(Cmd::Decode { batch, want_logits, sample, next, reply })
+            .await
+            .map_err(|_| EngineError::StageGone)?;
         Ok(rx)
     }
 
@@ -302,6 +305,9 @@ impl StageHandle {
 /// The thread-owned state. Field order matters: the context is dropped before the model.
 struct Stage {
     samplers: HashMap<i32, Sampler>,
+    /// Weight bytes one token streams through on this stage, when it computes on the CPU (its
+    /// single-token decodes refine the node's measured decode speed).
+    cpu_stream_bytes: Option<u64>,
     /// None for a vocabulary-only stage.
     ctx: Option<Context>,
     model: Model,
@@ -330,7 +336,12 @@ impl Stage {
             shape: model.shape.clone(),
         };
         tracing::debug!(range = %info.range, n_layer = info.n_layer, "stage loaded");
-        Ok(Stage { samplers: HashMap::new(), ctx, model, info })
+        let offloaded = spec.window.gpu_layers != 0 && super::has_gpu();
+        let r = info.range;
+        let layers: u64 = info.shape.layer_bytes.get(r.begin as usize..r.end as usize).map_or(0, |b| b.iter().sum());
+        let head = if info.is_last() { info.shape.output_bytes } else { 0 };
+        let cpu_stream_bytes = (!offloaded && ctx.is_some()).then_some(layers + head);
+        Ok(Stage { samplers: HashMap::new(), cpu_stream_bytes, ctx, model, info })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) {
@@ -340,7 +351,11 @@ impl Stage {
                     let (rows, t0) = (batch.len() as u64, Instant::now());
                     let end = next.is_empty();
                     let out = self.decode(&batch, want_logits && end, sample && end);
-                    counters.compute_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let took = t0.elapsed();
+                    counters.compute_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                    if let (Some(bytes), 1, true) = (self.cpu_stream_bytes, rows, out.is_ok()) {
+                        crate::profile::observe_decode(bytes, took.as_secs_f64());
+                    }
                     counters.tokens.fetch_add(rows, Ordering::Relaxed);
                     counters.decodes.fetch_add(1, Ordering::Relaxed);
                     match (out, next.split_first()) {

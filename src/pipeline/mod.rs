@@ -65,8 +65,7 @@ pub trait Pipeline: Send + Sync {
     /// submit before the next), so several can be in flight: stage k works on one while stage
     /// k+1 works on an earlier one. With `sample`, the last stage samples at the output rows
     /// with each row's sequence sampler.
-    fn submit(&self, chunk: TokenChunk, sample: bool)
-        -> impl Future<Output = Result<Pending, PipelineError>> + Send;
+    fn submit(&self, chunk: TokenChunk, sample: bool) -> impl Future<Output = Result<Pending, PipelineError>> + Send;
     /// Decodes the chunks in order (stages may work on consecutive chunks at once) and returns
     /// the tokens sampled at the output rows of the last chunk.
     fn run(&self, chunks: Vec<TokenChunk>) -> impl Future<Output = Result<Vec<Token>, PipelineError>> + Send {

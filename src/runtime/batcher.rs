@@ -32,12 +32,18 @@ pub(crate) struct SeqRequest {
 #[derive(Debug)]
 pub(crate) enum SeqEvent {
     /// The sequence has a slot: `cached` prompt tokens were already in its KV.
-    Started { cached: usize },
+    Started {
+        cached: usize,
+    },
     /// A lease was granted: the sequence id is the caller's until it drops the receiver.
-    Leased { seq: i32 },
+    Leased {
+        seq: i32,
+    },
     Token(Token),
     /// Ended by an end-of-generation token (`false`) or a length limit (`true`).
-    Done { length: bool },
+    Done {
+        length: bool,
+    },
     Failed(RuntimeError),
 }
 
@@ -308,7 +314,9 @@ impl Batcher {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.job.as_ref().filter(|j| j.phase == Phase::Prefill && !j.doomed).map(|j| (j.ticket, i)))
+            .filter_map(|(i, s)| {
+                s.job.as_ref().filter(|j| j.phase == Phase::Prefill && !j.doomed).map(|j| (j.ticket, i))
+            })
             .collect();
         prefill.sort();
         for (_, i) in prefill {

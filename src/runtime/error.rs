@@ -144,7 +144,9 @@ impl From<crate::store::StoreError> for RuntimeError {
             S::NotDownloadable { .. } => RuntimeError::Store { kind: ErrorKind::NotFound, reason: e.to_string() },
             S::Offline { .. } => RuntimeError::Store { kind: ErrorKind::Unavailable, reason: e.to_string() },
             S::NoSpace { .. } => RuntimeError::Store { kind: ErrorKind::NoSpace, reason: e.to_string() },
-            S::Hub { .. } | S::Corrupt { .. } => RuntimeError::Store { kind: ErrorKind::Upstream, reason: e.to_string() },
+            S::Hub { .. } | S::Corrupt { .. } => {
+                RuntimeError::Store { kind: ErrorKind::Upstream, reason: e.to_string() }
+            }
             other => RuntimeError::Store { kind: ErrorKind::Internal, reason: other.to_string() },
         }
     }
@@ -157,7 +159,9 @@ impl From<crate::pipeline::PipelineError> for RuntimeError {
         match e {
             P::PromptTooLong { prompt, n_ctx } => RuntimeError::PromptTooLong { prompt, n_ctx },
             P::Engine(E::Template { reason }) => RuntimeError::field(Field::Prompt, format!("chat template: {reason}")),
-            P::Engine(E::Tokenize { reason }) => RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}")),
+            P::Engine(E::Tokenize { reason }) => {
+                RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}"))
+            }
             other => RuntimeError::Failed { reason: other.to_string() },
         }
     }

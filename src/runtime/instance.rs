@@ -120,12 +120,7 @@ impl Instance {
     ) -> Arc<Instance> {
         let pipe = Arc::new(pipe);
         let counts = Arc::new(Counts::default());
-        let cfg = batcher::Config {
-            n_seq: loaded.n_seq,
-            n_batch,
-            n_ctx_seq: loaded.n_ctx,
-            depth: pipe.n_stages(),
-        };
+        let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
         tokio::spawn(batcher::run(pipe.clone(), cfg, rx, counts.clone(), shutdown));
         Arc::new(Instance {

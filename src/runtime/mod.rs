@@ -170,7 +170,9 @@ impl Runtime {
         }
         if let Some(b) = opts.n_batch {
             if !(1..=MAX_BATCH).contains(&b) {
-                return Err(RuntimeError::BadPlacement { reason: format!("batch size {b} is outside [1, {MAX_BATCH}]") });
+                return Err(RuntimeError::BadPlacement {
+                    reason: format!("batch size {b} is outside [1, {MAX_BATCH}]"),
+                });
             }
         }
         self.registry.get_or_load(self, model, opts).await
@@ -278,7 +280,10 @@ impl Runtime {
     /// Unloads and deletes a model from a writable models dir.
     pub async fn delete(&self, model: &ModelRef) -> Result<LocalModel, RuntimeError> {
         let ModelRef::Name(name) = model else {
-            return Err(RuntimeError::InvalidName { name: model.display(), reason: "only names can be deleted".into() });
+            return Err(RuntimeError::InvalidName {
+                name: model.display(),
+                reason: "only names can be deleted".into(),
+            });
         };
         self.unload(model);
         let (store, name) = (self.store.clone(), name.clone());

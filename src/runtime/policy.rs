@@ -21,6 +21,9 @@ pub struct View {
     pub addrs: Vec<(String, String)>,
     /// This node's name in `cluster`.
     pub here: String,
+    /// Peers whose profile has not arrived yet: in `cluster` offering nothing to the placement
+    /// search; a forced placement may still name them (the node checks when it loads).
+    pub unprofiled: Vec<String>,
 }
 
 impl View {
@@ -59,14 +62,19 @@ pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[Pe
     };
     let mut nodes = vec![spec(here, local, offered)];
     let mut addrs = vec![(here.to_string(), here_addr.to_string())];
+    let mut unprofiled = Vec::new();
     for p in peers {
-        if let Some(prof) = &p.profile {
-            if nodes.iter().any(|n| n.name == p.name) {
-                continue; // two nodes with one name cannot be told apart; the first stays
-            }
-            nodes.push(spec(&p.name, prof, prof.memory_offered));
-            addrs.push((p.name.clone(), p.address.clone()));
+        if nodes.iter().any(|n| n.name == p.name) {
+            continue; // two nodes with one name cannot be told apart; the first stays
         }
+        match &p.profile {
+            Some(prof) => nodes.push(spec(&p.name, prof, prof.memory_offered)),
+            None => {
+                nodes.push(spec(&p.name, local, 0));
+                unprofiled.push(p.name.clone());
+            }
+        }
+        addrs.push((p.name.clone(), p.address.clone()));
     }
     let mut links = Vec::new();
     for a in &nodes {
@@ -81,7 +89,7 @@ pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[Pe
             links.push(LinkSpec { from: a.name.clone(), to: b.name.clone(), bandwidth: bw, latency: rtt / 2e3 });
         }
     }
-    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string() }
+    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string(), unprofiled }
 }
 
 /// A placement given by the caller.
@@ -136,7 +144,11 @@ fn try_place(
         }
         Some(Forced::Nodes(stages)) => {
             let s: Vec<(String, u32, u32)> = stages.iter().map(|(n, r)| (n.clone(), r.begin, r.end)).collect();
-            placement::evaluate(cost, &view.cluster, &opts, &s)
+            let mut cluster = view.cluster.clone();
+            for n in cluster.nodes.iter_mut().filter(|n| view.unprofiled.contains(&n.name)) {
+                n.memory = u64::MAX / 4; // unknown yet: the node itself refuses what it cannot hold
+            }
+            placement::evaluate(cost, &cluster, &opts, &s)
         }
     }
 }

@@ -171,15 +171,17 @@ pub(super) fn resolve_local(store: &Store, model: &ModelRef) -> Result<LocalMode
     };
     match resolved {
         Resolved::Local(m) => Ok(m),
-        Resolved::Remote(_) => Err(RuntimeError::ModelNotFound {
-            name: model.display(),
-            hint: ": it is not on this node".into(),
-        }),
+        Resolved::Remote(_) => {
+            Err(RuntimeError::ModelNotFound { name: model.display(), hint: ": it is not on this node".into() })
+        }
     }
 }
 
 pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
-    let bad = |e: &dyn std::fmt::Display| RuntimeError::Load { model: m.first().display().to_string(), reason: e.to_string() };
+    let bad = |e: &dyn std::fmt::Display| RuntimeError::Load {
+        model: m.first().display().to_string(),
+        reason: e.to_string(),
+    };
     let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
     ModelShape::from_files(&files).map_err(|e| bad(&e))
 }
@@ -196,7 +198,12 @@ async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
     .await
 }
 
-async fn load(rt: &Arc<Runtime>, model: &ModelRef, key: &str, opts: &LoadOptions) -> Result<Arc<Instance>, RuntimeError> {
+async fn load(
+    rt: &Arc<Runtime>,
+    model: &ModelRef,
+    key: &str,
+    opts: &LoadOptions,
+) -> Result<Arc<Instance>, RuntimeError> {
     let t = Instant::now();
     let (store, m) = (rt.store.clone(), model.clone());
     let (local, shape) = blocking(move || {

@@ -160,7 +160,11 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub enum Event {
     Text(String),
-    Done { finish: Finish, stop_sequence: Option<String>, stats: Stats },
+    Done {
+        finish: Finish,
+        stop_sequence: Option<String>,
+        stats: Stats,
+    },
     /// Failed after the response had started.
     Failed(RuntimeError),
 }

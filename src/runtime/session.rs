@@ -36,7 +36,8 @@ impl Session {
             let ev = match ev {
                 Some(e) => e,
                 None => {
-                    let _ = tx.send(Event::Failed(RuntimeError::Failed { reason: "the model was unloaded".into() })).await;
+                    let _ =
+                        tx.send(Event::Failed(RuntimeError::Failed { reason: "the model was unloaded".into() })).await;
                     return;
                 }
             };
@@ -79,7 +80,8 @@ impl Session {
                     }
                     if let Some(s) = hit {
                         let stats = self.stats(started, first, last, cached, generated);
-                        let _ = tx.send(Event::Done { finish: Finish::StopSequence, stop_sequence: Some(s), stats }).await;
+                        let _ =
+                            tx.send(Event::Done { finish: Finish::StopSequence, stop_sequence: Some(s), stats }).await;
                         return;
                     }
                 }

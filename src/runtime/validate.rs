@@ -135,7 +135,10 @@ mod tests {
     fn context_and_limits() {
         assert_eq!(num_ctx(None, 4096, 2048).unwrap(), 2048);
         assert_eq!(num_ctx(Some(1024), 4096, 2048).unwrap(), 1024);
-        assert!(matches!(num_ctx(Some(100_000), 4096, 8192), Err(RuntimeError::InvalidField { field: Field::NumCtx, .. })));
+        assert!(matches!(
+            num_ctx(Some(100_000), 4096, 8192),
+            Err(RuntimeError::InvalidField { field: Field::NumCtx, .. })
+        ));
         assert_eq!(num_ctx(Some(100_000), 4096, 0).unwrap(), 100_000);
         assert_eq!(max_tokens(None, None, 512), 512);
         assert_eq!(max_tokens(Some(1_000_000), None, 512), 512);

@@ -154,7 +154,11 @@ impl Hub {
                 }
             })?;
             progress.file_done(&f.path);
-            verify(&p, f, progress.as_ref())?;
+            // hashing gigabytes is blocking work: off the async workers
+            let (p2, f2, pr) = (p.clone(), f.clone(), progress.clone());
+            tokio::task::spawn_blocking(move || verify(&p2, &f2, pr.as_ref()))
+                .await
+                .map_err(|e| StoreError::Hub { what: format!("verifying {}", f.path), reason: e.to_string() })??;
             paths.push(p);
         }
         Ok(paths)

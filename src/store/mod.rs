@@ -259,7 +259,12 @@ impl Store {
 
     /// Makes sure `name` is on this machine: returns it if already here, else downloads it.
     pub async fn pull(&self, name: &str, progress: Arc<dyn PullProgress>) -> Result<LocalModel, StoreError> {
-        let r = match self.resolve(name)? {
+        // directory scans are blocking work: off the async workers
+        let (me, n) = (self.clone(), name.to_string());
+        let resolved = tokio::task::spawn_blocking(move || me.resolve(&n))
+            .await
+            .map_err(|e| StoreError::Hub { what: format!("resolving {name}"), reason: e.to_string() })?;
+        let r = match resolved? {
             Resolved::Local(m) => return Ok(m),
             Resolved::Remote(r) => r,
         };
@@ -333,8 +338,8 @@ impl Store {
         // canonical paths: `..` and links cannot lead out of the dirs
         let dirs: Vec<PathBuf> = self.dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
         let inside = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| dirs.iter().any(|d| c.starts_with(d)));
-        let ours = m.location == Location::ModelsDir
-            && m.paths.iter().all(|p| inside(p) && p.parent().is_some_and(inside));
+        let ours =
+            m.location == Location::ModelsDir && m.paths.iter().all(|p| inside(p) && p.parent().is_some_and(inside));
         if !ours {
             let location = if m.location == Location::ModelsDir { Location::ReadOnlyDir } else { m.location.clone() };
             return Err(StoreError::NotOurs { name: name.into(), location, path: m.paths[0].clone() });
