@@ -76,7 +76,18 @@ async fn wait_for(http: &reqwest::Client, url: &str, pred: impl Fn(&Value) -> bo
 }
 
 async fn generate(http: &reqwest::Client, base: &str, prompt: &str, seed: i64, temperature: f64) -> String {
-    let body = json!({ "model": "tiny-llama", "prompt": prompt, "stream": false, "raw": true,
+    generate_with(http, base, "tiny-llama", prompt, seed, temperature).await
+}
+
+async fn generate_with(
+    http: &reqwest::Client,
+    base: &str,
+    model: &str,
+    prompt: &str,
+    seed: i64,
+    temperature: f64,
+) -> String {
+    let body = json!({ "model": model, "prompt": prompt, "stream": false, "raw": true,
         "options": { "num_predict": 24, "seed": seed, "temperature": temperature } });
     let r = http.post(format!("{base}/api/generate")).json(&body).send().await.unwrap();
     let status = r.status();
@@ -88,7 +99,9 @@ async fn generate(http: &reqwest::Client, base: &str, prompt: &str, seed: i64, t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes() {
     let models = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(common::model("tiny-llama-calm"), models.path().join("tiny-llama.gguf")).unwrap();
+    std::os::unix::fs::symlink(common::model("tiny-llama"), models.path().join("tiny-llama.gguf")).unwrap();
+    // for batched requests: greedy text as alone (tests/batching.rs)
+    std::os::unix::fs::symlink(common::model("tiny-llama-calm"), models.path().join("calm.gguf")).unwrap();
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let a = spawn("a", models.path(), free_port(), pa, &[pb, pc]);
     let b = spawn("b", models.path(), free_port(), pb, &[pa]);
@@ -103,19 +116,25 @@ async fn three_processes() {
     for (i, p) in prompts.iter().enumerate() {
         want.push((generate(&http, &a.api, p, 0, 0.0).await, generate(&http, &a.api, p, 100 + i as i64, 0.9).await));
     }
+    let mut want_calm = Vec::new();
+    for p in prompts {
+        want_calm.push(generate_with(&http, &a.api, "calm", p, 0, 0.0).await);
+    }
     for placement in [
         json!([{ "node": "a", "begin": 0, "end": 3 }, { "node": "b", "begin": 3, "end": 6 }, { "node": "c", "begin": 6, "end": 8 }]),
         json!([{ "node": "b", "begin": 0, "end": 4 }, { "node": "c", "begin": 4, "end": 8 }]),
     ] {
-        let r = http
-            .post(format!("{}/instances", a.api))
-            .json(&json!({ "model": "tiny-llama", "placement": placement }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        for model in ["tiny-llama", "calm"] {
+            let r = http
+                .post(format!("{}/instances", a.api))
+                .json(&json!({ "model": model, "placement": placement }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
         let cl: Value = http.get(format!("{}/cluster", a.api)).send().await.unwrap().json().await.unwrap();
-        assert_eq!(cl["instances"][0]["stages"], placement, "{cl}");
+        assert!(cl["instances"].as_array().unwrap().iter().all(|i| i["stages"] == placement), "{cl}");
         for (i, p) in prompts.iter().enumerate() {
             assert_eq!(generate(&http, &a.api, p, 0, 0.0).await, want[i].0, "greedy over {placement}");
             assert_eq!(generate(&http, &a.api, p, 100 + i as i64, 0.9).await, want[i].1, "seeded over {placement}");
@@ -125,11 +144,11 @@ async fn three_processes() {
         let jobs: Vec<_> = (0..4)
             .map(|k| {
                 let (http, api, p) = (http.clone(), a.api.clone(), prompts[k % 2]);
-                tokio::spawn(async move { generate(&http, &api, p, 0, 0.0).await })
+                tokio::spawn(async move { generate_with(&http, &api, "calm", p, 0, 0.0).await })
             })
             .collect();
         for (k, j) in jobs.into_iter().enumerate() {
-            assert_eq!(j.await.unwrap(), want[k % 2].0, "concurrent request {k}");
+            assert_eq!(j.await.unwrap(), want_calm[k % 2], "concurrent request {k}");
         }
     }
 
@@ -200,7 +219,15 @@ async fn three_processes() {
     assert_eq!(nodes, ["a", "b"]);
     assert!(r["nodes"].as_array().unwrap().iter().all(|n| n["peak_rss_bytes"].as_u64().unwrap() > 1 << 20));
 
-    // kill c in the middle of a long generation
+    // kill c in the middle of a long generation over a and c
+    let placement = json!([{ "node": "a", "begin": 0, "end": 4 }, { "node": "c", "begin": 4, "end": 8 }]);
+    let r = http
+        .post(format!("{}/instances", a.api))
+        .json(&json!({ "model": "tiny-llama", "placement": placement }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let body = json!({ "model": "tiny-llama", "prompt": "go on forever", "options": { "num_predict": 100000 } });
     let mut resp = http.post(format!("{}/api/generate", a.api)).json(&body).send().await.unwrap();
     assert!(resp.status().is_success());
