@@ -67,6 +67,7 @@ fn seeded(seed: u32) -> SamplingParams {
         repeat_last_n: 64,
         seed,
         banned: Vec::new(),
+        draws: 0,
     }
 }
 
@@ -296,7 +297,7 @@ async fn eight_batched_requests_over_two_nodes_equal_each_alone() {
     let placement =
         vec![("a".to_string(), LayerRange { begin: 0, end: 4 }), ("b".to_string(), LayerRange { begin: 4, end: 8 })];
     let inst = rt.place(&model, Forced::Nodes(placement), None, None).await.unwrap();
-    assert_eq!(inst.pipe.n_stages(), 2);
+    assert_eq!(inst.pipe().n_stages(), 2);
     let text = |p: &'static str| {
         let (rt, model) = (rt.clone(), model.clone());
         async move {

@@ -45,7 +45,7 @@ async fn cluster(State(state): State<AppState>) -> Response {
         .instances()
         .iter()
         .map(|i| {
-            let stages: Vec<_> = i.pipe.stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
+            let stages: Vec<_> = i.pipe().stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
             json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx })
         })
         .collect();
@@ -79,7 +79,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(i) => {
             let here = state.runtime.here();
             let stages: Vec<_> = i
-                .pipe
+                .pipe()
                 .stages(&here)
                 .into_iter()
                 .map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end }))
@@ -125,7 +125,7 @@ async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => return runtime_error(e),
     };
     let name = lease.instance.name().to_string();
-    match run_bench(&*lease.instance.pipe, &name, lease.seq, &r.config, |step| tracing::info!(step, "bench")).await {
+    match run_bench(&*lease.instance.pipe(), &name, lease.seq, &r.config, |step| tracing::info!(step, "bench")).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. })) => {
             error(StatusCode::BAD_REQUEST, e.to_string())

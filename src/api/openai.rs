@@ -111,6 +111,7 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
         repeat_last_n: 64,
         seed: c.seed.map(|s| s as u32).unwrap_or_else(random_seed),
         banned: Vec::new(),
+        draws: 0,
     };
     let stop = match &c.stop {
         None => vec![],

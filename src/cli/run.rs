@@ -122,7 +122,7 @@ fn fmt_secs(d: Duration) -> String {
 
 fn placement_of(rt: &Runtime, i: &crate::runtime::Instance) -> String {
     let here = rt.here();
-    i.pipe.stages(&here).iter().map(|(n, r)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
+    i.pipe().stages(&here).iter().map(|(n, r)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Joins the cluster for this session (peers from EXO_PEERS, discovery unless

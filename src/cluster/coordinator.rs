@@ -141,7 +141,7 @@ impl Watch {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if let Some(i) = self.dead_stage() {
                         self.node.forget(request);
-                        return Err(remote(i, &self.stages[i], "the node went away (connection closed)"));
+                        return Err(remote(i, &self.stages[i], "the node went away (connection closed or heartbeats missed)"));
                     }
                     if started.elapsed() > BATCH_TIMEOUT {
                         self.node.forget(request);
@@ -165,9 +165,10 @@ impl Watch {
         remote(i, &self.stages[i], reason)
     }
 
-    /// The first stage whose node went away, if any.
+    /// The first stage whose node went away (connection closed) or stopped answering its
+    /// heartbeats, if any.
     fn dead_stage(&self) -> Option<usize> {
-        self.conns.iter().position(|c| c.is_closed())
+        self.conns.iter().zip(&self.stages).position(|(c, s)| c.is_closed() || !self.node.alive(&s.addr))
     }
 }
 

@@ -71,6 +71,12 @@ struct PeerState {
     profile: Option<Profile>,
 }
 
+impl PeerState {
+    fn alive(&self) -> bool {
+        self.last_seen.elapsed() < PEER_TIMEOUT && !self.conn.is_closed()
+    }
+}
+
 pub struct ClusterNode {
     pub hello: Hello,
     pub store: Store,
@@ -251,12 +257,12 @@ impl ClusterNode {
         *self.discovery.lock().unwrap() = None;
     }
 
-    /// Nodes heard from within [`PEER_TIMEOUT`].
+    /// Nodes heard from within [`PEER_TIMEOUT`] whose connection is open.
     pub fn peers(&self) -> Vec<PeerStatus> {
         let peers = self.peers.lock().unwrap();
         let mut v: Vec<PeerStatus> = peers
             .values()
-            .filter(|p| p.last_seen.elapsed() < PEER_TIMEOUT)
+            .filter(|p| p.alive())
             .map(|p| PeerStatus {
                 node_id: p.hello.node_id.clone(),
                 name: p.hello.node_name.clone(),
@@ -269,6 +275,14 @@ impl ClusterNode {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Whether the node at peer address `addr` is up: this node, or a peer that answers its
+    /// heartbeats on an open connection. A node that died or hangs is down within
+    /// [`PEER_TIMEOUT`] (at once when its connection closes).
+    pub fn alive(&self, addr: &str) -> bool {
+        addr == self.hello.peer_addr
+            || self.peers.lock().unwrap().values().any(|p| p.hello.peer_addr == addr && p.alive())
     }
 
     /// The peer address of a node named `name` (this node included).
@@ -335,8 +349,13 @@ const BULK: usize = 1 << 20;
 /// Every how many heartbeats the bandwidth is measured again.
 const BULK_EVERY: u64 = 20;
 
+/// Longest wait for one pong: pings go to every peer at once, so a peer that hangs delays
+/// nobody else's.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
     let mut beat = 0u64;
+    let mut dialing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
@@ -345,44 +364,58 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
             let n2 = n.clone();
             let _ = tokio::task::spawn_blocking(move || n2.profile()).await;
         }
+        // static peers that are down are dialed in the background, one attempt at a time each
         for addr in &statics {
-            if let Err(e) = n.conn(addr).await {
-                tracing::debug!(%addr, "static peer not reachable: {e}");
+            if n.alive(addr) || dialing.get(addr).is_some_and(|h| !h.is_finished()) {
+                continue;
             }
+            let (weak, a) = (node.clone(), addr.clone());
+            dialing.insert(
+                addr.clone(),
+                tokio::spawn(async move {
+                    let Some(n) = weak.upgrade() else { return };
+                    if let Err(e) = n.conn(&a).await {
+                        tracing::debug!(addr = %a, "static peer not reachable: {e}");
+                    }
+                }),
+            );
         }
         let conns: Vec<(String, Conn)> =
             n.peers.lock().unwrap().iter().map(|(id, p)| (id.clone(), p.conn.clone())).collect();
         drop(n);
         for (id, c) in conns {
-            if c.is_closed() {
-                continue;
-            }
-            let t = Instant::now();
-            if let Ok(f) = c.request(Kind::Ping, vec![], PEER_TIMEOUT).await {
-                if let Some(n) = node.upgrade() {
-                    if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {
-                        p.last_seen = Instant::now();
-                        p.rtt = Some(t.elapsed());
-                        // a pong carries the peer's profile
-                        p.profile = serde_json::from_slice(&f.payload).ok();
-                    }
-                }
-                if beat % BULK_EVERY == 1 {
-                    // a ping carrying 1 MiB: the extra time over the round trip is the transfer
-                    let rtt = t.elapsed();
-                    let t2 = Instant::now();
-                    if c.request(Kind::Ping, vec![0u8; BULK], PEER_TIMEOUT).await.is_ok() {
-                        let extra = t2.elapsed().saturating_sub(rtt).as_secs_f64().max(1e-6);
-                        if let Some(n) = node.upgrade() {
-                            if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {
-                                p.bandwidth = Some(BULK as f64 / extra);
-                            }
-                        }
-                    }
-                }
+            if !c.is_closed() {
+                tokio::spawn(ping(node.clone(), id, c, beat % BULK_EVERY == 1));
             }
         }
         tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// One heartbeat to one peer: its round trip and profile, now and then its bandwidth.
+async fn ping(node: std::sync::Weak<ClusterNode>, id: String, c: Conn, bulk: bool) {
+    let t = Instant::now();
+    let Ok(f) = c.request(Kind::Ping, vec![], PING_TIMEOUT).await else { return };
+    let rtt = t.elapsed();
+    if let Some(n) = node.upgrade() {
+        if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {
+            p.last_seen = Instant::now();
+            p.rtt = Some(rtt);
+            // a pong carries the peer's profile
+            p.profile = serde_json::from_slice(&f.payload).ok();
+        }
+    }
+    if bulk {
+        // a ping carrying 1 MiB: the extra time over the round trip is the transfer
+        let t2 = Instant::now();
+        if c.request(Kind::Ping, vec![0u8; BULK], PEER_TIMEOUT).await.is_ok() {
+            let extra = t2.elapsed().saturating_sub(rtt).as_secs_f64().max(1e-6);
+            if let Some(n) = node.upgrade() {
+                if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {
+                    p.bandwidth = Some(BULK as f64 / extra);
+                }
+            }
+        }
     }
 }
 

@@ -28,7 +28,13 @@ pub struct SamplingParams {
     /// Tokens that are never sampled (`exo bench` bans end-of-generation so every run produces
     /// exactly the asked number of tokens).
     pub banned: Vec<Token>,
+    /// Random draws this sequence has already taken: a sequence rebuilt after a node failure
+    /// resumes its seeded random stream where it was, so its text continues as if uninterrupted.
+    pub draws: u32,
 }
+
+/// Most draws a sampler may skip ahead (a context never holds more tokens).
+pub const MAX_DRAWS: u32 = 1 << 21;
 
 impl Default for SamplingParams {
     /// Ollama's defaults.
@@ -42,6 +48,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: 0,
             banned: Vec::new(),
+            draws: 0,
         }
     }
 }
@@ -70,6 +77,9 @@ impl SamplingParams {
         }
         if self.repeat_last_n < 0 {
             return bad(format!("repeat_last_n {} is negative", self.repeat_last_n));
+        }
+        if self.draws > MAX_DRAWS {
+            return bad(format!("draws {} is more than {MAX_DRAWS}", self.draws));
         }
         Ok(())
     }
@@ -108,7 +118,14 @@ impl Sampler {
                 s.push(LlamaSampler::min_p(p.min_p, 1));
             }
             s.push(LlamaSampler::temp(p.temperature));
-            s.push(LlamaSampler::dist(p.seed));
+            // llama.cpp's dist sampler takes exactly one draw per sampled token (also from a
+            // single candidate), so skipping `draws` of them resumes the same random stream
+            let mut dist = LlamaSampler::dist(p.seed);
+            for _ in 0..p.draws {
+                let mut one = LlamaTokenDataArray::from_iter([LlamaTokenData::new(LlamaToken(0), 0.0, 0.0)], false);
+                one.apply_sampler(&mut dist);
+            }
+            s.push(dist);
         }
         let mut chain = LlamaSampler::chain_simple(s);
         chain.accept_many(history.iter().map(|&t| LlamaToken(t)));
@@ -146,5 +163,26 @@ mod tests {
         assert!((0..200).all(|_| s.sample(&logits).unwrap() != 2));
         let outside = SamplingParams { banned: vec![5], ..SamplingParams::greedy() };
         assert!(Sampler::new(&outside, 5, &[]).is_err());
+    }
+
+    #[test]
+    fn a_resumed_sampler_continues_the_random_stream() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let p = SamplingParams {
+            temperature: 1.2,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            seed: 9,
+            ..Default::default()
+        };
+        let mut whole = Sampler::new(&p, 50, &[]).unwrap();
+        let all: Vec<Token> = (0..40).map(|_| whole.sample(&logits).unwrap()).collect();
+        let mut resumed = Sampler::new(&SamplingParams { draws: 25, ..p.clone() }, 50, &all[..25]).unwrap();
+        let rest: Vec<Token> = (0..15).map(|_| resumed.sample(&logits).unwrap()).collect();
+        assert_eq!(rest, all[25..]);
+        let mut fresh = Sampler::new(&p, 50, &all[..25]).unwrap();
+        let other: Vec<Token> = (0..15).map(|_| fresh.sample(&logits).unwrap()).collect();
+        assert_ne!(other, all[25..], "without the skipped draws the stream restarts");
     }
 }

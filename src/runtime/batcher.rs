@@ -5,16 +5,31 @@
 //! sequence; a cancelled or failed sequence's KV is dropped at once. A finished sequence keeps
 //! its tokens' KV as a prompt cache: the next request that shares a prefix with it reuses it
 //! (each sequence has its own share of the KV pool, so a kept cache never crowds out another).
+//!
+//! When a node of a cluster pipeline fails, nothing is lost: the batcher waits for the batches
+//! in flight, asks its instance for a new pipeline over the nodes that are left ([`Recover`]),
+//! and rebuilds every sequence by decoding its prompt and every token it already produced (its
+//! seeded random stream resumed where it was), then goes on; callers only see a pause.
 
 use super::error::RuntimeError;
 use super::instance::Pipe;
 use crate::engine::{SamplingParams, Token};
 use crate::pipeline::{Pipeline, PipelineError, TokenChunk};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+/// The pipeline an instance runs on now: replaced when a node fails.
+pub(crate) type SharedPipe = Arc<std::sync::RwLock<Arc<Pipe>>>;
+
+/// Builds a new pipeline for the instance (same sequences and context) over the nodes that are
+/// left.
+pub(crate) type Recover =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Pipe, RuntimeError>> + Send>> + Send + Sync>;
 
 /// One sequence's work as the batcher takes it.
 pub(crate) struct SeqRequest {
@@ -95,6 +110,9 @@ struct Job {
     /// Set when the caller left or a batch failed: the sequence is dropped once nothing of it
     /// is in flight.
     doomed: bool,
+    /// Tokens sent to the caller since `req.prompt` was (re)built: a rebuilt sequence decodes
+    /// them as part of its prompt.
+    emitted: Vec<Token>,
 }
 
 impl Job {
@@ -116,13 +134,23 @@ struct Slot {
 }
 
 enum Done {
-    Admitted { slot: usize, keep: Result<usize, PipelineError> },
+    Admitted { slot: usize, epoch: u64, keep: Result<usize, PipelineError> },
     Batch { outputs: Vec<usize>, members: Vec<usize>, result: Result<Vec<Token>, PipelineError> },
     Freed { slot: usize },
+    Recovered(Result<Pipe, RuntimeError>),
 }
 
 struct Batcher {
-    pipe: Arc<Pipe>,
+    pipe: SharedPipe,
+    recover: Option<Recover>,
+    /// A node failed: no new work until the pipeline is rebuilt.
+    recovering: bool,
+    /// The rebuild is under way.
+    rebuilding: bool,
+    /// Bumped with every new pipeline: answers about the old one are stale.
+    epoch: u64,
+    /// Set when the pipeline could not be rebuilt: the instance must be loaded anew.
+    broken: Arc<AtomicBool>,
     cfg: Config,
     eog: Vec<Token>,
     slots: Vec<Slot>,
@@ -134,18 +162,27 @@ struct Batcher {
     tick: u64,
 }
 
+/// What the batcher shares with its instance.
+pub(crate) struct Shared {
+    pub pipe: SharedPipe,
+    pub counts: Arc<Counts>,
+    pub shutdown: Arc<AtomicBool>,
+    pub broken: Arc<AtomicBool>,
+    pub recover: Option<Recover>,
+}
+
 /// Runs until the instance is dropped (its request channel closes) and every sequence ended.
-pub(crate) async fn run(
-    pipe: Arc<Pipe>,
-    cfg: Config,
-    mut rx: mpsc::Receiver<SeqRequest>,
-    counts: Arc<Counts>,
-    shutdown: Arc<AtomicBool>,
-) {
-    let eog = pipe.info().eog_tokens.clone();
+pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared: Shared) {
+    let Shared { pipe, counts, shutdown, broken, recover } = shared;
+    let eog = current(&pipe).info().eog_tokens.clone();
     let slots = (0..cfg.n_seq).map(|_| Slot::default()).collect();
     let mut b = Batcher {
         pipe,
+        recover,
+        recovering: false,
+        rebuilding: false,
+        epoch: 0,
+        broken,
         cfg,
         eog,
         slots,
@@ -160,6 +197,7 @@ pub(crate) async fn run(
     loop {
         b.admit();
         b.reap();
+        b.maybe_rebuild();
         while b.batches < b.cfg.depth.max(1) {
             if !b.submit_next().await {
                 break;
@@ -184,10 +222,14 @@ pub(crate) async fn run(
     }
 }
 
+fn current(p: &SharedPipe) -> Arc<Pipe> {
+    p.read().unwrap().clone()
+}
+
 impl Batcher {
     /// Gives free slots to waiting requests, the slot whose cache shares the longest prefix first.
     fn admit(&mut self) {
-        while !self.queue.is_empty() {
+        while !self.queue.is_empty() && !self.recovering {
             let best = self
                 .slots
                 .iter()
@@ -202,12 +244,9 @@ impl Batcher {
             self.tick += 1;
             // at least one prompt token is decoded: its logits give the first token
             let keep = if req.lease { 0 } else { shared.min(req.prompt.len() - 1) };
-            let lease = req.lease;
             let slot = &mut self.slots[i];
             slot.used = self.tick;
             let cached = std::mem::take(&mut slot.cached).len();
-            let (pipe, seq) = (self.pipe.clone(), i as i32);
-            let (params, history) = (req.sampling.clone(), req.prompt.clone());
             slot.job = Some(Job {
                 req,
                 phase: Phase::Admitting,
@@ -217,23 +256,35 @@ impl Batcher {
                 generated: 0,
                 in_flight: 0,
                 doomed: false,
+                emitted: Vec::new(),
             });
-            self.tasks.spawn(async move {
-                let keep = async {
-                    let mut keep = keep;
-                    if keep < cached && !(keep > 0 && pipe.seq_rm(seq, keep as i32, -1).await?) {
-                        pipe.seq_rm(seq, -1, -1).await?;
-                        keep = 0;
-                    }
-                    if !lease {
-                        pipe.set_sampler(seq, params, history).await?;
-                    }
-                    Ok(keep)
-                }
-                .await;
-                Done::Admitted { slot: i, keep }
-            });
+            self.start_admission(i, keep, cached);
         }
+    }
+
+    /// Trims the sequence's cache to `keep` tokens and installs its sampler on the stages.
+    fn start_admission(&mut self, i: usize, keep: usize, cached: usize) {
+        let job = self.slots[i].job.as_ref().expect("admitting a job");
+        let (pipe, seq, epoch) = (current(&self.pipe), i as i32, self.epoch);
+        let (lease, history) = (job.req.lease, job.req.prompt.clone());
+        let mut params = job.req.sampling.clone();
+        // a rebuilt sequence resumes its random stream after the draws it took
+        params.draws = if params.temperature > 0.0 { job.generated } else { 0 };
+        self.tasks.spawn(async move {
+            let keep = async {
+                let mut keep = keep;
+                if keep < cached && !(keep > 0 && pipe.seq_rm(seq, keep as i32, -1).await?) {
+                    pipe.seq_rm(seq, -1, -1).await?;
+                    keep = 0;
+                }
+                if !lease {
+                    pipe.set_sampler(seq, params, history).await?;
+                }
+                Ok(keep)
+            }
+            .await;
+            Done::Admitted { slot: i, epoch, keep }
+        });
     }
 
     /// Drops sequences whose caller left (or that failed) once nothing of theirs is in flight.
@@ -268,7 +319,7 @@ impl Batcher {
         }
         slot.cached.clear();
         slot.freeing = true;
-        let pipe = self.pipe.clone();
+        let pipe = current(&self.pipe);
         self.tasks.spawn(async move {
             if let Err(e) = pipe.seq_rm(i as i32, -1, -1).await {
                 tracing::warn!(seq = i, "cannot drop a sequence's KV: {e}");
@@ -279,6 +330,9 @@ impl Batcher {
 
     /// Builds and queues the next batch; false when there is nothing to decode now.
     async fn submit_next(&mut self) -> bool {
+        if self.recovering {
+            return false;
+        }
         let n_batch = self.cfg.n_batch.max(1) as usize;
         let decoding = self
             .slots
@@ -346,7 +400,7 @@ impl Batcher {
             return false;
         }
         let sample = !outputs.is_empty();
-        match self.pipe.submit(chunk, sample).await {
+        match current(&self.pipe).submit(chunk, sample).await {
             Ok(pending) => {
                 self.batches += 1;
                 self.tasks.spawn(async move { Done::Batch { outputs, members, result: pending.await } });
@@ -359,7 +413,17 @@ impl Batcher {
     fn complete(&mut self, done: Done) {
         match done {
             Done::Freed { slot } => self.slots[slot].freeing = false,
-            Done::Admitted { slot, keep } => {
+            Done::Recovered(r) => self.rebuilt(r),
+            Done::Admitted { slot, epoch, keep } => {
+                if epoch != self.epoch {
+                    return; // about the old pipeline: the job is being admitted again
+                }
+                if let Err(e) = &keep {
+                    if self.recoverable(e) {
+                        self.begin_recovery(e);
+                        return;
+                    }
+                }
                 let job = self.slots[slot].job.as_mut().expect("admitting");
                 match keep {
                     Ok(_) if job.req.lease => {
@@ -415,6 +479,7 @@ impl Batcher {
             Some(false)
         } else {
             job.generated += 1;
+            job.emitted.push(t);
             let _ = job.req.events.send(SeqEvent::Token(t));
             (job.generated >= job.req.max_tokens || job.pos() + 1 >= n_ctx).then_some(true)
         };
@@ -431,8 +496,91 @@ impl Batcher {
         }
     }
 
+    /// A node of a cluster pipeline failed: the pipeline can be rebuilt without it.
+    fn recoverable(&self, e: &PipelineError) -> bool {
+        self.recover.is_some() && matches!(e, PipelineError::Remote { .. })
+    }
+
+    /// Stops new work; the pipeline is rebuilt once the batches in flight have answered.
+    fn begin_recovery(&mut self, e: &PipelineError) {
+        if !self.recovering {
+            tracing::warn!("{e}: rebuilding the pipeline and replaying its sequences");
+        }
+        self.recovering = true;
+    }
+
+    fn maybe_rebuild(&mut self) {
+        if !self.recovering || self.rebuilding || self.batches > 0 {
+            return;
+        }
+        let Some(recover) = self.recover.clone() else { return };
+        self.rebuilding = true;
+        self.tasks.spawn(async move { Done::Recovered(recover().await) });
+    }
+
+    /// The new pipeline is there (or cannot be): every sequence is decoded again up to where it
+    /// was, or fails with the reason.
+    fn rebuilt(&mut self, r: Result<Pipe, RuntimeError>) {
+        self.rebuilding = false;
+        self.recovering = false;
+        self.epoch += 1;
+        let pipe = match r {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot rebuild the pipeline: {e}");
+                self.broken.store(true, Ordering::Relaxed);
+                for slot in &mut self.slots {
+                    slot.cached.clear();
+                    slot.freeing = false;
+                    if let Some(job) = slot.job.as_mut() {
+                        if !job.doomed {
+                            let _ = job.req.events.send(SeqEvent::Failed(e.clone()));
+                            job.doomed = true;
+                        }
+                        job.in_flight = 0;
+                        job.phase = Phase::Prefill;
+                    }
+                }
+                return;
+            }
+        };
+        *self.pipe.write().unwrap() = Arc::new(pipe);
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            slot.cached.clear();
+            slot.freeing = false;
+            let Some(job) = slot.job.as_mut() else { continue };
+            job.in_flight = 0;
+            if job.doomed {
+                job.phase = Phase::Prefill; // dropped by the next reap
+                continue;
+            }
+            if job.req.lease {
+                let _ = job.req.events.send(SeqEvent::Failed(RuntimeError::Failed {
+                    reason: "a node of the pipeline failed during the benchmark".into(),
+                }));
+                job.doomed = true;
+                job.phase = Phase::Prefill;
+                continue;
+            }
+            // the prompt now ends with everything already sent: its last row samples what comes
+            // next
+            let emitted = std::mem::take(&mut job.emitted);
+            job.req.prompt.extend(emitted);
+            job.decoded.clear();
+            job.next_prompt = 0;
+            job.phase = Phase::Admitting;
+            self.start_admission(i, 0, 0);
+        }
+    }
+
     /// Every sequence of a failed batch fails; its KV is dropped once nothing of it is in flight.
+    /// A node failure in a cluster pipeline fails nothing: the pipeline is rebuilt instead.
     fn fail(&mut self, members: &[usize], e: PipelineError) {
+        if self.recoverable(&e) {
+            self.begin_recovery(&e);
+            return;
+        }
         let e = RuntimeError::from(e);
         for &i in members {
             if let Some(job) = self.slots[i].job.as_mut() {

@@ -1,7 +1,7 @@
 //! A loaded model: its pipeline (in this process or across the cluster), its vocabulary, its
 //! batcher, and how long it stays loaded.
 
-use super::batcher::{self, Counts, SeqRequest};
+use super::batcher::{self, Counts, Recover, SeqRequest, SharedPipe};
 use super::error::RuntimeError;
 use super::request::KeepAlive;
 use crate::cluster::ClusterChain;
@@ -33,6 +33,14 @@ impl Pipe {
         match self {
             Pipe::Local(c) => c.stages().len(),
             Pipe::Cluster(c) => c.stages().len(),
+        }
+    }
+
+    /// Nodes of this pipeline other than this one (none for in-process stages).
+    pub fn peer_nodes(&self) -> Vec<String> {
+        match self {
+            Pipe::Local(_) => vec![],
+            Pipe::Cluster(c) => c.stages().iter().map(|s| s.node.clone()).collect(),
         }
     }
 }
@@ -95,7 +103,10 @@ pub struct Loaded {
 
 pub struct Instance {
     pub loaded: Loaded,
-    pub pipe: Arc<Pipe>,
+    /// Replaced when a node of the pipeline fails (see [`Instance::pipe`]).
+    pipe: SharedPipe,
+    /// The pipeline failed and could not be rebuilt: the next request loads the model anew.
+    broken: Arc<AtomicBool>,
     /// Tokenizes, formats and detokenizes, apart from the stages so it never waits for a decode.
     pub vocab: StageHandle,
     requests: mpsc::Sender<SeqRequest>,
@@ -108,7 +119,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts the batcher for a loaded pipeline.
+    /// Starts the batcher for a loaded pipeline; `recover` rebuilds a cluster pipeline whose
+    /// node failed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         loaded: Loaded,
         pipe: Pipe,
@@ -117,15 +130,20 @@ impl Instance {
         queue: usize,
         keep_alive: KeepAlive,
         shutdown: Arc<AtomicBool>,
+        recover: Option<Recover>,
     ) -> Arc<Instance> {
-        let pipe = Arc::new(pipe);
         let counts = Arc::new(Counts::default());
         let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
+        let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(Arc::new(pipe)));
+        let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
-        tokio::spawn(batcher::run(pipe.clone(), cfg, rx, counts.clone(), shutdown));
+        let shared =
+            batcher::Shared { pipe: pipe.clone(), counts: counts.clone(), shutdown, broken: broken.clone(), recover };
+        tokio::spawn(batcher::run(cfg, rx, shared));
         Arc::new(Instance {
             loaded,
             pipe,
+            broken,
             vocab,
             requests: tx,
             counts,
@@ -140,8 +158,18 @@ impl Instance {
         &self.loaded.name
     }
 
-    pub fn info(&self) -> &StageInfo {
-        self.pipe.info()
+    /// The pipeline the instance runs on now.
+    pub fn pipe(&self) -> Arc<Pipe> {
+        self.pipe.read().unwrap().clone()
+    }
+
+    /// The pipeline failed and could not be rebuilt.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    pub fn info(&self) -> StageInfo {
+        self.pipe().info().clone()
     }
 
     /// Hands a sequence to the batcher, or refuses when the slots and the queue are full.
@@ -194,11 +222,13 @@ impl Instance {
     }
 
     pub(crate) fn expired(&self) -> bool {
+        // a broken instance goes whatever its keep_alive: the next request loads it anew
         !self.busy()
-            && match *self.keep_alive.lock().unwrap() {
-                KeepAlive::Forever => false,
-                KeepAlive::For(d) => self.last_used.lock().unwrap().elapsed() >= d,
-            }
+            && (self.broken()
+                || match *self.keep_alive.lock().unwrap() {
+                    KeepAlive::Forever => false,
+                    KeepAlive::For(d) => self.last_used.lock().unwrap().elapsed() >= d,
+                })
     }
 
     pub(crate) fn idle_for(&self) -> Duration {

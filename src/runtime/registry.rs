@@ -2,12 +2,13 @@
 //! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
 //! idle instances when a new one does not fit.
 
+use super::batcher::Recover;
 use super::instance::{Instance, Loaded, Pipe};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
 use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
 use crate::cluster::{ClusterChain, StagePlacement};
-use crate::engine::{ContextParams, LayerRange};
+use crate::engine::{ContextParams, LayerRange, StageHandle};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::pipeline::Chain;
 use crate::store::{LocalModel, Resolved, Store};
@@ -106,7 +107,7 @@ impl Registry {
             let (mut done, ours) = {
                 let mut map = self.map.lock().unwrap();
                 match map.get(&key) {
-                    Some(Entry::Ready(i)) if opts.forced.is_none() && (fits(i, &opts) || i.busy()) => {
+                    Some(Entry::Ready(i)) if opts.forced.is_none() && !i.broken() && (fits(i, &opts) || i.busy()) => {
                         i.touch();
                         return Ok((i.clone(), if waited_for_other { t.elapsed() } else { Duration::ZERO }));
                     }
@@ -139,7 +140,7 @@ impl Registry {
             // someone else's load: share its result, unless this request needs another one
             waited_for_other = true;
             match r {
-                Ok(i) if opts.forced.is_none() && fits(&i, &opts) => return Ok((i, t.elapsed())),
+                Ok(i) if opts.forced.is_none() && !i.broken() && fits(&i, &opts) => return Ok((i, t.elapsed())),
                 Err(e) if opts.forced.is_none() => return Err(e),
                 _ => continue,
             }
@@ -243,72 +244,35 @@ async fn load(
             Err(e) => return Err(e),
         }
     };
-    let context = ContextParams {
-        n_ctx: decision.n_ctx_seq * decision.n_seq,
-        n_batch,
-        n_ubatch: n_batch,
-        n_threads: rt.limits.threads,
-        n_seq_max: decision.n_seq,
-    };
-    let path = local.first().to_path_buf();
-    let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
-    // a named placement runs as named, even when every stage is on this node
-    let (pipe, vocab) = if local_forced || (opts.forced.is_none() && decision.is_local(&view)) {
-        let ranges: Option<Vec<LayerRange>> = match &opts.forced {
-            Some(Forced::Local(r)) => Some(r.clone()),
-            _ => None,
-        };
-        let (p, mmap) = (path.clone(), !opts.no_mmap);
-        blocking(move || {
-            let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
-                .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
-            let vocab = Runtime::vocab_of(&p, context)?;
-            Ok((Pipe::Local(chain), vocab))
-        })
-        .await?
-    } else {
-        let node = rt.cluster.clone().ok_or(RuntimeError::NoCluster)?;
-        let stages: Vec<StagePlacement> = decision
-            .plan
-            .stages
-            .iter()
-            .map(|s| StagePlacement {
-                node: s.node.clone(),
-                addr: view.addr_of(&s.node).unwrap_or_default().to_string(),
-                range: LayerRange { begin: s.begin, end: s.end },
-            })
-            .collect();
-        tracing::info!(
-            model = key,
-            stages = ?stages.iter().map(|s| format!("{}={}", s.node, s.range)).collect::<Vec<_>>(),
-            predicted_tok_s = decision.plan.tokens_per_second,
-            "placing across the cluster"
-        );
-        // peers look the model up by name: a CLI path travels as its file's model name
-        let name = match model {
-            ModelRef::Name(n) => n.clone(),
-            ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
-        };
-        let chain = ClusterChain::load(node, &name, &path, local.size, stages, context)
-            .await
-            .map_err(|e| RuntimeError::Load { model: key.to_string(), reason: e.to_string() })?;
-        let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
-        (Pipe::Cluster(Box::new(chain)), vocab)
-    };
+    let context = context_for(rt, &decision, n_batch);
+    let (pipe, vocab) = build(rt, model, key, &local, &decision, &view, opts, context).await?;
     let actual = crate::pipeline::Pipeline::info(&pipe).n_ctx / decision.n_seq;
     let here = view.here.clone();
     let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
     let loaded = Loaded {
         name: key.to_string(),
-        path,
+        path: local.first().to_path_buf(),
         size: local.size,
         quant: local.quant.clone(),
-        shape,
+        shape: shape.clone(),
         n_ctx: decision.n_ctx_seq.min(actual.max(1)),
         n_seq: decision.n_seq,
         local_memory,
     };
     tracing::info!(model = key, n_ctx = loaded.n_ctx, n_seq = loaded.n_seq, secs = t.elapsed().as_secs_f64(), "loaded");
+    // a cluster pipeline can be rebuilt over the nodes left when one fails
+    let recover = matches!(pipe, Pipe::Cluster(_)).then(|| {
+        let fixed = Fixed {
+            model: model.clone(),
+            key: key.to_string(),
+            local,
+            shape,
+            n_seq: decision.n_seq,
+            n_ctx_seq: loaded.n_ctx,
+            n_batch,
+        };
+        recovery(rt, fixed)
+    });
     Ok(Instance::start(
         loaded,
         pipe,
@@ -317,7 +281,120 @@ async fn load(
         rt.limits.queue,
         KeepAlive::For(rt.limits.keep_alive),
         rt.shutdown.clone(),
+        recover,
     ))
+}
+
+fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
+    ContextParams {
+        n_ctx: d.n_ctx_seq * d.n_seq,
+        n_batch,
+        n_ubatch: n_batch,
+        n_threads: rt.limits.threads,
+        n_seq_max: d.n_seq,
+    }
+}
+
+/// Loads the stages a decision places: in this process, or across the cluster.
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    rt: &Arc<Runtime>,
+    model: &ModelRef,
+    key: &str,
+    local: &LocalModel,
+    decision: &Decision,
+    view: &View,
+    opts: &LoadOptions,
+    context: ContextParams,
+) -> Result<(Pipe, StageHandle), RuntimeError> {
+    let path = local.first().to_path_buf();
+    let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
+    // a named placement runs as named, even when every stage is on this node
+    if local_forced || (opts.forced.is_none() && decision.is_local(view)) {
+        let ranges: Option<Vec<LayerRange>> = match &opts.forced {
+            Some(Forced::Local(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let (p, mmap) = (path.clone(), !opts.no_mmap);
+        return blocking(move || {
+            let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
+                .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
+            let vocab = Runtime::vocab_of(&p, context)?;
+            Ok((Pipe::Local(chain), vocab))
+        })
+        .await;
+    }
+    let node = rt.cluster.clone().ok_or(RuntimeError::NoCluster)?;
+    let stages: Vec<StagePlacement> = decision
+        .plan
+        .stages
+        .iter()
+        .map(|s| StagePlacement {
+            node: s.node.clone(),
+            addr: view.addr_of(&s.node).unwrap_or_default().to_string(),
+            range: LayerRange { begin: s.begin, end: s.end },
+        })
+        .collect();
+    tracing::info!(
+        model = key,
+        stages = ?stages.iter().map(|s| format!("{}={}", s.node, s.range)).collect::<Vec<_>>(),
+        predicted_tok_s = decision.plan.tokens_per_second,
+        "placing across the cluster"
+    );
+    // peers look the model up by name: a CLI path travels as its file's model name
+    let name = match model {
+        ModelRef::Name(n) => n.clone(),
+        ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
+    };
+    let chain = ClusterChain::load(node, &name, &path, local.size, stages, context)
+        .await
+        .map_err(|e| RuntimeError::Load { model: key.to_string(), reason: e.to_string() })?;
+    let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
+    Ok((Pipe::Cluster(Box::new(chain)), vocab))
+}
+
+/// What a rebuilt pipeline must keep: the model, the sequences and their context.
+#[derive(Clone)]
+struct Fixed {
+    model: ModelRef,
+    key: String,
+    local: LocalModel,
+    shape: ModelShape,
+    n_seq: u32,
+    n_ctx_seq: u32,
+    n_batch: u32,
+}
+
+/// Rebuilds an instance's pipeline over the nodes that are left (a failed node has dropped out
+/// of the cluster view by the time its batches fail).
+fn recovery(rt: &Arc<Runtime>, f: Fixed) -> Recover {
+    let weak = Arc::downgrade(rt);
+    Arc::new(move || {
+        let (weak, f) = (weak.clone(), f.clone());
+        Box::pin(async move {
+            let rt = weak.upgrade().ok_or(RuntimeError::ShuttingDown)?;
+            let t = Instant::now();
+            let view = view(&rt, rt.registry.held(&f.key)).await?;
+            let fits = |reason: String| RuntimeError::DoesNotFit {
+                model: f.key.clone(),
+                reason: format!("after a node failure no placement over the nodes left fits: {reason}"),
+            };
+            let d = match policy::decide(&f.key, &f.shape, &view, f.n_ctx_seq, true, f.n_seq, f.n_batch, None) {
+                Ok(d) if d.n_seq == f.n_seq => d,
+                Ok(_) => return Err(fits(format!("{} sequences of {} tokens do not fit", f.n_seq, f.n_ctx_seq))),
+                Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => {
+                    return Err(fits(e.to_string()))
+                }
+                Err(e) => return Err(e),
+            };
+            let opts = LoadOptions { n_batch: Some(f.n_batch), ..LoadOptions::default() };
+            let context = context_for(&rt, &d, f.n_batch);
+            let (pipe, _) = build(&rt, &f.model, &f.key, &f.local, &d, &view, &opts, context).await?;
+            let stages: Vec<String> = pipe.stages(&view.here).iter().map(|(n, r)| format!("{n}={r}")).collect();
+            tracing::info!(model = %f.key, ?stages, secs = t.elapsed().as_secs_f64(), "pipeline rebuilt");
+            Ok(pipe)
+        })
+    })
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {
