@@ -594,3 +594,35 @@ async fn hostile_inputs_are_refused_fast_and_touch_nothing() {
     let (s, _, text) = post(&app, "/api/generate", gen(json!({ "options": { "num_predict": 100_000 } }))).await;
     assert_eq!(s, StatusCode::OK, "{text}");
 }
+
+/// OpenAI's `logit_bias`: -100 bans a token (greedy then picks another), values outside
+/// [-100, 100], keys that are not token ids and ids outside the vocabulary are 400s naming it.
+#[tokio::test]
+async fn openai_logit_bias() {
+    let d = models_dir();
+    let (app, _) = app(d.path(), limits());
+    let ask = |bias: Value| json!({ "model": "tiny-llama", "prompt": "Once upon", "max_tokens": 1, "temperature": 0, "logit_bias": bias, "logprobs": null });
+    let (s, _, body) = post(&app, "/v1/completions", ask(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let first = serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["text"].as_str().unwrap().to_string();
+    // find the id of that token by banning ids until the text changes
+    let mut banned = None;
+    for id in 0..600 {
+        let (_, _, body) = post(&app, "/v1/completions", ask(json!({ id.to_string(): -100 }))).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["choices"][0]["text"].as_str() != Some(first.as_str()) {
+            banned = Some(id);
+            break;
+        }
+    }
+    assert!(banned.is_some(), "banning no token changed the greedy choice");
+    for (bias, says) in [
+        (json!({ "1": 250 }), "outside [-100, 100]"),
+        (json!({ "x": 1 }), "not a token id"),
+        (json!({ "99999999": -100 }), "outside the vocabulary"),
+    ] {
+        let (s, _, body) = post(&app, "/v1/completions", ask(bias)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("logit_bias") && body.contains(says), "{body}");
+    }
+}

@@ -67,6 +67,7 @@ fn seeded(seed: u32) -> SamplingParams {
         repeat_last_n: 64,
         seed,
         banned: Vec::new(),
+        logit_bias: Vec::new(),
         draws: 0,
     }
 }

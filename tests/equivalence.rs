@@ -113,6 +113,7 @@ async fn workload(chain: &Chain) -> Trace {
         repeat_last_n: 64,
         seed: 1234,
         banned: vec![],
+        logit_bias: vec![],
         draws: 0,
     };
     tr.sampled = gen(chain, &a, seeded).await;

@@ -103,6 +103,7 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
         repeat_last_n: 64,
         seed: random_seed(),
         banned: Vec::new(),
+        logit_bias: Vec::new(),
         draws: 0,
     };
     let m = match model(&r.model) {

@@ -80,6 +80,7 @@ fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> 
         repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
         seed,
         banned: Vec::new(),
+        logit_bias: Vec::new(),
         draws: 0,
     };
     let max = match o.num_predict {

@@ -77,6 +77,8 @@ struct Common {
     seed: Option<i64>,
     stop: Option<Stop>,
     frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias in [-100, 100].
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +104,7 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
         }
     };
     // OpenAI's defaults: temperature 1, top_p 1, no penalty
-    let sampling = SamplingParams {
+    let mut sampling = SamplingParams {
         temperature: c.temperature.unwrap_or(1.0),
         top_k: 0,
         top_p: c.top_p.unwrap_or(1.0),
@@ -111,8 +113,17 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
         repeat_last_n: 64,
         seed: c.seed.map(|s| s as u32).unwrap_or_else(random_seed),
         banned: Vec::new(),
+        logit_bias: Vec::new(),
         draws: 0,
     };
+    let mut logit_bias = Vec::new();
+    for (k, v) in c.logit_bias.iter().flatten() {
+        let t = k
+            .parse::<i32>()
+            .map_err(|_| RuntimeError::field(crate::runtime::Field::LogitBias, format!("{k:?} is not a token id")))?;
+        logit_bias.push((t, *v));
+    }
+    sampling.logit_bias = logit_bias;
     let stop = match &c.stop {
         None => vec![],
         Some(Stop::One(s)) => vec![s.clone()],

@@ -15,7 +15,7 @@ mod stage;
 pub use context::ContextParams;
 pub use detok::TokenDecoder;
 pub use model::{LayerRange, ModelWindow};
-pub use sampler::SamplingParams;
+pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 
 use llama_cpp_sys_2 as sys;

@@ -28,6 +28,9 @@ pub struct SamplingParams {
     /// Tokens that are never sampled (`exo bench` bans end-of-generation so every run produces
     /// exactly the asked number of tokens).
     pub banned: Vec<Token>,
+    /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`, in [-100,
+    /// 100]; -100 bans the token).
+    pub logit_bias: Vec<(Token, f32)>,
     /// Random draws this sequence has already taken: a sequence rebuilt after a node failure
     /// resumes its seeded random stream where it was, so its text continues as if uninterrupted.
     pub draws: u32,
@@ -48,10 +51,14 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: 0,
             banned: Vec::new(),
+            logit_bias: Vec::new(),
             draws: 0,
         }
     }
 }
+
+/// Most tokens a request may bias.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 impl SamplingParams {
     pub fn greedy() -> Self {
@@ -78,6 +85,12 @@ impl SamplingParams {
         if self.repeat_last_n < 0 {
             return bad(format!("repeat_last_n {} is negative", self.repeat_last_n));
         }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return bad(format!("{} biased tokens; at most {MAX_LOGIT_BIAS}", self.logit_bias.len()));
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return bad(format!("the bias {b} of token {t} is outside [-100, 100]"));
+        }
         if self.draws > MAX_DRAWS {
             return bad(format!("draws {} is more than {MAX_DRAWS}", self.draws));
         }
@@ -94,12 +107,19 @@ impl Sampler {
     pub fn new(p: &SamplingParams, n_vocab: usize, history: &[Token]) -> Result<Sampler, EngineError> {
         p.validate()?;
         let mut s = Vec::new();
-        if !p.banned.is_empty() {
-            if let Some(&t) = p.banned.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
-                return Err(EngineError::Sampling { reason: format!("banned token {t} is outside the vocabulary") });
+        if !p.banned.is_empty() || !p.logit_bias.is_empty() {
+            let outside = |t: Token| t < 0 || t as usize >= n_vocab;
+            if let Some(t) = p.banned.iter().copied().chain(p.logit_bias.iter().map(|b| b.0)).find(|&t| outside(t)) {
+                return Err(EngineError::Sampling { reason: format!("token {t} is outside the vocabulary") });
             }
-            let biases: Vec<LlamaLogitBias> =
-                p.banned.iter().map(|&t| LlamaLogitBias::new(LlamaToken(t), f32::NEG_INFINITY)).collect();
+            // -100 bans, as OpenAI documents it
+            let bias = |b: f32| if b <= -100.0 { f32::NEG_INFINITY } else { b };
+            let biases: Vec<LlamaLogitBias> = p
+                .banned
+                .iter()
+                .map(|&t| LlamaLogitBias::new(LlamaToken(t), f32::NEG_INFINITY))
+                .chain(p.logit_bias.iter().map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), bias(b))))
+                .collect();
             s.push(LlamaSampler::logit_bias(n_vocab as i32, &biases));
         }
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {

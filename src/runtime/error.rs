@@ -17,6 +17,7 @@ pub enum Field {
     NumCtx,
     KeepAlive,
     Stop,
+    LogitBias,
 }
 
 impl Field {
@@ -34,6 +35,7 @@ impl Field {
             Field::NumCtx => "num_ctx",
             Field::KeepAlive => "keep_alive",
             Field::Stop => "stop",
+            Field::LogitBias => "logit_bias",
         }
     }
 

@@ -209,6 +209,13 @@ impl Runtime {
         }
         let mut sampling = req.sampling.clone();
         sampling.repeat_last_n = validate::repeat_last_n(sampling.repeat_last_n, n_ctx)?;
+        let n_vocab = inst.vocab.info().n_vocab;
+        if let Some((t, _)) = sampling.logit_bias.iter().find(|(t, _)| *t < 0 || *t as usize >= n_vocab) {
+            return Err(RuntimeError::field(
+                Field::LogitBias,
+                format!("token {t} is outside the vocabulary of {n_vocab}"),
+            ));
+        }
         let max_tokens = validate::max_tokens(req.max_tokens, self.limits.max_tokens, n_ctx);
         let (seq_tx, seq_rx) = mpsc::unbounded_channel();
         let prompt_tokens = prompt.len();

@@ -52,6 +52,15 @@ pub fn request(r: &GenRequest) -> Result<(), RuntimeError> {
             return bad(Field::NumCtx, format!("{n} is outside [{MIN_CONTEXT}, {MAX_CONTEXT}]"));
         }
     }
+    if s.logit_bias.len() > crate::engine::MAX_LOGIT_BIAS {
+        return bad(
+            Field::LogitBias,
+            format!("{} tokens; at most {}", s.logit_bias.len(), crate::engine::MAX_LOGIT_BIAS),
+        );
+    }
+    if let Some((t, b)) = s.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+        return bad(Field::LogitBias, format!("the bias {b} of token {t} is outside [-100, 100]"));
+    }
     if r.stop.len() > MAX_STOPS {
         return bad(Field::Stop, format!("{} stop sequences; at most {MAX_STOPS}", r.stop.len()));
     }
