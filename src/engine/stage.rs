@@ -39,6 +39,8 @@ pub struct StageInfo {
     pub bos: Option<Token>,
     pub chat_template: Option<String>,
     pub shape: ModelShape,
+    /// What the layers compute on: "CPU", or the ggml device name(s) ("Vulkan0", "CUDA0").
+    pub device: String,
 }
 
 impl StageInfo {
@@ -293,7 +295,7 @@ impl Stage {
         let ctx = if spec.window.vocab_only {
             None
         } else {
-            Some(Context::new(&model, spec.context, spec.window.gpu_layers != 0 && super::has_gpu())?)
+            Some(Context::new(&model, spec.context, model.device != "CPU")?)
         };
         let info = StageInfo {
             range: model.range,
@@ -307,8 +309,9 @@ impl Stage {
             bos: model.bos(),
             chat_template: model.chat_template(),
             shape: model.shape.clone(),
+            device: model.device.clone(),
         };
-        tracing::debug!(range = %info.range, n_layer = info.n_layer, "stage loaded");
+        tracing::debug!(range = %info.range, n_layer = info.n_layer, device = %info.device, "stage loaded");
         Ok(Stage { samplers: HashMap::new(), ctx, model, info })
     }
 
