@@ -113,7 +113,7 @@ pub fn gpu_names() -> Vec<String> {
                 let t = sys::ggml_backend_dev_type(d);
                 t == sys::GGML_BACKEND_DEVICE_TYPE_GPU || t == sys::GGML_BACKEND_DEVICE_TYPE_IGPU
             })
-            .map(|d| device_name(d))
+            .map(device_name)
             .collect()
     }
 }
