@@ -5,6 +5,12 @@
     python3 bench/compare.py stages   # 1, 2, 3, 4 stages as separate `exo serve` processes
     python3 bench/compare.py rpc      # exo (3 processes) vs rpc-server x2 + llama-bench --rpc
 
+Options (after the comparison's name):
+    --model PATH     the GGUF to measure (default: BENCH_MODEL, else the generated tinyllama-1b);
+                     results then go to <name>-<model stem>.md/.png so they do not replace the
+                     default model's
+    --stages 1,2     stage counts for `stages` (default 1,2,3,4)
+
 Needs `cargo build --release` and `bash bench/llama-cpp/build-tools.sh` (llama-bench and
 rpc-server from the crate's llama.cpp sources). Configurations alternate round by round
 (BENCH_REPS rounds, each tool doing its own warm-up and one timed run per round); the tables
@@ -39,7 +45,14 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+MODEL_ARG = None
+STAGES = [1, 2, 3, 4]
+TAG = ""
+
+
 def model_path():
+    if MODEL_ARG:
+        return MODEL_ARG
     m = os.environ.get("BENCH_MODEL")
     if m:
         return Path(m).resolve()
@@ -238,6 +251,7 @@ def write(name, title, header, rows, notes, chart):
     lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
+    name = f"{name}-{TAG}" if TAG else name
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
     try:
@@ -302,10 +316,10 @@ def single():
 def stages():
     model = model_path()
     layers = n_layer(model)
-    names = ["a", "b", "c", "d"]
+    names = ["a", "b", "c", "d", "e"][:max(STAGES)]
     nodes = Nodes(names, model, THREADS)
     tests = [f"pp{p}" for p in PP] + [f"tg{TG}"]
-    configs = {k: ",".join(f"{names[i]}={b}:{e}" for i, (b, e) in enumerate(even_split(layers, k))) for k in (1, 2, 3, 4)}
+    configs = {k: ",".join(f"{names[i]}={b}:{e}" for i, (b, e) in enumerate(even_split(layers, k))) for k in STAGES}
     rates = {k: {t: [] for t in tests} for k in configs}
     extra = {k: {} for k in configs}
     try:
@@ -323,7 +337,7 @@ def stages():
     rows = []
     for k, split in configs.items():
         tg = f"tg{TG}"
-        ratio = med(rates[k][tg]) / med(rates[1][tg])
+        ratio = med(rates[k][tg]) / med(rates[STAGES[0]][tg])
         target = {2: 0.97, 4: 0.93}.get(k)
         verdict = "" if target is None else (f">= {target}: " + ("met" if ratio >= target else "MISSED"))
         cells = [f"{k}", split]
@@ -332,9 +346,9 @@ def stages():
                   f"{med(extra[k]['bytes']):.0f}", " / ".join(f"{x}" for x in extra[k]["stage_ms"][-1])]
         rows.append(cells)
     header = ["stages", "placement"] + [f"{t} tok/s" for t in tests] + [
-        f"tg{TG} runs", f"tg ratio to 1 stage", "target", "net bytes/token (tg)", "stage ms/token (tg, last round)"]
+        f"tg{TG} runs", f"tg ratio to {STAGES[0]} stage{'s' if STAGES[0] > 1 else ''}", "target", "net bytes/token (tg)", "stage ms/token (tg, last round)"]
     write("stages", "Stages as separate processes on loopback (tok/s)", header, rows,
-          machine_note(model) + ["", "Four `exo serve` processes joined with --peers on 127.0.0.1; "
+          machine_note(model) + ["", f"{len(names)} `exo serve` processes joined with --peers on 127.0.0.1; "
                                  "`exo bench bench --split ...` through node a (the coordinator)."],
           (tests, [(f"{k} stage{'s' if k > 1 else ''}", [med(rates[k][t]) for t in tests]) for k in configs],
            "tokens/s"))
@@ -400,11 +414,28 @@ def rpc():
                    ("RPC --poll 0", [med(quiet[t]) for t in tests])], "tokens/s"))
 
 
+def parse_args(argv):
+    global MODEL_ARG, STAGES, TAG
+    import argparse
+    ap = argparse.ArgumentParser(usage=__doc__)
+    ap.add_argument("what", choices=["single", "stages", "rpc"])
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--stages", default="1,2,3,4")
+    a = ap.parse_args(argv)
+    if a.model:
+        MODEL_ARG = a.model.resolve()
+        if not MODEL_ARG.is_file():
+            raise SystemExit(f"no model at {MODEL_ARG}")
+        TAG = "".join(c if c.isalnum() or c in "-_." else "-" for c in MODEL_ARG.stem.lower())
+    STAGES = sorted({int(x) for x in a.stages.split(",") if x})
+    if not STAGES or not all(1 <= k <= 5 for k in STAGES):
+        raise SystemExit("--stages takes counts from 1 to 5")
+    return a.what
+
+
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    what = parse_args(sys.argv[1:])
     cmds = {"single": single, "stages": stages, "rpc": rpc}
-    if what not in cmds:
-        raise SystemExit(__doc__)
     if not EXO.exists():
         raise SystemExit("build first: cargo build --release")
     if what in ("single", "rpc") and not (TOOLS / "llama-bench").exists():

@@ -4,76 +4,10 @@
 
 mod common;
 
+use common::nodes::{free_port, spawn, spawn_with, wait_for};
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Node {
-    name: &'static str,
-    api: String,
-    peer: String,
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, models: &Path, api: u16, peer: u16, peers: &[u16]) -> Node {
-    spawn_with(name, models, api, peer, peers, &[])
-}
-
-fn spawn_with(name: &'static str, models: &Path, api: u16, peer: u16, peers: &[u16], extra: &[&str]) -> Node {
-    let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let child = Command::new(env!("CARGO_BIN_EXE_exo"))
-        .args([
-            "serve",
-            "--api-addr",
-            &format!("127.0.0.1:{api}"),
-            "--peer-addr",
-            &format!("127.0.0.1:{peer}"),
-            "--node-name",
-            name,
-            "--threads",
-            "1",
-        ])
-        .args(if peers.is_empty() { vec![] } else { vec!["--peers".to_string(), peers.join(",")] })
-        .args(extra)
-        .env("EXO_DECODE_GBPS", "10")
-        .env("EXO_NO_DISCOVERY", "1")
-        .env("EXO_MODELS_DIRS", models)
-        .env("HOME", models)
-        .env("EXO_OFFLINE", "1")
-        .env("EXO_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(models.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    Node { name, api: format!("http://127.0.0.1:{api}"), peer: format!("127.0.0.1:{peer}"), child }
-}
-
-async fn wait_for(http: &reqwest::Client, url: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = http.get(url).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                if pred(&v) {
-                    return v;
-                }
-            }
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting on {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn generate(http: &reqwest::Client, base: &str, prompt: &str, seed: i64, temperature: f64) -> String {
     generate_with(http, base, "tiny-llama", prompt, seed, temperature).await

@@ -2,7 +2,7 @@
 
 mod common;
 
-use exo::engine::{self, Batch, BatchInput, ContextParams, EngineError, ModelWindow, StageHandle, StageSpec};
+use exo::engine::{self, Batch, BatchInput, ContextParams, Device, EngineError, ModelWindow, StageHandle, StageSpec};
 use exo::gguf::{GgufWriter, TensorSpec, Value};
 
 fn ctx() -> ContextParams {
@@ -40,6 +40,22 @@ async fn later_stage_refuses_tokens_and_first_stage_refuses_hidden_states() {
     assert!(matches!(first.decode(b, false, false).await, Err(EngineError::InvalidBatch { .. })));
     let b = Batch { input: BatchInput::Tokens(vec![1, 2]), pos: vec![0, 1], seq: vec![0, 0], output: vec![true, true] };
     assert!(first.decode(b, false, false).await.is_ok());
+}
+
+/// A stage asked for a device this build or machine lacks is refused with the devices there
+/// are; the CPU can always be chosen, by kind or by name.
+#[test]
+fn devices_are_chosen_per_stage_and_unknown_ones_refused() {
+    let path = common::model("tiny-llama");
+    let err = load(ModelWindow { device: Device::Named("NoSuchGPU7".into()), ..ModelWindow::layers(&path, 0, 4) })
+        .err()
+        .expect("must fail");
+    assert!(matches!(&err, EngineError::UnknownDevice { name, .. } if name == "NoSuchGPU7"), "{err}");
+    assert!(err.to_string().contains("NoSuchGPU7") && err.to_string().contains("CPU"), "{err}");
+    for device in [Device::Cpu, Device::Named("cpu".into())] {
+        let s = load(ModelWindow { device, ..ModelWindow::layers(&path, 4, 8) }).unwrap();
+        assert_eq!(s.info().device, "CPU");
+    }
 }
 
 #[test]

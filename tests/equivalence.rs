@@ -4,10 +4,10 @@
 
 mod common;
 
-use exo::engine::{ContextParams, LayerRange, SamplingParams, Token};
-use exo::pipeline::{generate, Chain, GenerateRequest};
+use common::workload::{self, Trace};
+use exo::engine::{ContextParams, LayerRange};
+use exo::pipeline::Chain;
 use exo::synth::TEST_PRESETS;
-use std::ops::ControlFlow;
 
 const TOL: f32 = 1e-5;
 const GEN: u32 = 64;
@@ -19,112 +19,15 @@ fn ctx() -> ContextParams {
     ContextParams { n_ctx: 512, n_batch: 64, n_ubatch: 8, n_threads: 2, n_seq_max: 2 }
 }
 
-/// Everything a chain produced in the scripted workload.
-#[derive(Debug)]
-struct Trace {
-    logits: Vec<Vec<f32>>,
-    greedy: Vec<Token>,
-    sampled: Vec<Token>,
-}
-
-async fn decode(chain: &Chain, toks: &[(Token, i32, i32)], trace: &mut Trace) {
-    let (t, p, s): (Vec<_>, Vec<_>, Vec<_>) = toks.iter().fold((vec![], vec![], vec![]), |mut a, &(t, p, s)| {
-        a.0.push(t);
-        a.1.push(p);
-        a.2.push(s);
-        a
-    });
-    let n = t.len();
-    let (logits, _) = chain.decode(t, p, s, vec![true; n], true, false).await.unwrap();
-    assert_eq!(logits.len(), n);
-    trace.logits.extend(logits);
-}
-
-async fn gen(chain: &Chain, prompt: &[Token], sampling: SamplingParams) -> Vec<Token> {
-    chain.clear().await.unwrap();
-    let mut out = Vec::new();
-    let req = GenerateRequest {
-        prompt: prompt.to_vec(),
-        past: vec![],
-        seq: 0,
-        sampling,
-        max_tokens: Some(GEN),
-        ignore_eos: true,
-    };
-    generate(chain, req, |t| {
-        out.push(t);
-        ControlFlow::Continue(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.len(), GEN as usize);
-    out
-}
-
-async fn workload(chain: &Chain) -> Trace {
-    let mut tr = Trace { logits: vec![], greedy: vec![], sampled: vec![] };
-    let first = chain.first();
-    let a = first
-        .tokenize("Once upon a time there was a little model that ran on every machine.", true, false)
-        .await
-        .unwrap();
-    let b = first.tokenize("What is the capital of France? Paris!", true, false).await.unwrap();
-    assert!(a.len() >= 16 && b.len() >= 9, "prompts too short: {} {}", a.len(), b.len());
-
-    // 1. two sequences prefilled in one batch (several ubatches of 8)
-    let mut batch: Vec<(Token, i32, i32)> = a.iter().enumerate().map(|(i, &t)| (t, i as i32, 0)).collect();
-    batch.extend(b.iter().enumerate().map(|(i, &t)| (t, i as i32, 1)));
-    decode(chain, &batch, &mut tr).await;
-    let (mut pa, mut pb) = (a.len() as i32, b.len() as i32);
-
-    // 2. decode steps, one token per sequence per step
-    for step in 0..4 {
-        let ta = a[step % a.len()];
-        let tb = b[(step * 3) % b.len()];
-        decode(chain, &[(ta, pa, 0), (tb, pb, 1)], &mut tr).await;
-        pa += 1;
-        pb += 1;
-    }
-
-    // 3. drop the last 3 positions of sequence 0 on every stage and decode other tokens there
-    assert!(chain.seq_rm(0, pa - 3, -1).await.unwrap());
-    pa -= 3;
-    let redo: Vec<_> = (0..3).map(|i| (b[i], pa + i as i32, 0)).collect();
-    decode(chain, &redo, &mut tr).await;
-    pa += 3;
-
-    // 4. drop sequence 1 entirely; sequence 0 goes on
-    assert!(chain.remove_seq(1).await.unwrap());
-    decode(chain, &[(a[1], pa, 0)], &mut tr).await;
-
-    // 5. clear and prefill again
-    chain.clear().await.unwrap();
-    let batch: Vec<_> = b.iter().enumerate().map(|(i, &t)| (t, i as i32, 0)).collect();
-    decode(chain, &batch, &mut tr).await;
-
-    // 6. generation
-    tr.greedy = gen(chain, &a, SamplingParams::greedy()).await;
-    let seeded = SamplingParams {
-        temperature: 0.9,
-        top_k: 40,
-        top_p: 0.95,
-        min_p: 0.02,
-        repeat_penalty: 1.1,
-        repeat_last_n: 64,
-        seed: 1234,
-        banned: vec![],
-        logit_bias: vec![],
-        draws: 0,
-    };
-    tr.sampled = gen(chain, &a, seeded).await;
-    tr
+async fn trace(chain: &Chain) -> Trace {
+    workload::run(chain, GEN).await
 }
 
 async fn check_preset(preset: &str) {
     let path = common::model(preset);
     let full = Chain::load(&path, None, ctx(), true).unwrap();
-    let reference = workload(&full).await;
-    let scale = reference.logits.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let reference = trace(&full).await;
+    let scale = reference.scale();
     assert!(scale > 0.1, "{preset}: logits are nearly zero ({scale}); the comparison would be meaningless");
     let distinct: std::collections::HashSet<_> = reference.sampled.iter().collect();
     assert!(distinct.len() > 4, "{preset}: sampling produced too few distinct tokens");
@@ -132,9 +35,8 @@ async fn check_preset(preset: &str) {
     for split in SPLITS {
         let ranges: Vec<LayerRange> = split.iter().map(|&(begin, end)| LayerRange { begin, end }).collect();
         let chain = Chain::load(&path, Some(&ranges), ctx(), true).unwrap();
-        let t = workload(&chain).await;
-        assert_eq!(t.logits.len(), reference.logits.len());
-        let d = t.logits.iter().zip(&reference.logits).map(|(x, y)| common::max_abs_diff(x, y)).fold(0f32, f32::max);
+        let t = trace(&chain).await;
+        let d = t.max_abs_diff(&reference);
         println!("{preset} {split:?}: {} logit rows, max|dlogit| = {d:e} (max|logit| {scale:.3})", t.logits.len());
         assert!(d <= TOL, "{preset} {split:?}: max|dlogit| = {d}");
         assert_eq!(t.greedy, reference.greedy, "{preset} {split:?}: greedy output differs");
@@ -206,12 +108,12 @@ async fn split_set_files_match_single_file() {
     let dir = tempfile::tempdir().unwrap();
     let spec = exo::synth::preset("tiny-qwen2").unwrap();
     let paths = exo::synth::make_split_model(&spec, dir.path(), "tiny-qwen2", 3).unwrap();
-    let reference = workload(&Chain::load(&single, None, ctx(), true).unwrap()).await;
-    let whole = workload(&Chain::load(&paths[0], None, ctx(), true).unwrap()).await;
+    let reference = trace(&Chain::load(&single, None, ctx(), true).unwrap()).await;
+    let whole = trace(&Chain::load(&paths[0], None, ctx(), true).unwrap()).await;
     let ranges = [LayerRange { begin: 0, end: 3 }, LayerRange { begin: 3, end: 8 }];
-    let staged = workload(&Chain::load(&paths[0], Some(&ranges), ctx(), false).unwrap()).await;
+    let staged = trace(&Chain::load(&paths[0], Some(&ranges), ctx(), false).unwrap()).await;
     for t in [&whole, &staged] {
-        let d = t.logits.iter().zip(&reference.logits).map(|(x, y)| common::max_abs_diff(x, y)).fold(0f32, f32::max);
+        let d = t.max_abs_diff(&reference);
         assert!(d <= TOL, "max|dlogit| = {d}");
         assert_eq!(t.greedy, reference.greedy);
         assert_eq!(t.sampled, reference.sampled);

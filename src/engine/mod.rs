@@ -14,7 +14,7 @@ mod stage;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;
-pub use model::{LayerRange, ModelWindow};
+pub use model::{Device, LayerRange, ModelWindow};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 
@@ -62,6 +62,8 @@ pub enum EngineError {
     Template { reason: String },
     #[error("invalid sampling parameters: {reason}")]
     Sampling { reason: String },
+    #[error("no ggml device named {name:?} (this build has: {})", available.join(", "))]
+    UnknownDevice { name: String, available: Vec<String> },
     #[error("the stage thread has stopped")]
     StageGone,
 }
@@ -96,13 +98,40 @@ pub fn check_patches() -> Result<(), EngineError> {
 /// Whether a GPU (discrete or integrated) is among the ggml devices: stages then compute there
 /// and leave the CPU budget alone.
 pub fn has_gpu() -> bool {
+    !gpu_names().is_empty()
+}
+
+/// Names of the GPUs (discrete or integrated) among the ggml devices, the ones llama.cpp uses by
+/// default.
+pub fn gpu_names() -> Vec<String> {
     let _ = init();
     // SAFETY: as in `devices`.
     unsafe {
-        (0..sys::ggml_backend_dev_count()).any(|i| {
-            let t = sys::ggml_backend_dev_type(sys::ggml_backend_dev_get(i));
-            t == sys::GGML_BACKEND_DEVICE_TYPE_GPU || t == sys::GGML_BACKEND_DEVICE_TYPE_IGPU
-        })
+        (0..sys::ggml_backend_dev_count())
+            .map(|i| sys::ggml_backend_dev_get(i))
+            .filter(|&d| {
+                let t = sys::ggml_backend_dev_type(d);
+                t == sys::GGML_BACKEND_DEVICE_TYPE_GPU || t == sys::GGML_BACKEND_DEVICE_TYPE_IGPU
+            })
+            .map(device_name)
+            .collect()
+    }
+}
+
+/// Name of a device taken from ggml's registry (only ever called with those).
+fn device_name(d: sys::ggml_backend_dev_t) -> String {
+    // SAFETY: registered devices have static NUL-terminated names.
+    unsafe { CStr::from_ptr(sys::ggml_backend_dev_name(d)) }.to_string_lossy().into_owned()
+}
+
+/// The ggml device called `name` (case-insensitive), if this build and machine have it.
+fn device_by_name(name: &str) -> Option<sys::ggml_backend_dev_t> {
+    let _ = init();
+    // SAFETY: as in `devices`.
+    unsafe {
+        (0..sys::ggml_backend_dev_count())
+            .map(|i| sys::ggml_backend_dev_get(i))
+            .find(|&d| device_name(d).eq_ignore_ascii_case(name))
     }
 }
 
@@ -111,12 +140,5 @@ pub fn devices() -> Vec<String> {
     let _ = init();
     // SAFETY: the device registry is initialised by llama_backend_init; indices are in range and
     // the returned names are static strings owned by ggml.
-    unsafe {
-        (0..sys::ggml_backend_dev_count())
-            .map(|i| {
-                let d = sys::ggml_backend_dev_get(i);
-                CStr::from_ptr(sys::ggml_backend_dev_name(d)).to_string_lossy().into_owned()
-            })
-            .collect()
-    }
+    unsafe { (0..sys::ggml_backend_dev_count()).map(|i| device_name(sys::ggml_backend_dev_get(i))).collect() }
 }

@@ -19,6 +19,28 @@ impl std::fmt::Display for LayerRange {
     }
 }
 
+/// Where a stage's weights, KV cache and compute live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Device {
+    /// llama.cpp's choice: the GPUs it finds (taking `gpu_layers` of the layers), else the CPU.
+    #[default]
+    Auto,
+    /// The CPU only, even when a GPU is there: no layer, no KV and no operation is offloaded.
+    Cpu,
+    /// One ggml device by its name ("Vulkan0", "CUDA0", "Metal"; see [`super::devices`]).
+    Named(String),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("CPU"),
+            Device::Named(n) => f.write_str(n),
+        }
+    }
+}
+
 /// What to load: a GGUF (or the first file of a split set), optionally only a layer window.
 #[derive(Clone, Debug)]
 pub struct ModelWindow {
@@ -26,7 +48,9 @@ pub struct ModelWindow {
     /// `None`: the whole model through llama.cpp's unpatched loader.
     pub range: Option<LayerRange>,
     pub use_mmap: bool,
-    /// Layers to offload to a GPU (-1: all); ignored by CPU-only builds.
+    /// Where this stage computes; each stage of a pipeline chooses its own.
+    pub device: Device,
+    /// Layers to offload to a GPU (-1: all); ignored on the CPU and by CPU-only builds.
     pub gpu_layers: i32,
     /// Only the vocabulary (tokenizer, chat template): a coordinator that holds no stage.
     pub vocab_only: bool,
@@ -34,7 +58,14 @@ pub struct ModelWindow {
 
 impl ModelWindow {
     pub fn full(path: impl Into<PathBuf>) -> Self {
-        ModelWindow { path: path.into(), range: None, use_mmap: true, gpu_layers: -1, vocab_only: false }
+        ModelWindow {
+            path: path.into(),
+            range: None,
+            use_mmap: true,
+            device: Device::Auto,
+            gpu_layers: -1,
+            vocab_only: false,
+        }
     }
     pub fn layers(path: impl Into<PathBuf>, begin: u32, end: u32) -> Self {
         ModelWindow { range: Some(LayerRange { begin, end }), ..Self::full(path) }
@@ -46,6 +77,8 @@ pub(super) struct Model {
     pub range: LayerRange,
     pub n_layer: u32,
     pub shape: ModelShape,
+    /// The device the layers compute on ("CPU", "Vulkan0", ...; several names joined with ",").
+    pub device: String,
 }
 
 // SAFETY: the model is owned by exactly one stage thread; llama_model has no thread affinity.
@@ -66,9 +99,14 @@ impl Model {
         if range.begin >= range.end || range.end > n_layer {
             return Err(EngineError::InvalidRange { begin: range.begin, end: range.end, n_layer });
         }
+        // NULL-terminated device list for llama.cpp; must outlive the load call below.
+        let (mut devs, device) = device_list(&w.device, w.gpu_layers)?;
         // SAFETY: plain struct of defaults.
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = w.gpu_layers;
+        if let Some(d) = devs.as_mut() {
+            p.devices = d.as_mut_ptr();
+        }
         p.vocab_only = w.vocab_only;
         p.load_mode = if w.use_mmap { sys::LLAMA_LOAD_MODE_MMAP } else { sys::LLAMA_LOAD_MODE_NONE };
         let paths = files.paths();
@@ -92,7 +130,7 @@ impl Model {
             let reason = log::take_errors();
             return Err(classify(&w.path, range, reason));
         }
-        let model = Model { ptr, range, n_layer, shape };
+        let model = Model { ptr, range, n_layer, shape, device };
         let (mut b, mut e) = (0i32, 0i32);
         // SAFETY: live model; b and e are valid out-pointers.
         unsafe { ffi::llama_shard_model_get_range(model.ptr, &mut b, &mut e) };
@@ -212,6 +250,31 @@ impl Drop for Model {
         // SAFETY: ptr came from a successful load and is freed once; contexts are dropped first
         // (the stage drops its context before its model).
         unsafe { sys::llama_model_free(self.ptr) }
+    }
+}
+
+/// The `devices` list llama.cpp gets for `d` (`None`: its default, every GPU) and the name of
+/// what the layers then compute on.
+fn device_list(d: &Device, gpu_layers: i32) -> Result<(Option<Vec<sys::ggml_backend_dev_t>>, String), EngineError> {
+    let null = std::ptr::null_mut();
+    let cpu = || (Some(vec![null]), "CPU".to_string());
+    match d {
+        Device::Auto => {
+            let gpus = super::gpu_names();
+            let on = if gpu_layers != 0 && !gpus.is_empty() { gpus.join(",") } else { "CPU".into() };
+            Ok((None, on))
+        }
+        // an empty list: no device besides the CPU, so the scheduler has no GPU backend at all
+        Device::Cpu => Ok(cpu()),
+        Device::Named(name) => {
+            let dev = super::device_by_name(name)
+                .ok_or_else(|| EngineError::UnknownDevice { name: name.clone(), available: super::devices() })?;
+            // SAFETY: dev is a registered device.
+            if unsafe { sys::ggml_backend_dev_type(dev) } == sys::GGML_BACKEND_DEVICE_TYPE_CPU || gpu_layers == 0 {
+                return Ok(cpu());
+            }
+            Ok((Some(vec![dev, null]), super::device_name(dev)))
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct StageInfo {
     pub bos: Option<Token>,
     pub chat_template: Option<String>,
     pub shape: ModelShape,
+    /// What the layers compute on: "CPU", or the ggml device name(s) ("Vulkan0", "CUDA0").
+    pub device: String,
 }
 
 impl StageInfo {
@@ -320,7 +322,7 @@ impl Stage {
         let ctx = if spec.window.vocab_only {
             None
         } else {
-            Some(Context::new(&model, spec.context, spec.window.gpu_layers != 0 && super::has_gpu())?)
+            Some(Context::new(&model, spec.context, model.device != "CPU")?)
         };
         let info = StageInfo {
             range: model.range,
@@ -334,13 +336,13 @@ impl Stage {
             bos: model.bos(),
             chat_template: model.chat_template(),
             shape: model.shape.clone(),
+            device: model.device.clone(),
         };
-        tracing::debug!(range = %info.range, n_layer = info.n_layer, "stage loaded");
-        let offloaded = spec.window.gpu_layers != 0 && super::has_gpu();
+        tracing::debug!(range = %info.range, n_layer = info.n_layer, device = %info.device, "stage loaded");
         let r = info.range;
         let layers: u64 = info.shape.layer_bytes.get(r.begin as usize..r.end as usize).map_or(0, |b| b.iter().sum());
         let head = if info.is_last() { info.shape.output_bytes } else { 0 };
-        let cpu_stream_bytes = (!offloaded && ctx.is_some()).then_some(layers + head);
+        let cpu_stream_bytes = (info.device == "CPU" && ctx.is_some()).then_some(layers + head);
         Ok(Stage { samplers: HashMap::new(), cpu_stream_bytes, ctx, model, info })
     }
 

@@ -52,6 +52,11 @@ impl Chain {
                 rs.iter().map(|r| ModelWindow { use_mmap, ..ModelWindow::layers(path, r.begin, r.end) }).collect()
             }
         };
+        Chain::load_windows(windows, context)
+    }
+
+    /// Loads each window (its layers, its device) as a stage on its own thread. Blocking.
+    pub fn load_windows(windows: Vec<ModelWindow>, context: ContextParams) -> Result<Chain, PipelineError> {
         let stages = windows
             .into_iter()
             .map(|window| StageHandle::load(StageSpec { window, context }))

@@ -270,6 +270,14 @@ mod tests {
             "gpt-oss-120b",
             "deepseek-v3",
             "mistral-large",
+            // the small real models people start with (and the test model's card)
+            "smollm2-135m",
+            "smollm2-360m",
+            "smollm2-1.7b",
+            "gemma-3-270m",
+            "gemma-3-1b",
+            "qwen2.5-0.5b",
+            "qwen2.5-1.5b",
         ] {
             assert!(names.contains(must), "catalog lacks {must}");
         }

@@ -3,6 +3,9 @@
 
 pub mod hub;
 pub mod load;
+pub mod nodes;
+pub mod real;
+pub mod workload;
 
 use exo::synth;
 use std::path::PathBuf;
@@ -22,6 +25,11 @@ pub fn model_from(spec: &synth::ModelSpec, file_stem: &str) -> PathBuf {
         synth::make_model(spec, &p).unwrap();
     }
     p
+}
+
+/// Running under CI (`CI` set and not empty): what a developer's machine may skip must run there.
+pub fn under_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

