@@ -1,6 +1,7 @@
 //! Finding peers on the LAN with mDNS (the only user of mdns-sd): each node announces
-//! `_exo._tcp.local.` with its id, namespace and protocol version in the TXT record, and browses
-//! for others; a peer in another namespace or speaking another version is ignored.
+//! `_exo._tcp.local.` with its id, namespace, protocol version and cluster key id (never the
+//! secret) in the TXT record, and browses for others; a peer in another namespace, of another
+//! cluster or speaking another version is ignored (never dialed).
 
 use crate::transport::Hello;
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
@@ -20,13 +21,16 @@ pub struct Discovery {
 impl Discovery {
     pub fn start(
         hello: &Hello,
+        key_id: crate::secret::KeyId,
         peer_port: u16,
         found: impl Fn(String) + Send + 'static,
     ) -> Result<Discovery, DiscoveryError> {
         let e = |x: mdns_sd::Error| DiscoveryError(x.to_string());
         let daemon = ServiceDaemon::new().map_err(e)?;
+        let key = key_id.to_string();
         let props = [
             ("id", hello.node_id.as_str()),
+            ("k", key.as_str()),
             ("ns", hello.namespace.as_str()),
             ("v", &hello.version.to_string()),
             ("name", hello.node_name.as_str()),
@@ -44,6 +48,10 @@ impl Discovery {
                     if let ServiceEvent::ServiceResolved(info) = ev {
                         let prop = |k: &str| info.get_property_val_str(k).unwrap_or("").to_string();
                         if prop("id") == me || prop("ns") != ns || prop("v") != version {
+                            continue;
+                        }
+                        if prop("k") != key {
+                            tracing::debug!(peer = %prop("name"), key_id = %prop("k"), "not dialing a node of another cluster");
                             continue;
                         }
                         for a in info.get_addresses_v4() {

@@ -1,7 +1,7 @@
 //! A node: wires the store, the model instances and the HTTP API together and serves until
 //! shutdown. (Discovery, profiling and peers join here with the cluster runtime.)
 
-use crate::api::{self, AppState, Instances, Limits};
+use crate::api::{self, Access, AppState, Instances, Limits};
 use crate::cluster::{self, ClusterNode};
 use crate::store::Store;
 use std::future::Future;
@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub api_addr: SocketAddr,
     pub limits: Limits,
     pub store: Store,
+    /// API key and CORS origins.
+    pub access: Access,
     /// The peer side (None: a node that serves only its own machine).
     pub cluster: Option<cluster::NodeConfig>,
 }
@@ -36,7 +38,10 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let instances = Instances::with_cluster(cfg.store, cfg.limits, node.clone());
-    let app = api::router(AppState { instances: instances.clone() });
+    let app = api::router_with(AppState { instances: instances.clone() }, &cfg.access);
+    if !addr.ip().is_loopback() && cfg.access.api_key.is_none() {
+        tracing::warn!(%addr, "the API listens beyond this machine WITHOUT an API key: anyone who can reach it can use it (set --api-key or EXO_API_KEY)");
+    }
     tracing::info!(%addr, "serving the API");
     // on shutdown: running generations end with an error, peers are told, then the server
     // drains; stages unload when their instances drop

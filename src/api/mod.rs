@@ -2,6 +2,7 @@
 //! Anthropic's `/v1/messages`. Each is a thin translation over one internal generation request
 //! ([`core`]); models load on demand ([`instances`]).
 
+pub mod access;
 pub mod anthropic;
 pub mod cluster;
 pub mod core;
@@ -10,6 +11,7 @@ pub mod ollama;
 pub mod openai;
 mod util;
 
+pub use access::Access;
 pub use instances::{Instances, Limits};
 
 use axum::extract::DefaultBodyLimit;
@@ -33,4 +35,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ollama::error(axum::http::StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// [`router`] behind the API key check and CORS that `access` asks for ([`access::apply`]).
+pub fn router_with(state: AppState, access: &Access) -> Router {
+    access::apply(router(state), access)
 }

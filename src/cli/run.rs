@@ -141,8 +141,15 @@ async fn embedded_node(a: &RunArgs) -> anyhow::Result<(String, tokio::sync::ones
         threads: limits.threads,
         discovery,
         advertise: None,
+        security: crate::transport::Security::new(std::sync::Arc::new(crate::secret::for_this_machine(None)?.keys)),
     };
-    let cfg = crate::node::NodeConfig { api_addr, limits, store: Store::from_env(), cluster: Some(cluster) };
+    let cfg = crate::node::NodeConfig {
+        api_addr,
+        limits,
+        store: Store::from_env(),
+        access: Default::default(),
+        cluster: Some(cluster),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         if let Err(e) = crate::node::serve(cfg, async {

@@ -4,12 +4,14 @@
 
 mod coordinator;
 mod host;
+mod limits;
 
 pub use coordinator::{ClusterChain, StagePlacement};
+pub use host::decode_payload;
 
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::transport::{self, Conn, Hello, Incoming, Kind, TransportError, PROTOCOL_VERSION};
+use crate::transport::{self, Conn, Endpoint, Hello, Incoming, Kind, Security, TransportError, PROTOCOL_VERSION};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +43,8 @@ pub struct NodeConfig {
     /// The address peers should use for this node, when it differs from the bind address
     /// (NAT, a relay, a wildcard bind on a multi-homed host).
     pub advertise: Option<String>,
+    /// The cluster secret and this node's static key (peers without the secret are refused).
+    pub security: Security,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +58,8 @@ pub struct PeerStatus {
     pub bandwidth: Option<f64>,
     pub last_seen_ms_ago: u64,
     pub profile: Option<Profile>,
+    /// First 8 bytes of the node's Noise static key, in hex (its identity on the wire).
+    pub key: String,
 }
 
 /// Who waits for the tokens (or the error) of a batch, by request id.
@@ -71,7 +77,10 @@ struct PeerState {
 pub struct ClusterNode {
     pub hello: Hello,
     pub store: Store,
-    incoming: mpsc::Sender<Incoming>,
+    /// Hello, keys, incoming queue and byte budget for every connection.
+    endpoint: Endpoint,
+    /// Inbound connections per remote address.
+    accepted: Arc<limits::PerAddress>,
     /// Outgoing connections by peer address.
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     /// Data bytes sent on connections since replaced in `conns`.
@@ -102,9 +111,10 @@ impl ClusterNode {
         };
         let (tx, rx) = mpsc::channel(1024);
         let node = Arc::new(ClusterNode {
+            endpoint: Endpoint::new(hello.clone(), cfg.security.clone(), tx),
+            accepted: Arc::new(limits::PerAddress::new(limits::MAX_CONNS_PER_ADDRESS)),
             hello,
             store,
-            incoming: tx,
             conns: tokio::sync::Mutex::new(HashMap::new()),
             retired_data_sent: Default::default(),
             threads: cfg.threads,
@@ -120,7 +130,7 @@ impl ClusterNode {
         if cfg.discovery {
             // mDNS hands over addresses from its own thread; connecting happens here
             let (found_tx, mut found_rx) = mpsc::unbounded_channel::<String>();
-            match crate::discovery::Discovery::start(&node.hello, addr.port(), move |a| {
+            match crate::discovery::Discovery::start(&node.hello, cfg.security.key_id(), addr.port(), move |a| {
                 let _ = found_tx.send(a);
             }) {
                 Ok(d) => *node.discovery.lock().unwrap() = Some(d),
@@ -153,7 +163,10 @@ impl ClusterNode {
         tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
         tokio::spawn(dispatch(Arc::downgrade(&node), rx));
         tokio::spawn(heartbeat(Arc::downgrade(&node), cfg.peers.clone()));
-        tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, "peer listener up");
+        tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, key_id = %cfg.security.key_id(), "peer listener up");
+        if cfg.security.plaintext {
+            tracing::warn!("EXO_UNSAFE_PLAINTEXT_PEERS: peer traffic is NOT encrypted (benchmarks only)");
+        }
         Ok(node)
     }
 
@@ -163,6 +176,16 @@ impl ClusterNode {
         let p = profile::snapshot(self.memory_limit, measured);
         *self.profile.lock().unwrap() = p.clone();
         p
+    }
+
+    /// The cluster's key id (public: mDNS announces it).
+    pub fn key_id(&self) -> crate::secret::KeyId {
+        self.endpoint.security.key_id()
+    }
+
+    /// First 8 bytes of this node's static key, in hex.
+    pub fn key_fingerprint(&self) -> String {
+        self.endpoint.security.keys.fingerprint()
     }
 
     pub fn peer_addr(&self) -> &str {
@@ -184,7 +207,7 @@ impl ClusterNode {
         }
         // connect without holding the map: a peer that does not answer must not stall the
         // traffic to the others
-        let c = transport::connect(addr, &self.hello, self.incoming.clone()).await?;
+        let c = transport::connect(addr, &self.endpoint).await?;
         let mut conns = self.conns.lock().await;
         if let Some(existing) = conns.get(addr) {
             if !existing.is_closed() {
@@ -240,6 +263,7 @@ impl ClusterNode {
                 bandwidth: p.bandwidth,
                 last_seen_ms_ago: p.last_seen.elapsed().as_millis() as u64,
                 profile: p.profile.clone(),
+                key: p.conn.peer_key(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -290,10 +314,15 @@ async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::T
     loop {
         let Ok((stream, from)) = listener.accept().await else { continue };
         let Some(n) = node.upgrade() else { return };
-        let (hello, incoming) = (n.hello.clone(), n.incoming.clone());
+        // a slot per connection, held until it closes; beyond the limit the socket just closes
+        let Some(slot) = n.accepted.clone().take(from.ip()) else {
+            tracing::warn!(%from, "refused a peer connection: {} connections from this address already", n.accepted.max);
+            continue;
+        };
+        let endpoint = n.endpoint.clone();
         let weak = node.clone();
         tokio::spawn(async move {
-            match transport::accept(stream, &hello, incoming).await {
+            match transport::accept(stream, &endpoint, slot).await {
                 Ok(c) => {
                     if let Some(n) = weak.upgrade() {
                         n.note_peer(&c);
@@ -312,12 +341,24 @@ const BULK_EVERY: u64 = 20;
 
 async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
     let mut beat = 0u64;
+    let mut last_error: HashMap<String, String> = HashMap::new();
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
         for addr in &statics {
-            if let Err(e) = n.conn(addr).await {
-                tracing::debug!(%addr, "static peer not reachable: {e}");
+            match n.conn(addr).await {
+                Ok(_) => {
+                    last_error.remove(addr);
+                }
+                // a refusal is worth saying once (not every heartbeat); an absent peer is not
+                Err(e @ (TransportError::OtherCluster { .. } | TransportError::Refused(_) | TransportError::Handshake(_) | TransportError::Namespace { .. })) => {
+                    let msg = e.to_string();
+                    if last_error.get(addr) != Some(&msg) {
+                        tracing::warn!(%addr, "cannot join peer: {msg}");
+                        last_error.insert(addr.clone(), msg);
+                    }
+                }
+                Err(e) => tracing::debug!(%addr, "static peer not reachable: {e}"),
             }
         }
         let conns: Vec<(String, Conn)> =

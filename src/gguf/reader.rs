@@ -44,7 +44,12 @@ impl GgufFile {
         let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let file_size = file.metadata().map_err(io)?.len();
-        let mut r = Reader { inner: BufReader::new(file), path: path.to_path_buf(), pos: 0 };
+        GgufFile::parse(BufReader::new(file), path, file_size)
+    }
+
+    /// Parses a header from `r`, a file of `file_size` bytes named `path` (for messages).
+    pub fn parse(r: impl Read, path: &Path, file_size: u64) -> Result<GgufFile, GgufError> {
+        let mut r = Reader { inner: r, path: path.to_path_buf(), pos: 0 };
         let mut magic = [0u8; 4];
         r.read_exact(&mut magic)?;
         if &magic != GGUF_MAGIC {
@@ -114,13 +119,13 @@ impl GgufFile {
     }
 }
 
-struct Reader {
-    inner: BufReader<File>,
+struct Reader<R> {
+    inner: R,
     path: PathBuf,
     pos: u64,
 }
 
-impl Reader {
+impl<R: Read> Reader<R> {
     fn corrupt(&self, detail: String) -> GgufError {
         GgufError::Corrupt { path: self.path.clone(), offset: self.pos, detail }
     }
