@@ -206,4 +206,3 @@ async fn write_seeds() {
     }
 }
 
-use std::io::Write as _;

@@ -426,7 +426,8 @@ mod tests {
     #[tokio::test]
     async fn frames_of_every_size_roundtrip_across_rekeys() {
         let (mut x, mut y) = tokio::io::duplex(1 << 20);
-        let (i, r) = tokio::join!(initiate(&mut x, &sec(1)), respond(&mut y, &sec(1)));
+        let (si, sr) = (sec(1), sec(1));
+        let (i, r) = tokio::join!(initiate(&mut x, &si), respond(&mut y, &sr));
         let (_xr, xw) = tokio::io::split(x);
         let (yr, _yw) = tokio::io::split(y);
         let (_, mut w) = i.unwrap().split_rekeying(tokio::io::empty(), xw, 3);
@@ -447,5 +448,45 @@ mod tests {
             assert_eq!(rd.read_frame().await.unwrap().unwrap(), f);
         }
         writer.await.unwrap();
+    }
+
+    /// Records written by one session, opened by the other; `edit` alters the stream between.
+    async fn deliver(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<Result<Option<Frame>, String>> {
+        let (mut x, mut y) = tokio::io::duplex(1 << 16);
+        let (si, sr) = (sec(1), sec(1));
+        let (i, r) = tokio::join!(initiate(&mut x, &si), respond(&mut y, &sr));
+        let (_, mut w) = i.unwrap().split(tokio::io::empty(), Vec::new());
+        for n in [10usize, 20, 30] {
+            w.write_frame(&Frame { kind: 4, request: n as u64, payload: vec![n as u8; n] }).await.unwrap();
+        }
+        let mut wire = w.w.clone();
+        edit(&mut wire);
+        let (mut rd, _) = r.unwrap().split(&wire[..], tokio::io::sink());
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(rd.read_frame().await.map_err(|e| e.to_string()));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn tampered_replayed_or_dropped_records_fail_authentication() {
+        let ok = deliver(|_| {}).await;
+        assert!(ok.iter().all(|r| matches!(r, Ok(Some(_)))), "{ok:?}");
+        // each frame is one record here: 2 + 16 + 20 + n bytes
+        let first = 2 + TAG + HEADER_LEN + 10;
+        let tampered = deliver(|w| w[first + 5] ^= 1).await;
+        assert!(tampered[0].is_ok() && tampered[1].as_ref().unwrap_err().contains("authentication"), "{tampered:?}");
+        let replayed = deliver(|w| {
+            let rec = w[..first].to_vec();
+            w.splice(first..first, rec);
+        })
+        .await;
+        assert!(replayed[0].is_ok() && replayed[1].is_err(), "{replayed:?}");
+        let dropped = deliver(|w| {
+            w.drain(..first);
+        })
+        .await;
+        assert!(dropped[0].is_err(), "{dropped:?}");
     }
 }
