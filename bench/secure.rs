@@ -85,13 +85,20 @@ fn runs(v: &[f64]) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let (reps, tg, pp, threads) =
-        (env_or("BENCH_REPS", 3usize), env_or("BENCH_TG", 64u32), env_or("BENCH_PP", 512u32), env_or("BENCH_THREADS", 2u32));
+    let (reps, tg, pp, threads) = (
+        env_or("BENCH_REPS", 3usize),
+        env_or("BENCH_TG", 64u32),
+        env_or("BENCH_PP", 512u32),
+        env_or("BENCH_THREADS", 2u32),
+    );
     let model = bench_model();
     let shape = exo::gguf::ModelShape::from_files(&exo::gguf::ModelFiles::open(&model).unwrap()).unwrap();
     let l = shape.n_layer;
     let placement = json!([{ "node": "a", "begin": 0, "end": l / 2 }, { "node": "b", "begin": l / 2, "end": l }]);
-    let pairs = [pair("encrypted (Noise, ChaChaPoly)", &model, threads, false), pair("plaintext (bench only)", &model, threads, true)];
+    let pairs = [
+        pair("encrypted (Noise, ChaChaPoly)", &model, threads, false),
+        pair("plaintext (bench only)", &model, threads, true),
+    ];
     let http = reqwest::Client::builder().timeout(Duration::from_secs(1800)).build().unwrap();
     for p in &pairs {
         joined(&http, &p.base).await;
@@ -137,6 +144,7 @@ async fn main() {
     ));
     print!("{out}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/secure.md");
-    std::fs::write(&path, format!("# Encrypted vs plaintext peer transport (`cargo bench --bench secure`)\n\n{out}")).unwrap();
+    std::fs::write(&path, format!("# Encrypted vs plaintext peer transport (`cargo bench --bench secure`)\n\n{out}"))
+        .unwrap();
     eprintln!("written to {}", path.display());
 }

@@ -12,8 +12,11 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A harness: takes any bytes, panics only on a broken invariant.
+pub type Harness = fn(&[u8]);
+
 /// The targets, by name (as in fuzz/Cargo.toml and the corpus folders).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Harness); 6] = [
     ("frame", frame),
     ("messages", messages),
     ("handshake", handshake),

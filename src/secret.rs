@@ -105,7 +105,8 @@ impl ClusterSecret {
     }
 
     pub fn from_token(t: &str) -> Result<ClusterSecret, SecretError> {
-        let body = t.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| SecretError::BadToken("no exo1- prefix".into()))?;
+        let body =
+            t.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| SecretError::BadToken("no exo1- prefix".into()))?;
         if body.len() != 72 {
             return Err(SecretError::BadToken(format!("{} characters after the prefix, not 72", body.len())));
         }
@@ -225,7 +226,8 @@ impl NodeKeys {
             (Some(private), Some(public)) => Ok(Loaded { keys: NodeKeys { secret, private, public }, notes }),
             _ => Err(SecretError::BadFile {
                 path: key_path,
-                detail: "expected two lines of 64 hex digits (private and public key); delete it to make a new one".into(),
+                detail: "expected two lines of 64 hex digits (private and public key); delete it to make a new one"
+                    .into(),
             }),
         }
     }
@@ -258,11 +260,16 @@ fn read_private(path: &Path) -> Result<Option<String>, SecretError> {
         }
     }
     if meta.len() > 4096 {
-        return Err(SecretError::BadFile { path: path.into(), detail: format!("{} bytes; a key file is tiny", meta.len()) });
+        return Err(SecretError::BadFile {
+            path: path.into(),
+            detail: format!("{} bytes; a key file is tiny", meta.len()),
+        });
     }
-    std::fs::read_to_string(path)
-        .map(Some)
-        .map_err(|source| SecretError::Io { what: "read", path: path.into(), source })
+    std::fs::read_to_string(path).map(Some).map_err(|source| SecretError::Io {
+        what: "read",
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes `text` to `path` (mode 0600) unless it exists; returns what is in the file after.

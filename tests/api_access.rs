@@ -64,7 +64,11 @@ async fn every_route_but_two_needs_the_key_and_refuses_in_its_own_shape() {
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{m} {uri} {auth:?}: {v}");
             assert_eq!(headers["www-authenticate"], "Bearer");
             if uri == "/v1/messages" {
-                assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("authentication_error")), "{v}");
+                assert_eq!(
+                    (v["type"].as_str(), v["error"]["type"].as_str()),
+                    (Some("error"), Some("authentication_error")),
+                    "{v}"
+                );
             } else if uri.starts_with("/v1/") {
                 assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
                 assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
@@ -74,7 +78,8 @@ async fn every_route_but_two_needs_the_key_and_refuses_in_its_own_shape() {
             }
         }
         // with the key (either header) the route itself answers: whatever it says, not a 401
-        for (h, v) in [("authorization", "Bearer s3cret"), ("x-api-key", "s3cret"), ("authorization", "bearer s3cret")] {
+        for (h, v) in [("authorization", "Bearer s3cret"), ("x-api-key", "s3cret"), ("authorization", "bearer s3cret")]
+        {
             let (status, _, body) = send(&app, req(m.clone(), uri).header(h, v).body(Body::from("{}")).unwrap()).await;
             assert_ne!(status, StatusCode::UNAUTHORIZED, "{m} {uri} with {h}: {body}");
         }

@@ -102,7 +102,8 @@ async fn a_token_joins_and_another_cluster_is_refused_both_ways() {
     assert_eq!(names(&va), ["a", "b"], "{va}");
     let vx = cluster(&http, &x).await.unwrap();
     assert_eq!(names(&vx), ["x"], "{vx}");
-    let (ida, idx) = (va["nodes"][0]["cluster_key_id"].as_str().unwrap(), vx["nodes"][0]["cluster_key_id"].as_str().unwrap());
+    let (ida, idx) =
+        (va["nodes"][0]["cluster_key_id"].as_str().unwrap(), vx["nodes"][0]["cluster_key_id"].as_str().unwrap());
     assert_ne!(ida, idx);
     for n in [&a, &x] {
         let log = std::fs::read_to_string(&n.log).unwrap();

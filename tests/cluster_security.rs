@@ -93,7 +93,11 @@ async fn recording_relay(listen: TcpListener, target: String, log: Arc<Mutex<Vec
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, log: Arc<Mutex<Vec<u8>>>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    log: Arc<Mutex<Vec<u8>>>,
+) {
     let mut buf = vec![0u8; 1 << 16];
     while let Ok(n) = from.read(&mut buf).await {
         if n == 0 || to.write_all(&buf[..n]).await.is_err() {
@@ -303,7 +307,8 @@ async fn connections_per_address_and_the_handshake_are_bounded() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut extra = TcpStream::connect(a.peer_addr()).await.unwrap();
     let mut buf = [0u8; 8];
-    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
+    let n =
+        tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
     assert_eq!(n, 0);
     assert!(b.conn(a.peer_addr()).await.is_err(), "the address is full");
     // silent connections are closed when the handshake time is up, which frees the slots
@@ -311,7 +316,10 @@ async fn connections_per_address_and_the_handshake_are_bounded() {
     let n = tokio::time::timeout(Duration::from_secs(10), silent[0].read(&mut buf)).await.expect("closed").unwrap_or(0);
     assert_eq!(n, 0);
     let waited = t.elapsed();
-    assert!(waited >= Duration::from_secs(3) && waited < exo::transport::HANDSHAKE_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(3) && waited < exo::transport::HANDSHAKE_TIMEOUT + Duration::from_secs(2),
+        "{waited:?}"
+    );
     drop(silent);
     tokio::time::sleep(Duration::from_millis(200)).await;
     b.conn(a.peer_addr()).await.expect("slots are given back");

@@ -59,7 +59,10 @@ impl tokio::io::AsyncWrite for Recorder {
         self.0.extend_from_slice(b);
         std::task::Poll::Ready(Ok(b.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
     fn poll_shutdown(
@@ -87,7 +90,8 @@ fn with(first: u8, rest: &[u8]) -> Vec<u8> {
 #[ignore = "writes fuzz/seeds; run by hand when a format changes"]
 async fn write_seeds() {
     let mut seeds: Vec<(&str, &str, Vec<u8>)> = Vec::new();
-    let hello = br#"{"version":2,"namespace":"default","node_id":"00ff","node_name":"a","peer_addr":"127.0.0.1:52416"}"#;
+    let hello =
+        br#"{"version":2,"namespace":"default","node_id":"00ff","node_name":"a","peer_addr":"127.0.0.1:52416"}"#;
     let batch = BatchMsg {
         instance: 1,
         stage: 1,
@@ -205,4 +209,3 @@ async fn write_seeds() {
         std::fs::write(d.join(name), data).unwrap();
     }
 }
-

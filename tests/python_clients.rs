@@ -60,7 +60,11 @@ async fn real_python_clients_against_exo_serve() {
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_clients.py");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(py).arg(script).args([&base, "tiny-llama", "hf.co/org/Pulled-GGUF:Q8_0", API_KEY]).output().unwrap()
+        Command::new(py)
+            .arg(script)
+            .args([&base, "tiny-llama", "hf.co/org/Pulled-GGUF:Q8_0", API_KEY])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();

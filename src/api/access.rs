@@ -38,7 +38,13 @@ pub fn apply(router: Router, access: &Access) -> Router {
             .allow_origin(AllowOrigin::predicate(move |o: &HeaderValue, _| {
                 o.to_str().is_ok_and(|o| origins.iter().any(|p| glob(p, o)))
             }))
-            .allow_methods(AllowMethods::list([Method::GET, Method::HEAD, Method::POST, Method::DELETE, Method::OPTIONS]))
+            .allow_methods(AllowMethods::list([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::DELETE,
+                Method::OPTIONS,
+            ]))
             // SDKs send their own headers (x-stainless-*, anthropic-version, ...): mirror them
             .allow_headers(AllowHeaders::mirror_request())
             .max_age(std::time::Duration::from_secs(3600));

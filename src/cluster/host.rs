@@ -19,8 +19,16 @@ pub(super) struct Host {
 
 enum Job {
     /// `_queued`: the frame's share of the node's byte budget, held until the batch is done.
-    Forward { msg: BatchMsg, request: u64, _queued: tokio::sync::OwnedSemaphorePermit },
-    Op { op: SeqOp, request: u64, conn: Conn },
+    Forward {
+        msg: BatchMsg,
+        request: u64,
+        _queued: tokio::sync::OwnedSemaphorePermit,
+    },
+    Op {
+        op: SeqOp,
+        request: u64,
+        conn: Conn,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -174,7 +182,12 @@ fn check(node: &ClusterNode, ls: &LoadStage) -> Result<std::path::PathBuf, LoadR
         _ => return Err(LoadRefusal::NoModel { node: me, model: ls.model.clone() }),
     };
     if local.size != ls.model_size {
-        return Err(LoadRefusal::ModelSize { node: me, model: ls.model.clone(), here: local.size, theirs: ls.model_size });
+        return Err(LoadRefusal::ModelSize {
+            node: me,
+            model: ls.model.clone(),
+            here: local.size,
+            theirs: ls.model_size,
+        });
     }
     let failed = |e: &dyn std::fmt::Display| LoadRefusal::Failed { node: me.clone(), detail: e.to_string() };
     let files = crate::gguf::ModelFiles::open(local.first()).map_err(|e| failed(&e))?;

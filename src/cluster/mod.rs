@@ -351,7 +351,12 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
                     last_error.remove(addr);
                 }
                 // a refusal is worth saying once (not every heartbeat); an absent peer is not
-                Err(e @ (TransportError::OtherCluster { .. } | TransportError::Refused(_) | TransportError::Handshake(_) | TransportError::Namespace { .. })) => {
+                Err(
+                    e @ (TransportError::OtherCluster { .. }
+                    | TransportError::Refused(_)
+                    | TransportError::Handshake(_)
+                    | TransportError::Namespace { .. }),
+                ) => {
                     let msg = e.to_string();
                     if last_error.get(addr) != Some(&msg) {
                         tracing::warn!(%addr, "cannot join peer: {msg}");

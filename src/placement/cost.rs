@@ -24,7 +24,15 @@ pub const BACK_BYTES: f64 = 8.0;
 /// Weights, KV cache and compute bytes of layers [a, b) as one stage (first and/or last) at a
 /// context of `ctx` tokens and micro-batches of `n_ubatch`: what a node checks before it loads a
 /// stage for a peer, and what placement fits against nodes' memory.
-pub fn stage_memory(m: &ModelCost, a: u32, b: u32, first: bool, last: bool, ctx: u32, n_ubatch: u32) -> (u64, u64, u64) {
+pub fn stage_memory(
+    m: &ModelCost,
+    a: u32,
+    b: u32,
+    first: bool,
+    last: bool,
+    ctx: u32,
+    n_ubatch: u32,
+) -> (u64, u64, u64) {
     let mut w: u64 = m.layer_bytes[a as usize..b as usize].iter().sum();
     if first {
         w += m.embedding_bytes;

@@ -37,7 +37,9 @@ pub enum TransportError {
     OtherCluster { ours: crate::secret::KeyId, theirs: crate::secret::KeyId },
     #[error("handshake failed: {0}")]
     Handshake(String),
-    #[error("a record failed authentication (tampered, replayed, reordered or from another key); closing the connection")]
+    #[error(
+        "a record failed authentication (tampered, replayed, reordered or from another key); closing the connection"
+    )]
     Crypto,
     #[error("the connection is closed")]
     Closed,

@@ -175,7 +175,9 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securi
         _ => return Err(TransportError::Unexpected(f.kind)),
     }
     hs.read_message(&f.payload, &mut buf).map_err(|_| {
-        TransportError::Handshake("the peer's answer failed authentication: it does not hold this cluster's secret".into())
+        TransportError::Handshake(
+            "the peer's answer failed authentication: it does not hold this cluster's secret".into(),
+        )
     })?;
     let n = hs.write_message(&[], &mut buf).map_err(hs_err("third message"))?;
     write_frame(s, &handshake_frame(buf[..n].to_vec())).await?;
@@ -191,8 +193,9 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securit
     let (flags, theirs) = parse_preamble(&f.payload)?;
     let refuse = |reason: String| Frame { kind: Kind::Refused as u16, request: 0, payload: reason.into_bytes() };
     if theirs != sec.key_id() {
-        let _ = write_frame(s, &Frame { kind: Kind::OtherCluster as u16, request: 0, payload: sec.preamble().to_vec() })
-            .await;
+        let _ =
+            write_frame(s, &Frame { kind: Kind::OtherCluster as u16, request: 0, payload: sec.preamble().to_vec() })
+                .await;
         return Err(TransportError::OtherCluster { ours: sec.key_id(), theirs });
     }
     if flags != sec.preamble()[0] {
@@ -203,7 +206,11 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securit
     let mut hs = sec.handshake(false)?;
     let mut buf = [0u8; 256];
     if hs.read_message(&f.payload[PREAMBLE_LEN..], &mut buf).is_err() {
-        let _ = write_frame(s, &refuse("the handshake failed: this node could not authenticate you with the cluster secret".into())).await;
+        let _ = write_frame(
+            s,
+            &refuse("the handshake failed: this node could not authenticate you with the cluster secret".into()),
+        )
+        .await;
         return Err(TransportError::Handshake(
             "the peer's first message failed authentication: it names this cluster's key id but does not hold its secret".into(),
         ));
