@@ -130,7 +130,12 @@ pub fn gguf(data: &[u8]) {
     let path = std::path::Path::new("fuzz.gguf");
     if let Ok(f) = crate::gguf::GgufFile::parse(data, path, data.len() as u64) {
         for t in &f.tensors {
-            assert!(f.data_offset + t.offset + t.bytes <= data.len() as u64);
+            // sizes computed without wrapping (release builds do not trap on overflow)
+            let (blck, tsize) = crate::gguf::ggml_type_size(t.type_id).expect("checked type");
+            let n: u128 = t.dims.iter().map(|d| *d as u128).product();
+            assert_eq!(t.bytes as u128, n / blck as u128 * tsize as u128, "{t:?}");
+            let end = f.data_offset as u128 + t.offset as u128 + t.bytes as u128;
+            assert!(end <= data.len() as u128, "{t:?}");
         }
         let _ = crate::gguf::ModelShape::from_files(&crate::gguf::ModelFiles { files: vec![f] });
     }

@@ -36,6 +36,14 @@ fn every_seed_and_every_past_crash_passes_its_harness() {
     assert!(seeds >= 30, "{seeds} seeds");
 }
 
+#[test]
+fn the_gguf_overflow_the_fuzzer_found_is_a_clear_error() {
+    // a tensor byte size that wrapped around in release builds (now checked)
+    let data = std::fs::read(dir("regressions").join("gguf/tensor_bytes_overflow")).unwrap();
+    let e = exo::gguf::GgufFile::parse(&data[..], Path::new("x.gguf"), data.len() as u64).unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+}
+
 /// Records what a stream writes (the seeds are real protocol bytes).
 #[derive(Default)]
 struct Recorder(Vec<u8>);
