@@ -178,7 +178,9 @@ async fn main() {
         verdict(pr, 0.97)
     ));
     out.push_str("\nThe record layer alone (one process, in memory, writer and reader as two tasks; MB/s of frame payload):\n\n| frame | encrypted MB/s | plaintext MB/s | encryption cost per generated token (8,391 B) |\n|---|---|---|---|\n");
-    for (label, size) in [("8 KiB (a decode step's hidden state)", 8192usize), ("4 MiB (a 512-token prefill chunk)", 4 << 20)] {
+    for (label, size) in
+        [("8 KiB (a decode step's hidden state)", 8192usize), ("4 MiB (a 512-token prefill chunk)", 4 << 20)]
+    {
         let (mut e, mut p) = (vec![], vec![]);
         for _ in 0..3 {
             e.push(record_layer(size, true).await);
