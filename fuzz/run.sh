@@ -23,8 +23,11 @@ status=0
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     # new inputs go to corpus/ (not committed); seeds/ is read, never written
+    # several processes only when asked (libFuzzer's -jobs mode logs to fuzz-N.log instead)
+    jobs=()
+    if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS"); fi
     if ! "target/$TRIPLE/release/$t" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 \
-        -jobs="${FUZZ_JOBS:-1}" -workers="${FUZZ_JOBS:-1}" -print_final_stats=1 \
+        ${jobs[@]+"${jobs[@]}"} -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" "corpus/$t" "seeds/$t" 2> "artifacts/$t.log"; then
         echo "fuzz target $t FAILED (input in fuzz/artifacts/$t/):"
         tail -40 "artifacts/$t.log"

@@ -44,6 +44,15 @@ fn the_gguf_overflow_the_fuzzer_found_is_a_clear_error() {
     assert!(e.to_string().contains("too large"), "{e}");
 }
 
+#[test]
+fn a_huge_block_count_the_fuzzer_found_is_refused_before_allocating() {
+    // llama.block_count of ~4e9 made ModelShape allocate 32 GB and abort
+    let data = std::fs::read(dir("regressions").join("gguf/huge_block_count")).unwrap();
+    let f = exo::gguf::GgufFile::parse(&data[..], Path::new("x.gguf"), data.len() as u64).unwrap();
+    let e = exo::gguf::ModelShape::from_files(&exo::gguf::ModelFiles { files: vec![f] }).unwrap_err();
+    assert!(e.to_string().contains("block_count") && e.to_string().contains("implausible"), "{e}");
+}
+
 /// Records what a stream writes (the seeds are real protocol bytes).
 #[derive(Default)]
 struct Recorder(Vec<u8>);
