@@ -53,6 +53,19 @@ fn a_huge_block_count_the_fuzzer_found_is_refused_before_allocating() {
     assert!(e.to_string().contains("block_count") && e.to_string().contains("implausible"), "{e}");
 }
 
+#[tokio::test]
+async fn the_handshake_seed_reaches_past_the_first_message() {
+    // so the fuzzer explores the responder's later states too: the seed's first message is
+    // accepted (the responder answers and then waits for a third message that is not there)
+    let data = std::fs::read(dir("seeds").join("handshake/first_message")).unwrap();
+    let mut s = Recorder::default();
+    let mut input = &data[1..];
+    let mut stream = tokio::io::join(&mut input, &mut s);
+    let e = noise::respond(&mut stream, &fuzz_security(false)).await.err().unwrap();
+    assert!(matches!(e, exo::transport::TransportError::Closed), "{e}");
+    assert!(s.0.len() > 96, "the responder sent its second message");
+}
+
 /// Records what a stream writes (the seeds are real protocol bytes).
 #[derive(Default)]
 struct Recorder(Vec<u8>);
