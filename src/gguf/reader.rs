@@ -141,6 +141,21 @@ impl<R: Read> Reader<R> {
         self.len.saturating_sub(self.pos)
     }
 
+    /// Something of `n` bytes (at least) must fit in what is left of the file.
+    fn fits(&self, n: u64, what: &str) -> Result<(), GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated {
+                path: self.path.clone(),
+                detail: format!(
+                    "a {what} of {n} bytes at byte {} runs past the end ({} left in the file)",
+                    self.pos,
+                    self.remaining()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, detail: String) -> GgufError {
         GgufError::Corrupt { path: self.path.clone(), offset: self.pos, detail }
     }
@@ -173,9 +188,10 @@ impl<R: Read> Reader<R> {
 
     fn string(&mut self) -> Result<String, GgufError> {
         let n = self.u64()?;
-        if n > MAX_STRING || n > self.remaining() {
-            return Err(self.corrupt(format!("string of {n} bytes ({} left in the file)", self.remaining())));
+        if n > MAX_STRING {
+            return Err(self.corrupt(format!("string of {n} bytes")));
         }
+        self.fits(n, "string")?;
         let mut b = vec![0u8; n as usize];
         self.read_exact(&mut b)?;
         String::from_utf8(b).map_err(|_| self.corrupt("string is not UTF-8".into()))
@@ -195,10 +211,11 @@ impl<R: Read> Reader<R> {
             9 => {
                 let et = self.u32()?;
                 let n = self.u64()?;
-                // every element takes at least a byte
-                if n > MAX_ARRAY || n > self.remaining() || et == 9 {
+                if n > MAX_ARRAY || et == 9 {
                     return Err(self.corrupt(format!("array of {n} elements of type {et}")));
                 }
+                // every element takes at least a byte
+                self.fits(n, "array")?;
                 let mut v = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     v.push(self.value(et)?);
