@@ -90,7 +90,7 @@ fn llama_batched(model: &std::path::Path, threads: u32, tg: u64) -> Option<Vec<(
     (!rows.is_empty()).then_some(rows)
 }
 
-async fn serve_stage_nodes(dir: &std::path::Path, coord: &str) -> (Kill, Vec<String>) {
+async fn serve_stage_nodes(dir: &std::path::Path, coord: &str, token: &str) -> (Kill, Vec<String>) {
     let mut kids = Kill(vec![]);
     let mut names = Vec::new();
     for name in ["p", "q"] {
@@ -101,6 +101,8 @@ async fn serve_stage_nodes(dir: &std::path::Path, coord: &str) -> (Kill, Vec<Str
                 .args(["--peers", coord, "--node-name", name, "--threads", "1", "--parallel", "8"])
                 .env("EXO_MODELS_DIRS", dir)
                 .env("HOME", dir)
+                .env("EXO_CONFIG_DIR", dir.join(format!("config-{name}")))
+                .env("EXO_CLUSTER_TOKEN", token)
                 .env("EXO_DECODE_GBPS", "10")
                 .env("EXO_NO_DISCOVERY", "1")
                 .env("EXO_OFFLINE", "1")
@@ -141,7 +143,9 @@ async fn main() {
 
     // (a) one node, in this process
     let local = Runtime::new(store(), limits(threads), None);
-    // (b) a coordinator here, two single-thread stage processes
+    // (b) a coordinator here, two single-thread stage processes, all in one cluster
+    let keys = exo::secret::NodeKeys::load_or_create(&dir.path().join("config-coord"), None).unwrap().keys;
+    let token = keys.secret.token();
     let cfg = exo::cluster::NodeConfig {
         namespace: "bench".into(),
         node_name: "coord".into(),
@@ -153,9 +157,10 @@ async fn main() {
         threads: 1,
         discovery: false,
         advertise: None,
+        security: exo::transport::Security::new(Arc::new(keys)),
     };
     let coord = exo::cluster::ClusterNode::start(cfg, store()).await.unwrap();
-    let (_kids, names) = serve_stage_nodes(dir.path(), coord.peer_addr()).await;
+    let (_kids, names) = serve_stage_nodes(dir.path(), coord.peer_addr(), &token).await;
     let t = Instant::now();
     while names.iter().any(|n| coord.address_of(n).is_none()) {
         assert!(t.elapsed() < Duration::from_secs(60), "the stage processes did not join");

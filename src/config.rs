@@ -32,3 +32,22 @@ pub fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache")).join("exo")
 }
+
+/// Where exo keeps its cluster secret and this node's key: `EXO_CONFIG_DIR`, else `~/.exo` on
+/// macOS, else `$XDG_CONFIG_HOME/exo` (default `~/.config/exo`).
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EXO_CONFIG_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    if cfg!(target_os = "macos") {
+        home.join(".exo")
+    } else {
+        std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".config")).join("exo")
+    }
+}
+
+/// A join token from `EXO_CLUSTER_TOKEN` (what `--join` also reads).
+pub fn cluster_token() -> Option<String> {
+    std::env::var("EXO_CLUSTER_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}

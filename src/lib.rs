@@ -10,12 +10,15 @@ pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 pub mod node;
 pub mod pipeline;
 pub mod placement;
 pub mod profile;
 pub mod runtime;
+pub mod secret;
 pub mod store;
 pub mod synth;
 pub mod transport;

@@ -1,7 +1,7 @@
 //! A node: wires the store, the peer side, the runtime and the HTTP API together and serves until
 //! shutdown.
 
-use crate::api::{self, AppState};
+use crate::api::{self, Access, AppState};
 use crate::cluster::{self, ClusterNode};
 use crate::runtime::{Limits, Runtime};
 use crate::store::Store;
@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub api_addr: SocketAddr,
     pub limits: Limits,
     pub store: Store,
+    /// API key and CORS origins.
+    pub access: Access,
     /// The peer side (None: a node that serves only its own machine).
     pub cluster: Option<cluster::NodeConfig>,
 }
@@ -37,7 +39,10 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let runtime = Runtime::new(cfg.store, cfg.limits, node.clone());
-    let app = api::router(AppState { runtime: runtime.clone() });
+    let app = api::router_with(AppState { runtime: runtime.clone() }, &cfg.access);
+    if !addr.ip().is_loopback() && cfg.access.api_key.is_none() {
+        tracing::warn!(%addr, "the API listens beyond this machine WITHOUT an API key: anyone who can reach it can use it (set --api-key or EXO_API_KEY)");
+    }
     tracing::info!(%addr, "serving the API");
     // on shutdown: running generations end with an error, peers are told, then the server
     // drains; stages unload when their instances drop

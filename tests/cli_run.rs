@@ -79,6 +79,7 @@ fn model_is_found_by_name_in_models_dir_and_prompt_read_from_stdin() {
         .args(["run", "tiny-qwen2:latest", "--max-tokens", "8", "--seed", "3", "--verbose"])
         .env("EXO_MODELS_DIRS", dir)
         .env("EXO_API_ADDR", "127.0.0.1:1")
+        .env("EXO_CONFIG_DIR", common::config_dir())
         .env("EXO_NO_DISCOVERY", "1")
         .env("EXO_DECODE_GBPS", "10")
         .stdin(Stdio::piped())

@@ -8,6 +8,7 @@ use exo::cluster::{ClusterChain, ClusterNode, NodeConfig, StagePlacement};
 use exo::engine::{ContextParams, LayerRange, SamplingParams};
 use exo::pipeline::{generate, Chain, GenerateRequest, Pipeline};
 use exo::store::Store;
+use exo::transport::Security;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,10 @@ fn ctx() -> ContextParams {
 }
 
 async fn node(name: &str, models: &Path, namespace: &str) -> Arc<ClusterNode> {
+    node_in(name, models, namespace, common::test_security()).await
+}
+
+async fn node_in(name: &str, models: &Path, namespace: &str, security: Security) -> Arc<ClusterNode> {
     let cfg = NodeConfig {
         namespace: namespace.into(),
         node_name: name.into(),
@@ -33,6 +38,7 @@ async fn node(name: &str, models: &Path, namespace: &str) -> Arc<ClusterNode> {
         threads: 1,
         discovery: false,
         advertise: None,
+        security,
     };
     ClusterNode::start(cfg, store(models)).await.unwrap()
 }
@@ -149,7 +155,7 @@ async fn four_concurrent_requests_equal_each_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_and_version_mismatches_are_refused_clearly() {
-    use exo::transport::{self, Hello, TransportError};
+    use exo::transport::{self, Endpoint, Hello, TransportError};
     let m = models();
     let a = node("a", m.path(), "alpha").await;
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
@@ -160,14 +166,15 @@ async fn namespace_and_version_mismatches_are_refused_clearly() {
         node_name: "x".into(),
         peer_addr: "127.0.0.1:1".into(),
     };
-    let err = transport::connect(a.peer_addr(), &other, tx.clone()).await.err().expect("refused");
+    let ep = |hello: Hello| Endpoint::new(hello, common::test_security(), tx.clone());
+    let err = transport::connect(a.peer_addr(), &ep(other.clone())).await.err().expect("refused");
     assert!(matches!(err, TransportError::Refused(_)), "{err}");
     assert!(
         err.to_string().contains("namespace") && err.to_string().contains("alpha") && err.to_string().contains("beta"),
         "{err}"
     );
     let old = Hello { version: 999, namespace: "alpha".into(), ..other };
-    let err = transport::connect(a.peer_addr(), &old, tx).await.err().expect("refused");
+    let err = transport::connect(a.peer_addr(), &ep(old)).await.err().expect("refused");
     assert!(err.to_string().contains("version"), "{err}");
     assert!(a.peers().is_empty());
 }

@@ -1,4 +1,6 @@
-//! A live `exo serve` driven by the real Python clients from PyPI (ollama, openai, anthropic).
+//! A live `exo serve` driven by the real Python clients from PyPI (ollama, openai, anthropic),
+//! with an API key: every client sends it and works; without it (or with a wrong one) each API
+//! answers 401 in its own error shape.
 //! `.ci/run` installs them into `.venv-clients/`; elsewhere set EXO_TEST_PYTHON to a Python that
 //! has them. Without one the test is skipped, except under CI where that is a failure.
 
@@ -17,6 +19,8 @@ fn python() -> Option<PathBuf> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-clients/bin/python");
     venv.exists().then_some(venv)
 }
+
+const API_KEY: &str = "sk-exo-test-8f2c";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_python_clients_against_exo_serve() {
@@ -41,6 +45,7 @@ async fn real_python_clients_against_exo_serve() {
         .env("HOME", home.path())
         .env("EXO_DECODE_GBPS", "10")
         .env("EXO_NO_DISCOVERY", "1")
+        .env("EXO_API_KEY", API_KEY)
         .env("EXO_MODELS_DIRS", &models)
         .env("HF_ENDPOINT", &hub_url)
         .env_remove("EXO_OFFLINE")
@@ -55,7 +60,11 @@ async fn real_python_clients_against_exo_serve() {
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_clients.py");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(py).arg(script).args([&base, "tiny-llama", "hf.co/org/Pulled-GGUF:Q8_0"]).output().unwrap()
+        Command::new(py)
+            .arg(script)
+            .args([&base, "tiny-llama", "hf.co/org/Pulled-GGUF:Q8_0", API_KEY])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();

@@ -28,7 +28,8 @@ struct Node {
 impl Node {
     fn start(&mut self, dir: &Path) {
         let peers: Vec<String> = self.peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", self.name))).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", self.name))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_exo"))
             .args(["serve", "--api-addr", &format!("127.0.0.1:{}", self.api)])
             .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer), "--node-name", self.name])
@@ -89,7 +90,8 @@ impl Cluster {
         // the calm model: text replayed in one batch equals text decoded token by token
         let model = common::model("tiny-llama-calm");
         std::os::unix::fs::symlink(&model, dir.path().join("tiny-llama.gguf")).unwrap();
-        let eos = exo::gguf::GgufFile::open(&model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
+        let eos =
+            exo::gguf::GgufFile::open(&model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
@@ -147,14 +149,21 @@ impl Cluster {
 
     /// Streams 200 greedy tokens from node a (end of generation banned); `at` runs once the
     /// `n`th piece has arrived. Returns the text and the longest pause between pieces.
-    async fn stream(&mut self, prompt: &str, mut at: Option<(usize, &mut dyn FnMut(&mut Cluster))>) -> (String, Duration) {
+    async fn stream(
+        &mut self,
+        prompt: &str,
+        mut at: Option<(usize, &mut dyn FnMut(&mut Cluster))>,
+    ) -> (String, Duration) {
         let body = json!({ "model": "tiny-llama", "prompt": prompt, "max_tokens": TOKENS, "temperature": 0,
             "stream": true, "logit_bias": { self.eos.to_string(): -100 } });
-        let mut r = self.http.post(format!("{}/v1/completions", self.nodes[0].base())).json(&body).send().await.unwrap();
+        let mut r =
+            self.http.post(format!("{}/v1/completions", self.nodes[0].base())).json(&body).send().await.unwrap();
         assert!(r.status().is_success());
         let (mut text, mut buf, mut pieces) = (String::new(), String::new(), 0usize);
         let (mut last, mut longest) = (Instant::now(), Duration::ZERO);
-        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), r.chunk()).await.expect("the stream hung").unwrap() {
+        while let Some(chunk) =
+            tokio::time::timeout(Duration::from_secs(60), r.chunk()).await.expect("the stream hung").unwrap()
+        {
             buf.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(i) = buf.find("\n\n") {
                 let event: String = buf.drain(..i + 2).collect();

@@ -3,6 +3,7 @@
 //! [`crate::runtime`]: requests become [`crate::runtime::GenRequest`]s, runtime errors become
 //! each API's status and error shape in one place per API.
 
+pub mod access;
 pub mod anthropic;
 pub mod cluster;
 pub mod ollama;
@@ -10,6 +11,7 @@ pub mod openai;
 mod util;
 
 use crate::runtime::{ErrorKind, Runtime, RuntimeError};
+pub use access::Access;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::Router;
@@ -33,6 +35,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ollama::error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// [`router`] behind the API key check and CORS that `access` asks for ([`access::apply`]).
+/// [`router`] behind the API key check and CORS that `access` asks for ([`access::apply`]).
+pub fn router_with(state: AppState, access: &Access) -> Router {
+    access::apply(router(state), access)
 }
 
 /// The status every API answers a runtime error with.

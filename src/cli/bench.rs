@@ -118,7 +118,7 @@ async fn remote(a: &BenchArgs, cfg: &BenchConfig, base: &str) -> anyhow::Result<
     eprintln!("benchmarking {} through the node at {base} (this takes a while)", a.model);
     let body = json!({ "model": super::remote::name_for_node(&a.model), "placement": placement, "batch_size": a.batch_size,
         "pp": cfg.pp, "tg": cfg.tg, "repeat": cfg.repeat });
-    let r = reqwest::Client::new().post(format!("{base}/bench")).json(&body).send().await?;
+    let r = super::http().build()?.post(format!("{base}/bench")).json(&body).send().await?;
     if !r.status().is_success() {
         return Err(super::remote::error_of(r).await);
     }

@@ -56,8 +56,11 @@ enum Command {
     List(models::ListArgs),
     /// Delete a model from a writable models dir.
     Rm(models::RmArgs),
-    /// The cluster as the local node sees it: nodes, measured speeds and links, instances.
+    /// The cluster as the local node sees it: nodes, measured speeds and links, instances;
+    /// `exo cluster token` prints the token other nodes join with.
     Cluster {
+        #[command(subcommand)]
+        what: Option<ClusterCommand>,
         #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
         api_addr: String,
     },
@@ -68,6 +71,36 @@ enum Command {
     /// Developer tools (test-model generation).
     #[command(hide = true, subcommand)]
     Dev(dev::DevCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Print this cluster's join token (creating the cluster secret if there is none yet):
+    /// `exo serve --join TOKEN` or `EXO_CLUSTER_TOKEN=TOKEN` on the other nodes.
+    Token,
+}
+
+/// Prints the join token; it is the secret itself, so only to stdout, with the key id on stderr.
+fn cluster_token() -> anyhow::Result<()> {
+    let loaded = crate::secret::for_this_machine(None)?;
+    for n in &loaded.notes {
+        eprintln!("{n}");
+    }
+    eprintln!("cluster key id {} (keep the token secret: it admits a node to the cluster)", loaded.keys.key_id());
+    outln!("{}", loaded.keys.secret.token());
+    Ok(())
+}
+
+/// An HTTP client for a running node, sending `EXO_API_KEY` when it is set.
+pub(crate) fn http() -> reqwest::ClientBuilder {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(k) = std::env::var("EXO_API_KEY").ok().filter(|k| !k.is_empty()) {
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")) {
+            v.set_sensitive(true);
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+    }
+    reqwest::Client::builder().default_headers(h)
 }
 
 /// A mistake in how exo was called: exit code 2.
@@ -90,7 +123,8 @@ pub fn main() -> ExitCode {
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Plan(a)) => plan::run(a),
         Some(Command::Bench(a)) => bench::run(a),
-        Some(Command::Cluster { api_addr }) => tokio::runtime::Builder::new_current_thread()
+        Some(Command::Cluster { what: Some(ClusterCommand::Token), .. }) => cluster_token(),
+        Some(Command::Cluster { what: None, api_addr }) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// The API base URL of a node running at `addr`, if one answers.
 pub async fn running_node(addr: &str) -> Option<String> {
     let base = format!("http://{addr}");
-    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
+    let http = super::http().timeout(Duration::from_millis(500)).build().ok()?;
     let r = http.get(&base).send().await.ok()?;
     (r.status().is_success() && r.text().await.ok()?.contains("exo is running")).then_some(base)
 }
@@ -27,7 +27,7 @@ pub async fn cluster(addr: &str) -> anyhow::Result<()> {
     let base = running_node(addr)
         .await
         .ok_or_else(|| anyhow::anyhow!("no exo node is running at {addr} (start one with `exo serve`)"))?;
-    let v: Value = reqwest::get(format!("{base}/cluster")).await?.json().await?;
+    let v: Value = super::http().build()?.get(format!("{base}/cluster")).send().await?.json().await?;
     outln!("{:<16} {:<22} {:<8} {:>12} {:>12} {:>10}", "NODE", "ADDRESS", "BACKEND", "MEMORY", "OFFERED", "DECODE");
     let gib =
         |b: &Value| b.as_u64().map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or("-".into());
@@ -101,7 +101,7 @@ impl RemoteBackend {
     /// Makes sure the node has the model (pulling it like a local run would) and places it
     /// first when `split` names nodes.
     pub async fn connect(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Result<RemoteBackend> {
-        let http = reqwest::Client::new();
+        let http = super::http().build()?;
         let name = name_for_node(&a.model);
         let r = http.post(format!("{base}/api/show")).json(&json!({ "model": name })).send().await?;
         if r.status() == reqwest::StatusCode::NOT_FOUND && name != a.model {

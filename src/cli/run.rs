@@ -152,6 +152,7 @@ async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option
         threads: limits.threads,
         discovery,
         advertise: None,
+        security: crate::transport::Security::new(Arc::new(crate::secret::for_this_machine(None)?.keys)),
     };
     match crate::cluster::ClusterNode::start(cfg, Store::from_env()).await {
         Ok(n) => {

@@ -50,6 +50,22 @@ pub struct ServeArgs {
     /// Do not announce or browse with mDNS (use --peers only).
     #[arg(long, env = "EXO_NO_DISCOVERY", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub no_discovery: bool,
+    /// Join the cluster of this token (from `exo cluster token` on one of its nodes); saved to
+    /// the config dir when this machine has no cluster secret yet.
+    #[arg(long = "join", env = "EXO_CLUSTER_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+    /// Require this key on every API route but `GET /` and `GET /api/version`
+    /// (`Authorization: Bearer KEY` or `x-api-key: KEY`).
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Browser origins allowed to call the API (CORS), comma-separated, `*` wildcards
+    /// (e.g. `http://localhost:*`); none by default.
+    #[arg(long, env = "EXO_ORIGINS", value_delimiter = ',')]
+    pub origins: Vec<String>,
+    /// UNSAFE, benchmarks only: peer records travel unencrypted (the handshake still
+    /// authenticates). Only nodes with the same setting talk to each other.
+    #[arg(long, env = "EXO_UNSAFE_PLAINTEXT_PEERS", hide = true, value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_plaintext_peers: bool,
     /// Use this decode speed (GB/s) instead of measuring it at startup.
     #[arg(long, env = "EXO_DECODE_GBPS", hide = true)]
     pub decode_gbps: Option<f64>,
@@ -84,10 +100,26 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     limits.memory_limit = memory_limit;
+    let loaded = crate::secret::for_this_machine(a.join.as_deref())?;
+    for n in &loaded.notes {
+        eprintln!("{n}");
+    }
+    let security =
+        crate::transport::Security { keys: std::sync::Arc::new(loaded.keys), plaintext: a.unsafe_plaintext_peers };
+    let api_key = a.api_key.filter(|k| !k.is_empty());
+    if !a.api_addr.ip().is_loopback() && api_key.is_none() {
+        eprintln!("WARNING: the API at {} is reachable from other machines and has NO API KEY:", a.api_addr);
+        eprintln!("WARNING: anyone on the network can run models here. Set --api-key or EXO_API_KEY.");
+    }
+    if security.plaintext {
+        eprintln!("WARNING: EXO_UNSAFE_PLAINTEXT_PEERS is set: peer traffic is NOT encrypted (benchmarks only)");
+    }
+    let key_id = security.key_id();
     let cfg = NodeConfig {
         api_addr: a.api_addr,
         limits,
         store: Store::from_env(),
+        access: crate::api::Access { api_key, origins: a.origins },
         cluster: Some(crate::cluster::NodeConfig {
             namespace: a.namespace,
             node_name: a.node_name.unwrap_or_else(host_name),
@@ -99,11 +131,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             threads: limits_threads,
             discovery: !a.no_discovery,
             advertise: a.advertise_addr,
+            security,
         }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        eprintln!("exo {} serving on http://{}", env!("CARGO_PKG_VERSION"), cfg.api_addr);
+        eprintln!("exo {} serving on http://{} (cluster key id {key_id})", env!("CARGO_PKG_VERSION"), cfg.api_addr);
         node::serve(cfg, shutdown_signal()).await
     })?;
     eprintln!("exo stopped");

@@ -6,7 +6,7 @@ use super::host::{LoadedMsg, SeqOpMsg, UnloadMsg};
 use super::ClusterNode;
 use crate::engine::{ContextParams, LayerRange, ModelWindow, SamplingParams, StageHandle, StageInfo, StageSpec, Token};
 use crate::pipeline::{NodeReport, Pending, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk};
-use crate::transport::{BatchMsg, Conn, Kind, LoadStage, SeqOp};
+use crate::transport::{BatchMsg, Conn, Kind, LoadRefusal, LoadStage, SeqOp, TransportError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,17 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one batch's answer; a dead stage is noticed much sooner (its connection).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A refused load says why in a typed [`LoadRefusal`]; other failures as they are.
+fn load_error(e: TransportError) -> String {
+    match &e {
+        TransportError::Refused(s) => match serde_json::from_str::<LoadRefusal>(s) {
+            Ok(r) => r.to_string(),
+            Err(_) => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
 
 fn remote(i: usize, st: &StagePlacement, reason: impl std::fmt::Display) -> PipelineError {
     PipelineError::Remote { stage: i, node: st.node.clone(), reason: reason.to_string() }
@@ -86,7 +97,7 @@ impl ClusterChain {
             let f = conn
                 .request(Kind::LoadStage, serde_json::to_vec(&req).expect("serializes"), LOAD_TIMEOUT)
                 .await
-                .map_err(|e| remote(i, st, e))?;
+                .map_err(|e| remote(i, st, load_error(e)))?;
             let loaded: LoadedMsg = serde_json::from_slice(&f.payload).map_err(|e| remote(i, st, e))?;
             n_ctx = n_ctx.min(loaded.n_ctx);
             conns.push(conn);

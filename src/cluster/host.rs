@@ -6,7 +6,7 @@ use super::ClusterNode;
 use crate::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use crate::pipeline::StageReport;
 use crate::store::Resolved;
-use crate::transport::{BatchMsg, Conn, Incoming, Kind, LoadStage, SeqOp};
+use crate::transport::{BatchMsg, Conn, Incoming, Kind, LoadRefusal, LoadStage, SeqOp, MAX_PAYLOAD};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -18,8 +18,17 @@ pub(super) struct Host {
 }
 
 enum Job {
-    Forward { msg: BatchMsg, request: u64 },
-    Op { op: SeqOp, request: u64, conn: Conn },
+    /// `_queued`: the frame's share of the node's byte budget, held until the batch is done.
+    Forward {
+        msg: BatchMsg,
+        request: u64,
+        _queued: tokio::sync::OwnedSemaphorePermit,
+    },
+    Op {
+        op: SeqOp,
+        request: u64,
+        conn: Conn,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,12 +62,34 @@ pub(super) fn decode_tokens(b: &[u8]) -> Result<Vec<i32>, String> {
     }
 }
 
+/// Runs the decoder this node applies to a peer frame of `kind`, for every kind (the fuzz
+/// targets and tests drive every decoder through this).
+pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
+    fn j<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<(), String> {
+        serde_json::from_slice::<T>(b).map(drop).map_err(|e| e.to_string())
+    }
+    match kind {
+        Kind::Hello | Kind::Welcome => j::<crate::transport::Hello>(b),
+        Kind::LoadStage => j::<LoadStage>(b),
+        Kind::Loaded => j::<LoadedMsg>(b),
+        Kind::Forward => BatchMsg::decode(b).map(drop).map_err(|e| e.to_string()),
+        Kind::Tokens => decode_tokens(b).map(drop),
+        Kind::SeqOp => j::<SeqOpMsg>(b),
+        Kind::Unload => j::<UnloadMsg>(b),
+        Kind::Pong => j::<crate::profile::Profile>(b),
+        Kind::Error => j::<LoadRefusal>(b),
+        Kind::OtherCluster => crate::transport::noise::parse_preamble(b).map(drop).map_err(|e| e.to_string()),
+        // free text or nothing
+        Kind::Refused | Kind::Ping | Kind::SeqDone | Kind::Bye | Kind::Handshake => Ok(()),
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain data serializes")
 }
 
 pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
-    let (f, conn) = (inc.frame, inc.conn);
+    let (f, conn, queued) = (inc.frame, inc.conn, inc.queued);
     match kind {
         Kind::LoadStage => {
             let ls: LoadStage = match serde_json::from_slice(&f.payload) {
@@ -73,7 +104,10 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
             tokio::spawn(async move {
                 let reply = match load(&node, ls).await {
                     Ok(n_ctx) => (Kind::Loaded, json(&LoadedMsg { n_ctx })),
-                    Err(e) => (Kind::Error, e.into_bytes()),
+                    Err(e) => {
+                        tracing::warn!(peer = %conn.peer().node_name, "refused to load a stage: {e}");
+                        (Kind::Error, json(&e))
+                    }
                 };
                 let _ = conn.send(reply.0, f.request, reply.1).await;
             });
@@ -90,7 +124,7 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
             match worker {
                 Some(w) => {
                     let reply_to = msg.reply_to.clone();
-                    if w.send(Job::Forward { msg, request: f.request }).await.is_err() {
+                    if w.send(Job::Forward { msg, request: f.request, _queued: queued }).await.is_err() {
                         reply(node, &reply_to, f.request, Err("the stage was unloaded".into())).await;
                     }
                 }
@@ -133,24 +167,67 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
     }
 }
 
-/// Loads the requested window if this node has the same model (same name, same size).
-async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, String> {
-    let me = &node.hello.node_name;
-    // by name only (a peer never names a path), and off the async workers
-    let (store, name) = (node.store.clone(), ls.model.clone());
-    let resolved = tokio::task::spawn_blocking(move || store.resolve_name(&name)).await.map_err(|e| e.to_string())?;
-    let local = match resolved {
+/// Most sequences a stage serves (llama.cpp's own limit).
+const MAX_SEQ: u32 = 256;
+/// Longest context a stage accepts (a million tokens; memory is checked as well).
+const MAX_CTX: u32 = 1 << 20;
+
+/// Checks a load request against what this node offers before anything is loaded: the model
+/// (same name and size), the layer range, context, batch and sequence counts, and the memory the
+/// stage would take (placement's estimate) against the memory this node offers.
+fn check(node: &ClusterNode, ls: &LoadStage) -> Result<std::path::PathBuf, LoadRefusal> {
+    let me = node.hello.node_name.clone();
+    // by name only: a peer never names a path
+    let local = match node.store.resolve_name(&ls.model) {
         Ok(Resolved::Local(m)) => m,
-        _ => return Err(format!("node {me} does not have model {:?}", ls.model)),
+        _ => return Err(LoadRefusal::NoModel { node: me, model: ls.model.clone() }),
     };
     if local.size != ls.model_size {
-        return Err(format!(
-            "node {me} has a different {:?}: {} bytes here, {} bytes on the coordinator",
-            ls.model, local.size, ls.model_size
-        ));
+        return Err(LoadRefusal::ModelSize {
+            node: me,
+            model: ls.model.clone(),
+            here: local.size,
+            theirs: ls.model_size,
+        });
     }
+    let failed = |e: &dyn std::fmt::Display| LoadRefusal::Failed { node: me.clone(), detail: e.to_string() };
+    let files = crate::gguf::ModelFiles::open(local.first()).map_err(|e| failed(&e))?;
+    let shape = crate::gguf::ModelShape::from_files(&files).map_err(|e| failed(&e))?;
+    let (begin, end) = (ls.range.begin, ls.range.end);
+    if begin >= end || end > shape.n_layer {
+        return Err(LoadRefusal::Layers { node: me, begin, end, n_layer: shape.n_layer });
+    }
+    // a batch's hidden states must fit in one frame
+    let max_batch = (MAX_PAYLOAD as u64 / (4 * shape.n_embd.max(1) as u64)).max(1);
+    for (field, value, max) in [
+        ("n_ctx", ls.n_ctx as u64, MAX_CTX as u64),
+        ("n_batch", ls.n_batch as u64, max_batch),
+        ("n_seq_max", ls.n_seq_max as u64, MAX_SEQ as u64),
+    ] {
+        if value == 0 || value > max {
+            return Err(LoadRefusal::Limit { node: me, field: field.into(), value, max });
+        }
+    }
+    let cost = crate::placement::ModelCost::from_shape(&ls.model, &shape);
+    let (weights, kv, compute) =
+        crate::placement::stage_memory(&cost, begin, end, begin == 0, end == shape.n_layer, ls.n_ctx, ls.n_batch);
+    let needed = weights + kv + compute;
+    let offered = node.profile().memory_offered;
+    if needed > offered {
+        return Err(LoadRefusal::Memory { node: me, begin, end, needed, offered, weights, kv, compute });
+    }
+    Ok(local.first().to_path_buf())
+}
+
+/// Loads the requested window if this node can (see [`check`]).
+async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, LoadRefusal> {
+    let me = node.hello.node_name.clone();
+    let (n, l) = (node.clone(), ls.clone());
+    let path = tokio::task::spawn_blocking(move || check(&n, &l))
+        .await
+        .map_err(|e| LoadRefusal::Failed { node: me.clone(), detail: e.to_string() })??;
     let spec = StageSpec {
-        window: ModelWindow::layers(local.first(), ls.range.begin, ls.range.end),
+        window: ModelWindow::layers(&path, ls.range.begin, ls.range.end),
         context: ContextParams {
             n_ctx: ls.n_ctx,
             n_batch: ls.n_batch,
@@ -160,10 +237,11 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, String> {
             n_threads: node.threads.max(1),
         },
     };
+    let failed = |detail: String| LoadRefusal::Failed { node: me.clone(), detail };
     let stage = tokio::task::spawn_blocking(move || StageHandle::load(spec))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("node {me}: {e}"))?;
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
     let n_ctx = stage.info().n_ctx;
     let (tx, rx) = mpsc::channel(256);
     node.host.stages.lock().unwrap().insert((ls.instance, ls.index), tx);
@@ -176,7 +254,7 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
     while let Some(job) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
         match job {
-            Job::Forward { msg, request } => {
+            Job::Forward { msg, request, .. } => {
                 let input = if msg.hidden.is_empty() {
                     BatchInput::Tokens(msg.tokens.clone())
                 } else {

@@ -4,12 +4,14 @@
 
 mod coordinator;
 mod host;
+mod limits;
 
 pub use coordinator::{ClusterChain, StagePlacement};
+pub use host::decode_payload;
 
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::transport::{self, Conn, Hello, Incoming, Kind, TransportError, PROTOCOL_VERSION};
+use crate::transport::{self, Conn, Endpoint, Hello, Incoming, Kind, Security, TransportError, PROTOCOL_VERSION};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,8 @@ pub struct NodeConfig {
     /// The address peers should use for this node, when it differs from the bind address
     /// (NAT, a relay, a wildcard bind on a multi-homed host).
     pub advertise: Option<String>,
+    /// The cluster secret and this node's static key (peers without the secret are refused).
+    pub security: Security,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -57,6 +61,8 @@ pub struct PeerStatus {
     pub bandwidth: Option<f64>,
     pub last_seen_ms_ago: u64,
     pub profile: Option<Profile>,
+    /// First 8 bytes of the node's Noise static key, in hex (its identity on the wire).
+    pub key: String,
 }
 
 /// Who waits for the tokens (or the error) of a batch, by request id.
@@ -80,7 +86,10 @@ impl PeerState {
 pub struct ClusterNode {
     pub hello: Hello,
     pub store: Store,
-    incoming: mpsc::Sender<Incoming>,
+    /// Hello, keys, incoming queue and byte budget for every connection.
+    endpoint: Endpoint,
+    /// Inbound connections per remote address.
+    accepted: Arc<limits::PerAddress>,
     /// Outgoing connections by peer address.
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     /// Data bytes sent on connections since replaced in `conns`.
@@ -114,9 +123,10 @@ impl ClusterNode {
         };
         let (tx, rx) = mpsc::channel(1024);
         let node = Arc::new(ClusterNode {
+            endpoint: Endpoint::new(hello.clone(), cfg.security.clone(), tx),
+            accepted: Arc::new(limits::PerAddress::new(limits::MAX_CONNS_PER_ADDRESS)),
             hello,
             store,
-            incoming: tx,
             conns: tokio::sync::Mutex::new(HashMap::new()),
             retired_data_sent: Default::default(),
             threads: cfg.threads,
@@ -133,7 +143,7 @@ impl ClusterNode {
         if cfg.discovery {
             // mDNS hands over addresses from its own thread; connecting happens here
             let (found_tx, mut found_rx) = mpsc::unbounded_channel::<String>();
-            match crate::discovery::Discovery::start(&node.hello, addr.port(), move |a| {
+            match crate::discovery::Discovery::start(&node.hello, cfg.security.key_id(), addr.port(), move |a| {
                 let _ = found_tx.send(a);
             }) {
                 Ok(d) => *node.discovery.lock().unwrap() = Some(d),
@@ -184,7 +194,10 @@ impl ClusterNode {
         tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
         tokio::spawn(dispatch(Arc::downgrade(&node), rx));
         tokio::spawn(heartbeat(Arc::downgrade(&node), cfg.peers.clone()));
-        tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, "peer listener up");
+        tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, key_id = %cfg.security.key_id(), "peer listener up");
+        if cfg.security.plaintext {
+            tracing::warn!("EXO_UNSAFE_PLAINTEXT_PEERS: peer traffic is NOT encrypted (benchmarks only)");
+        }
         Ok(node)
     }
 
@@ -194,6 +207,16 @@ impl ClusterNode {
         let p = profile::snapshot(self.memory_limit, profile::refined_decode_gbps(probe));
         *self.profile.lock().unwrap() = p.clone();
         p
+    }
+
+    /// The cluster's key id (public: mDNS announces it).
+    pub fn key_id(&self) -> crate::secret::KeyId {
+        self.endpoint.security.key_id()
+    }
+
+    /// First 8 bytes of this node's static key, in hex.
+    pub fn key_fingerprint(&self) -> String {
+        self.endpoint.security.keys.fingerprint()
     }
 
     pub fn peer_addr(&self) -> &str {
@@ -215,7 +238,7 @@ impl ClusterNode {
         }
         // connect without holding the map: a peer that does not answer must not stall the
         // traffic to the others
-        let c = transport::connect(addr, &self.hello, self.incoming.clone()).await?;
+        let c = transport::connect(addr, &self.endpoint).await?;
         let mut conns = self.conns.lock().await;
         if let Some(existing) = conns.get(addr) {
             if !existing.is_closed() {
@@ -271,6 +294,7 @@ impl ClusterNode {
                 bandwidth: p.bandwidth,
                 last_seen_ms_ago: p.last_seen.elapsed().as_millis() as u64,
                 profile: p.profile.clone(),
+                key: p.conn.peer_key(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -329,10 +353,15 @@ async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::T
     loop {
         let Ok((stream, from)) = listener.accept().await else { continue };
         let Some(n) = node.upgrade() else { return };
-        let (hello, incoming) = (n.hello.clone(), n.incoming.clone());
+        // a slot per connection, held until it closes; beyond the limit the socket just closes
+        let Some(slot) = n.accepted.clone().take(from.ip()) else {
+            tracing::warn!(%from, "refused a peer connection: {} connections from this address already", n.accepted.max);
+            continue;
+        };
+        let endpoint = n.endpoint.clone();
         let weak = node.clone();
         tokio::spawn(async move {
-            match transport::accept(stream, &hello, incoming).await {
+            match transport::accept(stream, &endpoint, slot).await {
                 Ok(c) => {
                     if let Some(n) = weak.upgrade() {
                         n.note_peer(&c);
@@ -356,6 +385,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
     let mut beat = 0u64;
     let mut dialing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // a refusal is worth saying once (not every heartbeat); an absent peer is not
+    let last_error: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
@@ -369,13 +400,29 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
             if n.alive(addr) || dialing.get(addr).is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            let (weak, a) = (node.clone(), addr.clone());
+            let (weak, a, errors) = (node.clone(), addr.clone(), last_error.clone());
             dialing.insert(
                 addr.clone(),
                 tokio::spawn(async move {
                     let Some(n) = weak.upgrade() else { return };
-                    if let Err(e) = n.conn(&a).await {
-                        tracing::debug!(addr = %a, "static peer not reachable: {e}");
+                    match n.conn(&a).await {
+                        Ok(_) => {
+                            errors.lock().unwrap().remove(&a);
+                        }
+                        Err(
+                            e @ (TransportError::OtherCluster { .. }
+                            | TransportError::Refused(_)
+                            | TransportError::Handshake(_)
+                            | TransportError::Namespace { .. }),
+                        ) => {
+                            let msg = e.to_string();
+                            let mut errors = errors.lock().unwrap();
+                            if errors.get(&a) != Some(&msg) {
+                                tracing::warn!(addr = %a, "cannot join peer: {msg}");
+                                errors.insert(a, msg);
+                            }
+                        }
+                        Err(e) => tracing::debug!(addr = %a, "static peer not reachable: {e}"),
                     }
                 }),
             );

@@ -44,7 +44,12 @@ impl GgufFile {
         let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let file_size = file.metadata().map_err(io)?.len();
-        let mut r = Reader { inner: BufReader::new(file), path: path.to_path_buf(), pos: 0 };
+        GgufFile::parse(BufReader::new(file), path, file_size)
+    }
+
+    /// Parses a header from `r`, a file of `file_size` bytes named `path` (for messages).
+    pub fn parse(r: impl Read, path: &Path, file_size: u64) -> Result<GgufFile, GgufError> {
+        let mut r = Reader { inner: r, path: path.to_path_buf(), pos: 0, len: file_size };
         let mut magic = [0u8; 4];
         r.read_exact(&mut magic)?;
         if &magic != GGUF_MAGIC {
@@ -59,7 +64,9 @@ impl GgufFile {
         if n_tensors > MAX_ENTRIES || n_kv > MAX_ENTRIES {
             return Err(r.corrupt(format!("implausible counts: {n_tensors} tensors, {n_kv} metadata keys")));
         }
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        // capacities bounded by what the file can hold (a key-value pair takes at least 13
+        // bytes, a tensor entry 28), not by the counts it claims
+        let mut metadata = Vec::with_capacity(n_kv.min(r.remaining() / 13) as usize);
         for _ in 0..n_kv {
             let key = r.string()?;
             let t = r.u32()?;
@@ -74,7 +81,7 @@ impl GgufFile {
         if alignment == 0 || !alignment.is_power_of_two() {
             return Err(r.corrupt(format!("general.alignment {alignment} is not a power of two")));
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(n_tensors.min(r.remaining() / 28) as usize);
         for _ in 0..n_tensors {
             let name = r.string()?;
             let n_dims = r.u32()?;
@@ -93,10 +100,17 @@ impl GgufFile {
             if dims[0] % blck != 0 || n == u64::MAX {
                 return Err(r.corrupt(format!("tensor {name}: shape {dims:?} does not fit type {type_id}")));
             }
-            let bytes = (n / blck) * tsize;
+            // a huge shape must not wrap around to a small size that passes the bounds check
+            let bytes = (n / blck)
+                .checked_mul(tsize)
+                .ok_or_else(|| r.corrupt(format!("tensor {name}: shape {dims:?} is too large")))?;
             tensors.push(TensorInfo { name, dims, type_id, offset, bytes });
         }
-        let data_offset = r.pos.div_ceil(alignment) * alignment;
+        let data_offset = r
+            .pos
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| r.corrupt(format!("general.alignment {alignment} is too large")))?;
         for t in &tensors {
             let end = data_offset.saturating_add(t.offset).saturating_add(t.bytes);
             if end > file_size {
@@ -114,13 +128,34 @@ impl GgufFile {
     }
 }
 
-struct Reader {
-    inner: BufReader<File>,
+struct Reader<R> {
+    inner: R,
     path: PathBuf,
     pos: u64,
+    /// Size of the whole file: nothing longer than what is left can be in it.
+    len: u64,
 }
 
-impl Reader {
+impl<R: Read> Reader<R> {
+    fn remaining(&self) -> u64 {
+        self.len.saturating_sub(self.pos)
+    }
+
+    /// Something of `n` bytes (at least) must fit in what is left of the file.
+    fn fits(&self, n: u64, what: &str) -> Result<(), GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated {
+                path: self.path.clone(),
+                detail: format!(
+                    "a {what} of {n} bytes at byte {} runs past the end ({} left in the file)",
+                    self.pos,
+                    self.remaining()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, detail: String) -> GgufError {
         GgufError::Corrupt { path: self.path.clone(), offset: self.pos, detail }
     }
@@ -156,6 +191,7 @@ impl Reader {
         if n > MAX_STRING {
             return Err(self.corrupt(format!("string of {n} bytes")));
         }
+        self.fits(n, "string")?;
         let mut b = vec![0u8; n as usize];
         self.read_exact(&mut b)?;
         String::from_utf8(b).map_err(|_| self.corrupt("string is not UTF-8".into()))
@@ -178,6 +214,8 @@ impl Reader {
                 if n > MAX_ARRAY || et == 9 {
                     return Err(self.corrupt(format!("array of {n} elements of type {et}")));
                 }
+                // every element takes at least a byte
+                self.fits(n, "array")?;
                 let mut v = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     v.push(self.value(et)?);
@@ -199,4 +237,51 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>>
     let mut b = vec![0u8; len];
     f.read_exact(&mut b)?;
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF with one Q8_0 tensor of shape [32, m] and `data` bytes of data.
+    fn one_tensor(m: u64, data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // metadata
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b't');
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&32u64.to_le_bytes());
+        b.extend_from_slice(&m.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes()); // Q8_0: 34 bytes per 32 values
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + data, 0);
+        b
+    }
+
+    // Found by the gguf fuzz target (fuzz/regressions/gguf/tensor_bytes_overflow): the byte size
+    // m * 34 wrapped around in release builds. With m = ceil(2^64 / 34) it wraps to 16 bytes,
+    // so a tensor of 1.7e19 values "fit" in a 16-byte data section.
+    #[test]
+    fn a_tensor_size_that_overflows_is_corrupt_not_tiny() {
+        let m = 542_551_296_285_575_048;
+        let b = one_tensor(m, 16);
+        let e = GgufFile::parse(&b[..], Path::new("x.gguf"), b.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        let ok = one_tensor(2, 68);
+        assert_eq!(GgufFile::parse(&ok[..], Path::new("x.gguf"), ok.len() as u64).unwrap().tensors[0].bytes, 68);
+    }
+
+    #[test]
+    fn counts_and_lengths_are_bounded_by_the_file_not_by_what_it_claims() {
+        // 2^24 metadata keys claimed by a 24-byte file: no 900 MB allocation, just an error
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(1u64 << 24).to_le_bytes());
+        b.extend_from_slice(&(60u64 << 20).to_le_bytes()); // a 60 MiB key in a 32-byte file
+        let e = GgufFile::parse(&b[..], Path::new("x.gguf"), b.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("left in the file"), "{e}");
+    }
 }

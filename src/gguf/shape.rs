@@ -5,6 +5,9 @@ use super::types::Value;
 use super::GgufError;
 use serde::Serialize;
 
+/// More decoder blocks than any model has (the largest have a few hundred).
+pub const MAX_LAYERS: u64 = 1 << 16;
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelShape {
     pub architecture: String,
@@ -54,17 +57,41 @@ impl ModelShape {
                 v => v.as_u64(),
             }
         };
-        let n_layer = num("block_count").ok_or_else(|| missing(&key("block_count")))? as u32;
-        let n_embd = num("embedding_length").ok_or_else(|| missing(&key("embedding_length")))? as u32;
-        let n_head = num("attention.head_count").unwrap_or(0) as u32;
-        let n_head_kv = num("attention.head_count_kv").map(|v| v as u32).unwrap_or(n_head);
+        // the header's numbers size allocations and arithmetic: bounded before use (a block
+        // count of 4e9 once made this allocate 32 GB; found by the gguf fuzz target)
+        let bounded = |k: &str, v: u64, max: u64| -> Result<u32, GgufError> {
+            if v > max {
+                return Err(GgufError::Corrupt {
+                    path: f.path.clone(),
+                    offset: 0,
+                    detail: format!("{} = {v} is implausible (at most {max})", key(k)),
+                });
+            }
+            Ok(v as u32)
+        };
+        let n_layer =
+            bounded("block_count", num("block_count").ok_or_else(|| missing(&key("block_count")))?, MAX_LAYERS)?;
+        let n_embd = num("embedding_length").ok_or_else(|| missing(&key("embedding_length")))?;
+        let n_embd = bounded("embedding_length", n_embd, u32::MAX as u64)?;
+        let n_head = bounded("attention.head_count", num("attention.head_count").unwrap_or(0), u32::MAX as u64)?;
+        let n_head_kv = match num("attention.head_count_kv") {
+            Some(v) => bounded("attention.head_count_kv", v, u32::MAX as u64)?,
+            None => n_head,
+        };
         let head_default = n_embd.checked_div(n_head).unwrap_or(0);
-        let head_dim_k = num("attention.key_length").map(|v| v as u32).unwrap_or(head_default);
-        let head_dim_v = num("attention.value_length").map(|v| v as u32).unwrap_or(head_default);
-        let context_length = num("context_length").unwrap_or(0) as u32;
+        let head_dim_k = match num("attention.key_length") {
+            Some(v) => bounded("attention.key_length", v, u32::MAX as u64)?,
+            None => head_default,
+        };
+        let head_dim_v = match num("attention.value_length") {
+            Some(v) => bounded("attention.value_length", v, u32::MAX as u64)?,
+            None => head_default,
+        };
+        let context_length = bounded("context_length", num("context_length").unwrap_or(0), u32::MAX as u64)?;
         let vocab_size = num("vocab_size")
             .or_else(|| f.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len() as u64))
-            .unwrap_or(0) as u32;
+            .unwrap_or(0);
+        let vocab_size = bounded("vocab_size", vocab_size, u32::MAX as u64)?;
         let chat_template = f.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
         let name = f.get("general.name").and_then(Value::as_str).map(str::to_string);
 
@@ -73,21 +100,21 @@ impl ModelShape {
         let mut has_output = false;
         let mut n_params = 0u64;
         for t in files.tensors() {
-            total += t.bytes;
-            n_params += t.dims.iter().product::<u64>();
+            total = u64::saturating_add(total, t.bytes);
+            n_params = n_params.saturating_add(t.dims.iter().product::<u64>());
             if let Some(il) = layer_index(&t.name) {
                 if let Some(slot) = layer_bytes.get_mut(il) {
-                    *slot += t.bytes;
+                    *slot = u64::saturating_add(*slot, t.bytes);
                 } else {
-                    other_bytes += t.bytes; // e.g. MTP/nextn blocks beyond n_layer
+                    other_bytes = u64::saturating_add(other_bytes, t.bytes); // e.g. MTP/nextn blocks beyond n_layer
                 }
             } else if t.name == "token_embd.weight" {
-                embedding_bytes += t.bytes;
+                embedding_bytes = u64::saturating_add(embedding_bytes, t.bytes);
             } else if t.name == "output.weight" {
-                output_bytes += t.bytes;
+                output_bytes = u64::saturating_add(output_bytes, t.bytes);
                 has_output = true;
             } else {
-                other_bytes += t.bytes;
+                other_bytes = u64::saturating_add(other_bytes, t.bytes);
             }
         }
         let tied = !has_output;

@@ -21,6 +21,44 @@ pub fn forward_bytes(m: &ModelCost) -> f64 {
 }
 pub const BACK_BYTES: f64 = 8.0;
 
+/// Weights, KV cache and compute bytes of layers [a, b) as one stage (first and/or last) at a
+/// context of `ctx` tokens and micro-batches of `n_ubatch`: what a node checks before it loads a
+/// stage for a peer, and what placement fits against nodes' memory.
+pub fn stage_memory(
+    m: &ModelCost,
+    a: u32,
+    b: u32,
+    first: bool,
+    last: bool,
+    ctx: u32,
+    n_ubatch: u32,
+) -> (u64, u64, u64) {
+    let mut w: u64 = m.layer_bytes[a as usize..b as usize].iter().sum();
+    if first {
+        w += m.embedding_bytes;
+    }
+    if last {
+        // a tied head is the embedding: a separate last stage needs its own copy
+        w += if m.tied_embeddings {
+            if first {
+                0
+            } else {
+                m.embedding_bytes
+            }
+        } else {
+            m.output_bytes
+        };
+        w += m.other_bytes;
+    }
+    let kv = ctx as u64 * m.kv_bytes_per_token_per_layer * (b - a) as u64;
+    let ub = n_ubatch as u64;
+    let mut compute = (32 << 20) + 4 * ub * 12 * m.n_embd as u64;
+    if last {
+        compute += 4 * ub * m.n_vocab as u64;
+    }
+    (w, kv, compute)
+}
+
 /// Precomputed per-model, per-cluster numbers shared by evaluation and search.
 pub(super) struct Ctx<'a> {
     pub m: &'a ModelCost,
@@ -67,31 +105,7 @@ impl<'a> Ctx<'a> {
 
     /// Weights, KV and compute bytes of layers [a, b) on one stage.
     pub fn memory(&self, a: u32, b: u32, first: bool, last: bool) -> (u64, u64, u64) {
-        let m = self.m;
-        let mut w = self.layer_bytes(a, b);
-        if first {
-            w += m.embedding_bytes;
-        }
-        if last {
-            // a tied head is the embedding: a separate last stage needs its own copy
-            w += if m.tied_embeddings {
-                if first {
-                    0
-                } else {
-                    m.embedding_bytes
-                }
-            } else {
-                m.output_bytes
-            };
-            w += m.other_bytes;
-        }
-        let kv = self.o.ctx as u64 * m.kv_bytes_per_token_per_layer * (b - a) as u64;
-        let ub = self.o.n_ubatch as u64;
-        let mut compute = (32 << 20) + 4 * ub * 12 * m.n_embd as u64;
-        if last {
-            compute += 4 * ub * m.n_vocab as u64;
-        }
-        (w, kv, compute)
+        stage_memory(self.m, a, b, first, last, self.o.ctx, self.o.n_ubatch)
     }
 
     /// Seconds per decoded token for layers [a, b) on node `n`.

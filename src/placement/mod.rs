@@ -13,7 +13,7 @@ mod types;
 pub mod units;
 
 pub use cluster_file::parse_cluster;
-pub use cost::{forward_bytes, BACK_BYTES};
+pub use cost::{forward_bytes, stage_memory, BACK_BYTES};
 pub use search::MAX_SEARCH_NODES;
 pub use split::{parse_split, ForcedStage, SplitError};
 pub use types::{Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, Plan, StagePlan};

@@ -1,16 +1,41 @@
-//! A peer connection: handshake, a writer task, a reader task that hands answers to whoever
-//! asked (by request id) and everything else to the node as [`Incoming`].
+//! A peer connection: the Noise handshake, then the hello; a writer task, and a reader task
+//! that hands answers to whoever asked (by request id) and everything else to the node as
+//! [`Incoming`], each frame counted against the node's byte budget until it is handled.
 
-use super::frame::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
+use super::frame::{write_frame, Frame, HEADER_LEN, PROTOCOL_VERSION};
 use super::message::{from_json, to_json, Kind};
+use super::noise::{self, RecordReader, RecordWriter, Security};
 use super::TransportError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// The whole handshake (Noise and hello) must be done within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of received frames a node holds before they are handled (all connections together):
+/// a reader waits for room before it allocates a payload, so TCP pushes back on the sender.
+pub const QUEUE_BUDGET: usize = 512 << 20;
+
+/// What a node brings to each of its connections.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub hello: Hello,
+    pub security: Security,
+    pub incoming: mpsc::Sender<Incoming>,
+    /// Bytes of received frames not yet handled ([`QUEUE_BUDGET`]).
+    pub budget: Arc<Semaphore>,
+}
+
+impl Endpoint {
+    pub fn new(hello: Hello, security: Security, incoming: mpsc::Sender<Incoming>) -> Endpoint {
+        Endpoint { hello, security, incoming, budget: Arc::new(Semaphore::new(QUEUE_BUDGET)) }
+    }
+}
 
 /// What each side says about itself when connecting.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,10 +48,12 @@ pub struct Hello {
     pub peer_addr: String,
 }
 
-/// A frame the node must act on, with the connection it came in on (to answer).
+/// A frame the node must act on, with the connection it came in on (to answer) and its share of
+/// the byte budget (released when dropped: keep it as long as the frame's data is queued).
 pub struct Incoming {
     pub frame: Frame,
     pub conn: Conn,
+    pub queued: OwnedSemaphorePermit,
 }
 
 /// Kinds that answer a request on the same connection.
@@ -41,6 +68,10 @@ pub struct Conn {
 
 struct Inner {
     peer: Hello,
+    /// The peer's Noise static key (its node identity).
+    peer_key: [u8; 32],
+    /// Wakes the writer when the reader ends, so the socket closes at once.
+    close: Notify,
     tx: mpsc::Sender<Frame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     next: AtomicU64,
@@ -58,6 +89,11 @@ fn is_data(kind: Kind) -> bool {
 impl Conn {
     pub fn peer(&self) -> &Hello {
         &self.inner.peer
+    }
+
+    /// First 8 bytes of the peer's static key, in hex.
+    pub fn peer_key(&self) -> String {
+        self.inner.peer_key[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -115,12 +151,21 @@ impl Conn {
     }
 }
 
-fn spawn(stream: TcpStream, peer: Hello, incoming: mpsc::Sender<Incoming>) -> Conn {
-    let (mut rd, mut wr) = stream.into_split();
+/// Starts the connection's tasks; `guard` is dropped when the connection ends.
+fn spawn<G: Send + 'static>(
+    mut rd: RecordReader<OwnedReadHalf>,
+    mut wr: RecordWriter<OwnedWriteHalf>,
+    peer: Hello,
+    peer_key: [u8; 32],
+    ep: &Endpoint,
+    guard: G,
+) -> Conn {
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let conn = Conn {
         inner: Arc::new(Inner {
             peer,
+            peer_key,
+            close: Notify::new(),
             tx,
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
@@ -128,95 +173,124 @@ fn spawn(stream: TcpStream, peer: Hello, incoming: mpsc::Sender<Incoming>) -> Co
             data_sent: AtomicU64::new(0),
         }),
     };
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if write_frame(&mut wr, &f).await.is_err() {
-                break;
-            }
-        }
-    });
     let c = conn.clone();
     tokio::spawn(async move {
         loop {
-            match read_frame(&mut rd).await {
-                Ok(Some(f)) => {
-                    if is_answer(f.kind) {
-                        if let Some(w) = c.inner.pending.lock().unwrap().remove(&f.request) {
-                            let _ = w.send(f);
-                        }
-                        continue;
-                    }
-                    if incoming.send(Incoming { frame: f, conn: c.clone() }).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // a malformed or oversized frame ends this connection, nothing else
-                    tracing::warn!(peer = %c.inner.peer.node_name, "closing peer connection: {e}");
-                    break;
-                }
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => if wr.write_frame(&f).await.is_err() { break },
+                    None => break,
+                },
+                _ = c.inner.close.notified() => break,
             }
         }
+        // dropping the write half shuts the socket down for writing
+    });
+    let (c, incoming, budget) = (conn.clone(), ep.incoming.clone(), ep.budget.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        let end = loop {
+            let h = match rd.read_header().await {
+                Ok(Some(h)) => h,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            };
+            // room in the budget first, then the allocation
+            let Ok(queued) = budget.clone().acquire_many_owned(h.len + HEADER_LEN as u32).await else { break None };
+            let payload = match rd.read_payload(h.len).await {
+                Ok(p) => p,
+                Err(e) => break Some(e),
+            };
+            let f = Frame { kind: h.kind, request: h.request, payload };
+            if is_answer(f.kind) {
+                if let Some(w) = c.inner.pending.lock().unwrap().remove(&f.request) {
+                    let _ = w.send(f);
+                }
+                continue;
+            }
+            if incoming.send(Incoming { frame: f, conn: c.clone(), queued }).await.is_err() {
+                break None;
+            }
+        };
+        if let Some(e) = end {
+            // a malformed, oversized, tampered or replayed frame ends this connection, nothing else
+            tracing::warn!(peer = %c.inner.peer.node_name, "closing peer connection: {e}");
+        }
         c.inner.closed.store(true, Ordering::Relaxed);
+        c.inner.close.notify_one();
         // waking every waiter with an error: dropping their senders does it
         c.inner.pending.lock().unwrap().clear();
     });
     conn
 }
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connects to a peer and introduces ourselves; fails with the peer's reason if refused.
-pub async fn connect(addr: &str, ours: &Hello, incoming: mpsc::Sender<Incoming>) -> Result<Conn, TransportError> {
-    let mut s = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
-    s.set_nodelay(true)?;
-    write_frame(&mut s, &Frame { kind: Kind::Hello as u16, request: 0, payload: to_json(ours) }).await?;
-    let f = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut s))
-        .await
-        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??
-        .ok_or(TransportError::Closed)?;
-    match Kind::from_u16(f.kind) {
-        Some(Kind::Welcome) => {
-            let theirs: Hello = from_json("welcome", &f.payload)?;
-            if theirs.namespace != ours.namespace {
-                return Err(TransportError::Namespace { ours: ours.namespace.clone(), theirs: theirs.namespace });
-            }
-            Ok(spawn(s, theirs, incoming))
-        }
-        Some(Kind::Refused) => Err(TransportError::Refused(String::from_utf8_lossy(&f.payload).into_owned())),
-        _ => Err(TransportError::Unexpected(f.kind)),
-    }
+fn refuse(reason: String) -> Frame {
+    Frame { kind: Kind::Refused as u16, request: 0, payload: reason.into_bytes() }
 }
 
-/// Answers a connecting peer: checks its protocol version and namespace, refusing with a reason
-/// the other side will print.
-pub async fn accept(mut s: TcpStream, ours: &Hello, incoming: mpsc::Sender<Incoming>) -> Result<Conn, TransportError> {
-    s.set_nodelay(true)?;
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut s))
+/// Connects to a peer: the Noise handshake, then introduces ourselves; fails with the peer's
+/// reason if refused.
+pub async fn connect(addr: &str, ep: &Endpoint) -> Result<Conn, TransportError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let session = noise::initiate(&mut s, &ep.security).await?;
+        let peer_key = session.remote_static;
+        let (r, w) = s.into_split();
+        let (mut rd, mut wr) = session.split(r, w);
+        wr.write_frame(&Frame { kind: Kind::Hello as u16, request: 0, payload: to_json(&ep.hello) }).await?;
+        let f = rd.read_frame().await?.ok_or(TransportError::Closed)?;
+        match Kind::from_u16(f.kind) {
+            Some(Kind::Welcome) => {
+                let theirs: Hello = from_json("welcome", &f.payload)?;
+                if theirs.namespace != ep.hello.namespace {
+                    return Err(TransportError::Namespace {
+                        ours: ep.hello.namespace.clone(),
+                        theirs: theirs.namespace,
+                    });
+                }
+                Ok(spawn(rd, wr, theirs, peer_key, ep, ()))
+            }
+            Some(Kind::Refused) => Err(TransportError::Refused(String::from_utf8_lossy(&f.payload).into_owned())),
+            _ => Err(TransportError::Unexpected(f.kind)),
+        }
+    })
+    .await
+    .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// Answers a connecting peer: the Noise handshake (a peer of another cluster is refused with
+/// both key ids), then its protocol version and namespace, refusing with a reason the other side
+/// will print. Everything within [`HANDSHAKE_TIMEOUT`]. `guard` (a connection slot) is held for
+/// as long as the connection lives.
+pub async fn accept<G: Send + 'static>(s: TcpStream, ep: &Endpoint, guard: G) -> Result<Conn, TransportError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_inner(s, ep, guard))
         .await
-        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?;
-    let f = match first {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(TransportError::Closed),
+        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+async fn accept_inner<G: Send + 'static>(mut s: TcpStream, ep: &Endpoint, guard: G) -> Result<Conn, TransportError> {
+    s.set_nodelay(true)?;
+    let session = match noise::respond(&mut s, &ep.security).await {
+        Ok(x) => x,
         Err(e @ TransportError::Version { .. }) => {
-            let msg = format!("{e}; upgrade the older node");
-            let _ =
-                write_frame(&mut s, &Frame { kind: Kind::Refused as u16, request: 0, payload: msg.into_bytes() }).await;
+            let _ = write_frame(&mut s, &refuse(format!("{e}; upgrade the older node"))).await;
             return Err(e);
         }
         Err(e) => return Err(e),
     };
+    let peer_key = session.remote_static;
+    let (r, w) = s.into_split();
+    let (mut rd, mut wr) = session.split(r, w);
+    let f = rd.read_frame().await?.ok_or(TransportError::Closed)?;
     if f.kind != Kind::Hello as u16 {
         return Err(TransportError::Unexpected(f.kind));
     }
     let theirs: Hello = from_json("hello", &f.payload)?;
-    let refuse = |reason: String| Frame { kind: Kind::Refused as u16, request: 0, payload: reason.into_bytes() };
+    let ours = &ep.hello;
     if theirs.version != PROTOCOL_VERSION {
         let e = TransportError::Version { ours: PROTOCOL_VERSION, theirs: theirs.version };
-        write_frame(&mut s, &refuse(e.to_string())).await?;
+        wr.write_frame(&refuse(e.to_string())).await?;
         return Err(e);
     }
     if theirs.namespace != ours.namespace {
@@ -224,9 +298,9 @@ pub async fn accept(mut s: TcpStream, ours: &Hello, incoming: mpsc::Sender<Incom
             "namespace mismatch: node {} is in {:?}, you are in {:?}",
             ours.node_name, ours.namespace, theirs.namespace
         );
-        write_frame(&mut s, &refuse(msg)).await?;
+        wr.write_frame(&refuse(msg)).await?;
         return Err(TransportError::Namespace { ours: ours.namespace.clone(), theirs: theirs.namespace });
     }
-    write_frame(&mut s, &Frame { kind: Kind::Welcome as u16, request: 0, payload: to_json(ours) }).await?;
-    Ok(spawn(s, theirs, incoming))
+    wr.write_frame(&Frame { kind: Kind::Welcome as u16, request: 0, payload: to_json(ours) }).await?;
+    Ok(spawn(rd, wr, theirs, peer_key, ep, guard))
 }

@@ -1,12 +1,15 @@
 //! Frames on a peer connection: a fixed 20-byte header (magic, protocol version, message kind,
 //! request id, payload length) then the payload. The length is checked against a cap before
 //! anything is allocated, so a corrupt or hostile peer cannot make us allocate gigabytes.
+//! Only the handshake travels as bare frames; after it, the same frames travel inside encrypted
+//! records ([`super::noise`]) and are parsed with the same [`decode_header`].
 
 use super::TransportError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const MAGIC: [u8; 4] = *b"EXO\x01";
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: Noise handshake and encrypted records (1 was plaintext).
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 20;
 /// Largest payload accepted: a 512-token batch of 16384-wide f32 hidden states is 32 MiB.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
@@ -18,7 +21,8 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, f: &Frame) -> Result<(), TransportError> {
+/// The header of `f`; refuses a payload over the cap.
+pub fn encode_header(f: &Frame) -> Result<[u8; HEADER_LEN], TransportError> {
     if f.payload.len() > MAX_PAYLOAD as usize {
         return Err(TransportError::TooLarge { len: f.payload.len() as u64, max: MAX_PAYLOAD });
     }
@@ -28,21 +32,18 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, f: &Frame) -> Resu
     h[6..8].copy_from_slice(&f.kind.to_le_bytes());
     h[8..16].copy_from_slice(&f.request.to_le_bytes());
     h[16..20].copy_from_slice(&(f.payload.len() as u32).to_le_bytes());
-    w.write_all(&h).await?;
-    w.write_all(&f.payload).await?;
-    w.flush().await?;
-    Ok(())
+    Ok(h)
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream before a header.
-pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Option<Frame>, TransportError> {
-    let mut h = [0u8; HEADER_LEN];
-    match r.read_exact(&mut h[..1]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    r.read_exact(&mut h[1..]).await?;
+/// A checked header: kind, request id and payload length (at most [`MAX_PAYLOAD`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u16,
+    pub request: u64,
+    pub len: u32,
+}
+
+pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header, TransportError> {
     if h[..4] != MAGIC {
         return Err(TransportError::BadMagic);
     }
@@ -55,6 +56,35 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Option<Fra
     let len = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
     if len > MAX_PAYLOAD {
         return Err(TransportError::TooLarge { len: len as u64, max: MAX_PAYLOAD });
+    }
+    Ok(Header { kind, request, len })
+}
+
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, f: &Frame) -> Result<(), TransportError> {
+    let h = encode_header(f)?;
+    w.write_all(&h).await?;
+    w.write_all(&f.payload).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a header.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Option<Frame>, TransportError> {
+    read_frame_capped(r, MAX_PAYLOAD).await
+}
+
+/// [`read_frame`] with a lower cap (handshake frames from peers not yet authenticated).
+pub async fn read_frame_capped<R: AsyncReadExt + Unpin>(r: &mut R, max: u32) -> Result<Option<Frame>, TransportError> {
+    let mut h = [0u8; HEADER_LEN];
+    match r.read_exact(&mut h[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    r.read_exact(&mut h[1..]).await?;
+    let Header { kind, request, len } = decode_header(&h)?;
+    if len > max {
+        return Err(TransportError::TooLarge { len: len as u64, max });
     }
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).await?;

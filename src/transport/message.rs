@@ -23,6 +23,10 @@ pub enum Kind {
     Unload = 12,
     Error = 13,
     Bye = 14,
+    /// A Noise handshake message (the only bare frames; the first carries the preamble).
+    Handshake = 15,
+    /// The answer to a handshake from another cluster: the responder's preamble.
+    OtherCluster = 16,
 }
 
 impl Kind {
@@ -43,6 +47,8 @@ impl Kind {
             12 => Unload,
             13 => Error,
             14 => Bye,
+            15 => Handshake,
+            16 => OtherCluster,
             _ => return None,
         })
     }
@@ -63,6 +69,24 @@ pub struct LoadStage {
     /// for the last stage, which samples and answers the coordinator.
     pub next: Option<String>,
     pub index: usize,
+}
+
+/// Why a node refused to load a stage, typed across the wire (the `Error` answer to a
+/// [`LoadStage`] carries it as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum LoadRefusal {
+    #[error("node {node} does not have model {model:?}")]
+    NoModel { node: String, model: String },
+    #[error("node {node} has a different {model:?}: {here} bytes here, {theirs} bytes on the coordinator")]
+    ModelSize { node: String, model: String, here: u64, theirs: u64 },
+    #[error("node {node}: layers {begin}..{end} are not within the model's {n_layer}")]
+    Layers { node: String, begin: u32, end: u32, n_layer: u32 },
+    #[error("node {node}: {field} = {value} is outside 1..={max}")]
+    Limit { node: String, field: String, value: u64, max: u64 },
+    #[error("node {node} offers {offered} bytes of memory; layers {begin}..{end} need {needed} (weights {weights}, KV cache {kv}, compute {compute})")]
+    Memory { node: String, begin: u32, end: u32, needed: u64, offered: u64, weights: u64, kv: u64, compute: u64 },
+    #[error("node {node}: {detail}")]
+    Failed { node: String, detail: String },
 }
 
 /// A KV or sampler operation applied identically on every stage.

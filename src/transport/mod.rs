@@ -1,13 +1,19 @@
-//! The peer protocol: framed binary messages over TCP (TCP_NODELAY), a handshake that checks
-//! protocol version and namespace, and hidden states as raw little-endian f32 rows.
+//! The peer protocol: framed binary messages over TCP (TCP_NODELAY), a Noise handshake keyed by
+//! the cluster secret, then every frame encrypted ([`noise`]); a hello that checks protocol
+//! version and namespace; hidden states as raw little-endian f32 rows.
 
 mod conn;
 mod frame;
 mod message;
+pub mod noise;
 
-pub use conn::{accept, connect, Conn, Hello, Incoming};
-pub use frame::{read_frame, write_frame, Frame, HEADER_LEN, MAGIC, MAX_PAYLOAD, PROTOCOL_VERSION};
-pub use message::{BatchMsg, Kind, LoadStage, SeqOp};
+pub use conn::{accept, connect, Conn, Endpoint, Hello, Incoming, HANDSHAKE_TIMEOUT};
+pub use frame::{
+    decode_header, encode_header, read_frame, read_frame_capped, write_frame, Frame, Header, HEADER_LEN, MAGIC,
+    MAX_PAYLOAD, PROTOCOL_VERSION,
+};
+pub use message::{BatchMsg, Kind, LoadRefusal, LoadStage, SeqOp};
+pub use noise::{Security, NOISE_PARAMS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -27,6 +33,14 @@ pub enum TransportError {
     Malformed { what: &'static str, detail: String },
     #[error("unexpected message kind {0}")]
     Unexpected(u16),
+    #[error("the peer is in another cluster: key id {theirs} vs {ours} here (join it with the token `exo cluster token` prints on one of its nodes)")]
+    OtherCluster { ours: crate::secret::KeyId, theirs: crate::secret::KeyId },
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error(
+        "a record failed authentication (tampered, replayed, reordered or from another key); closing the connection"
+    )]
+    Crypto,
     #[error("the connection is closed")]
     Closed,
     #[error("no answer within {0:?}")]

@@ -1,16 +1,22 @@
 """Drives a live `exo serve` with the real Python clients (ollama, openai, anthropic).
 
-Usage: check_clients.py BASE_URL MODEL PULL_NAME
+Usage: check_clients.py BASE_URL MODEL PULL_NAME [API_KEY]
+With API_KEY (the server runs with --api-key), every client sends it, and clients without it
+(or with a wrong one) must get a 401 in their API's error shape.
 Prints one line per check and a final "N passed, N failed" line; exits non-zero on any failure.
 """
+import json
 import sys
 import traceback
+import urllib.error
+import urllib.request
 
 import anthropic
 import ollama
 import openai
 
 base, model, pull_name = sys.argv[1], sys.argv[2], sys.argv[3]
+api_key = sys.argv[4] if len(sys.argv) > 4 else None
 results = []
 
 
@@ -27,7 +33,8 @@ def check(name):
     return wrap
 
 
-oc = ollama.Client(host=base)
+# Ollama clients send a key as a bearer header
+oc = ollama.Client(host=base, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 opts = {"num_predict": 8, "temperature": 0, "seed": 1}
 
 
@@ -96,7 +103,7 @@ def _():
         raise AssertionError("no error")
 
 
-oa = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+oa = openai.OpenAI(base_url=base + "/v1", api_key=api_key or "unused")
 
 
 @check("openai chat")
@@ -133,7 +140,7 @@ def _():
         raise AssertionError("no error")
 
 
-ac = anthropic.Anthropic(base_url=base, api_key="unused")
+ac = anthropic.Anthropic(base_url=base, api_key=api_key or "unused")
 # greedy, so that no random draw ends the answer before max_tokens (this SDK version no longer
 # takes temperature as an argument; the API field still exists)
 greedy = {"temperature": 0}
@@ -153,6 +160,67 @@ def _():
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert final.stop_reason == "max_tokens" and final.content[0].text == text, final
+
+
+if api_key:
+    def raw(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    @check("without key: GET / and /api/version stay open")
+    def _():
+        assert raw("/")[0] == 200
+        status, body = raw("/api/version")
+        assert status == 200 and "version" in json.loads(body), body
+
+    @check("without key: raw 401 shapes (Ollama, OpenAI, Anthropic)")
+    def _():
+        status, body = raw("/api/tags")
+        assert status == 401 and isinstance(json.loads(body)["error"], str), body
+        status, body = raw("/v1/models")
+        err = json.loads(body)["error"]
+        assert status == 401 and err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key", body
+        req = urllib.request.Request(base + "/v1/messages", data=b"{}", method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError("no error")
+        except urllib.error.HTTPError as e:
+            v = json.loads(e.read())
+            assert e.code == 401 and v["type"] == "error" and v["error"]["type"] == "authentication_error", v
+
+    @check("ollama without key: 401")
+    def _():
+        for c in [ollama.Client(host=base), ollama.Client(host=base, headers={"Authorization": "Bearer wrong"})]:
+            try:
+                c.generate(model=model, prompt="Hello", options=opts)
+            except ollama.ResponseError as e:
+                assert e.status_code == 401 and "API key" in e.error, (e.status_code, e.error)
+            else:
+                raise AssertionError("no error")
+
+    @check("openai with a wrong key: 401")
+    def _():
+        bad = openai.OpenAI(base_url=base + "/v1", api_key="wrong")
+        try:
+            bad.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        except openai.AuthenticationError as e:
+            assert e.status_code == 401 and e.code == "invalid_api_key" and e.type == "invalid_request_error", e
+        else:
+            raise AssertionError("no error")
+
+    @check("anthropic with a wrong key: 401")
+    def _():
+        bad = anthropic.Anthropic(base_url=base, api_key="wrong")
+        try:
+            bad.messages.create(model=model, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+        except anthropic.AuthenticationError as e:
+            assert e.status_code == 401 and e.body["type"] == "error", e.body
+            assert e.body["error"]["type"] == "authentication_error", e.body
+        else:
+            raise AssertionError("no error")
 
 
 failed = [n for n, e in results if e]

@@ -57,6 +57,7 @@ pub fn exo(args: &[&str]) -> std::process::Output {
         .env("EXO_API_ADDR", "127.0.0.1:1")
         .env("EXO_NO_DISCOVERY", "1")
         .env("EXO_DECODE_GBPS", "10")
+        .env("EXO_CONFIG_DIR", config_dir())
         .output()
         .unwrap()
 }
@@ -75,3 +76,20 @@ pub const BATCH_PROMPTS: [&str; 8] = [
     "Hello",
 ];
 pub const BATCH_STEPS: usize = 24;
+
+/// A config dir for CLI runs in tests (an embedded node creates its keys there, not in $HOME).
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("exo-config")
+}
+
+/// One shared test cluster secret: in-process nodes given this are in one cluster (each with
+/// its own fresh static key).
+pub fn test_security() -> exo::transport::Security {
+    security_for([7u8; 32])
+}
+
+/// A node of the cluster whose secret is `secret`.
+pub fn security_for(secret: [u8; 32]) -> exo::transport::Security {
+    let keys = exo::secret::NodeKeys::ephemeral(exo::secret::ClusterSecret::from_bytes(secret)).unwrap();
+    exo::transport::Security::new(std::sync::Arc::new(keys))
+}

@@ -1,0 +1,162 @@
+//! Who may call the API: an optional API key (`--api-key` / `EXO_API_KEY`) checked on every
+//! route except `GET /` and `GET /api/version`, and CORS for browser clients, off unless
+//! `EXO_ORIGINS` lists origins (like `OLLAMA_ORIGINS`: comma-separated, `*` matches anything).
+//!
+//! CORS is tower-http's `CorsLayer`: preflight answers, `Vary`, and the allow-* headers have
+//! enough corner cases that the maintained implementation is worth the small dependency.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Required on every route but `GET /` and `GET /api/version` when set.
+    pub api_key: Option<String>,
+    /// Browser origins allowed by CORS (patterns with `*`); none: no CORS headers at all.
+    pub origins: Vec<String>,
+}
+
+/// Wraps `router` with the key check and, when origins are given, CORS (outermost, so that
+/// preflights are answered without a key, as browsers send none, and errors carry CORS headers).
+pub fn apply(router: Router, access: &Access) -> Router {
+    let mut r = router;
+    if let Some(key) = access.api_key.as_deref().filter(|k| !k.is_empty()) {
+        let want: Arc<[u8; 32]> = Arc::new(Sha256::digest(key.as_bytes()).into());
+        r = r.layer(middleware::from_fn_with_state(want, require_key));
+    }
+    let origins: Vec<String> = access.origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+    if !origins.is_empty() {
+        let origins = Arc::new(origins);
+        let cors = CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |o: &HeaderValue, _| {
+                o.to_str().is_ok_and(|o| origins.iter().any(|p| glob(p, o)))
+            }))
+            .allow_methods(AllowMethods::list([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::DELETE,
+                Method::OPTIONS,
+            ]))
+            // SDKs send their own headers (x-stainless-*, anthropic-version, ...): mirror them
+            .allow_headers(AllowHeaders::mirror_request())
+            .max_age(std::time::Duration::from_secs(3600));
+        r = r.layer(cors);
+    }
+    r
+}
+
+/// Routes anyone may call: a liveness probe and the version (what clients check first).
+fn is_public(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD) && (path == "/" || path == "/api/version")
+}
+
+/// The key a client presented: `Authorization: Bearer KEY` (OpenAI's SDK, Ollama clients with
+/// a header) or `x-api-key: KEY` (Anthropic's SDK).
+fn presented(h: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = h.get("x-api-key") {
+        return Some(v.as_bytes());
+    }
+    let v = h.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = v.get(..7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| v[7..].trim_ascii())
+}
+
+/// Compares digests, in constant time, so that timing says nothing about the key.
+fn key_matches(given: &[u8], want: &[u8; 32]) -> bool {
+    let d: [u8; 32] = Sha256::digest(given).into();
+    d.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn require_key(State(want): State<Arc<[u8; 32]>>, req: Request, next: Next) -> Response {
+    if is_public(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    match presented(req.headers()) {
+        Some(k) if key_matches(k, &want) => next.run(req).await,
+        given => unauthorized(req.uri().path(), given.is_some()),
+    }
+}
+
+/// A 401 in the error shape of the API the path belongs to.
+fn unauthorized(path: &str, given: bool) -> Response {
+    let msg = if given {
+        "invalid API key"
+    } else {
+        "missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
+    };
+    let body = if path.starts_with("/v1/messages") {
+        json!({ "type": "error", "error": { "type": "authentication_error", "message": msg } })
+    } else if path.starts_with("/v1/") {
+        json!({ "error": { "message": msg, "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } })
+    } else {
+        json!({ "error": msg })
+    };
+    let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// `*` matches any run of characters (`http://localhost:*`, `https://*.example.com`, `*`).
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), s.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while j < s.len() {
+        if i < p.len() && p[i] != b'*' && p[i].eq_ignore_ascii_case(&s[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == b'*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(st) = star {
+            i = st + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns() {
+        assert!(glob("*", "http://anything:1"));
+        assert!(glob("http://localhost:*", "http://localhost:3000"));
+        assert!(!glob("http://localhost:*", "http://localhost.evil.com"));
+        assert!(glob("https://*.example.com", "https://app.example.com"));
+        assert!(!glob("https://*.example.com", "https://example.com"));
+        assert!(!glob("https://*.example.com", "https://app.example.com.evil.org"));
+        assert!(glob("https://app.example.com", "HTTPS://APP.example.com"));
+        assert!(!glob("", "x"));
+    }
+
+    #[test]
+    fn keys_are_read_from_either_header() {
+        let want: [u8; 32] = Sha256::digest(b"k1").into();
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert!(key_matches(presented(&h).unwrap(), &want));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  k1 "));
+        assert!(key_matches(presented(&h).unwrap(), &want));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
+        assert!(presented(&h).is_none());
+        h.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert!(!key_matches(presented(&h).unwrap(), &want));
+        assert!(is_public(&Method::GET, "/") && is_public(&Method::GET, "/api/version"));
+        assert!(!is_public(&Method::POST, "/api/version") && !is_public(&Method::GET, "/api/tags"));
+    }
+}
