@@ -18,6 +18,9 @@ pub enum NodeError {
     Peer(#[from] crate::transport::TransportError),
 }
 
+/// Longest wait on shutdown for coordinators to move this node's stages away.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub struct NodeConfig {
     pub api_addr: SocketAddr,
     pub limits: Limits,
@@ -51,6 +54,9 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         runtime.shut_down();
         if let Some(n) = &node {
             n.goodbye().await;
+            // coordinators move the stages this node hosts elsewhere (re-place and replay);
+            // leaving once they are gone keeps their streams going
+            n.drain(DRAIN).await;
         }
     };
     axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(NodeError::Serve)

@@ -153,7 +153,9 @@ async fn three_processes() {
     assert_eq!(nodes, ["a", "b"]);
     assert!(r["nodes"].as_array().unwrap().iter().all(|n| n["peak_rss_bytes"].as_u64().unwrap() > 1 << 20));
 
-    // kill c in the middle of a long generation over a and c
+    // kill c in the middle of a generation over a and c: the stream pauses, the model is
+    // re-placed over a and b, and it completes without an error (tests/recovery.rs checks the
+    // text; here the two-node placement forced through /instances)
     let placement = json!([{ "node": "a", "begin": 0, "end": 4 }, { "node": "c", "begin": 4, "end": 8 }]);
     let r = http
         .post(format!("{}/instances", a.api))
@@ -162,21 +164,20 @@ async fn three_processes() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let body = json!({ "model": "tiny-llama", "prompt": "go on forever", "options": { "num_predict": 100000 } });
+    let body = json!({ "model": "tiny-llama", "prompt": "go on forever", "options": { "num_predict": 400 } });
     let mut resp = http.post(format!("{}/api/generate", a.api)).json(&body).send().await.unwrap();
     assert!(resp.status().is_success());
     let _first = resp.chunk().await.unwrap();
     c.child.kill().unwrap();
-    let killed = Instant::now();
     let mut tail = String::new();
     while let Ok(Some(chunk)) =
-        tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("the stream hung")
+        tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await.expect("the stream hung")
     {
         tail.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(killed.elapsed() < Duration::from_secs(5), "took {:?} to notice", killed.elapsed());
-    let last = tail.lines().rev().find(|l| !l.is_empty()).unwrap();
-    assert!(last.contains("error") && last.contains("\\\"c\\\"") || last.contains("on c"), "{last}");
+    let last: Value = serde_json::from_str(tail.lines().rev().find(|l| !l.is_empty()).unwrap()).unwrap();
+    assert_eq!(last["done"], true, "{last}");
+    assert!(last.get("error").is_none(), "{last}");
     // c leaves the cluster
     wait_for(&http, &format!("{}/cluster", a.api), |v| {
         v["nodes"].as_array().is_some_and(|n| n.iter().all(|x| x["name"] != "c"))

@@ -77,6 +77,9 @@ impl Drop for Node {
     }
 }
 
+/// What a test does to the cluster in the middle of a stream.
+type Disrupt = dyn FnMut(&mut Cluster);
+
 struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
@@ -106,6 +109,17 @@ impl Cluster {
         c
     }
 
+    /// The nodes' logs, for a failure's message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out += &format!("--- {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    }
+
     fn node(&mut self, name: &str) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
     }
@@ -131,7 +145,9 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "the nodes {names:?} did not show up");
+            if t.elapsed() > Duration::from_secs(30) {
+                panic!("the nodes {names:?} did not show up\n{}", self.logs());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -152,7 +168,7 @@ impl Cluster {
     async fn stream(
         &mut self,
         prompt: &str,
-        mut at: Option<(usize, &mut dyn FnMut(&mut Cluster))>,
+        mut at: Option<(usize, &mut Disrupt)>,
     ) -> (String, Duration) {
         let body = json!({ "model": "tiny-llama", "prompt": prompt, "max_tokens": TOKENS, "temperature": 0,
             "stream": true, "logit_bias": { self.eos.to_string(): -100 } });
@@ -227,11 +243,10 @@ async fn killed_hung_and_leaving_stage_nodes_never_lose_the_stream() {
     c.node("c").start(&dir);
     c.wait_nodes(&["a", "b", "c"]).await;
 
-    // a node that hosts two stages
-    c.place(json!([{ "node": "b", "begin": 0, "end": 3 }, { "node": "c", "begin": 3, "end": 5 }, { "node": "b", "begin": 5, "end": 8 }]))
-        .await;
+    // the first stage, on a node other than the coordinator
+    c.place(json!([{ "node": "b", "begin": 0, "end": 5 }, { "node": "c", "begin": 5, "end": 8 }])).await;
     let (got, _) = c.stream(PROMPT, Some((50, &mut |c: &mut Cluster| c.node("b").kill()))).await;
-    assert_eq!(got, want, "node with two stages killed");
+    assert_eq!(got, want, "first stage killed");
     c.node("b").start(&dir);
     c.wait_nodes(&["a", "b", "c"]).await;
 
@@ -239,6 +254,7 @@ async fn killed_hung_and_leaving_stage_nodes_never_lose_the_stream() {
     c.place(three()).await;
     let (got, pause) = c.stream(PROMPT, Some((50, &mut |c: &mut Cluster| c.node("c").signal("STOP")))).await;
     assert_eq!(got, want, "stage node stopped");
+    eprintln!("stage node stopped: longest pause {pause:?}");
     assert!(pause < Duration::from_secs(5), "failover took {pause:?}");
     c.node("c").signal("CONT");
     c.node("c").kill();
@@ -249,6 +265,7 @@ async fn killed_hung_and_leaving_stage_nodes_never_lose_the_stream() {
     c.place(three()).await;
     let (got, pause) = c.stream(PROMPT, Some((50, &mut |c: &mut Cluster| c.node("b").signal("TERM")))).await;
     assert_eq!(got, want, "stage node left");
+    eprintln!("stage node left: longest pause {pause:?}");
     assert!(pause < Duration::from_secs(3), "the departure paused the stream for {pause:?}");
 }
 

@@ -49,7 +49,10 @@ async fn cluster(State(state): State<AppState>) -> Response {
             json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx })
         })
         .collect();
-    axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances })).into_response()
+    // stages this node runs for coordinators (itself included)
+    let hosted = rt.cluster().map(|c| c.hosted()).unwrap_or_default();
+    axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances, "hosted_stages": hosted }))
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -378,7 +378,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn ps(State(state): State<AppState>) -> Response {
-    let models: Vec<Value> = state
+    let mut models: Vec<Value> = state
         .runtime
         .instances()
         .iter()
@@ -396,6 +396,19 @@ async fn ps(State(state): State<AppState>) -> Response {
             })
         })
         .collect();
+    // stages this node runs for other nodes' instances: loaded here too
+    for h in state.runtime.cluster().map(|c| c.hosted()).unwrap_or_default() {
+        models.push(json!({
+            "name": h.model,
+            "model": h.model,
+            "size": 0,
+            "digest": "",
+            "details": details(None, None),
+            "expires_at": "0001-01-01T00:00:00Z",
+            "size_vram": 0,
+            "exo_hosted_stage": { "begin": h.begin, "end": h.end, "coordinator": h.coordinator, "instance": h.instance },
+        }));
+    }
     axum::Json(json!({ "models": models })).into_response()
 }
 

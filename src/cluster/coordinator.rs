@@ -80,9 +80,12 @@ impl ClusterChain {
         }
         let instance = node.new_request();
         let mut conns = Vec::new();
-        let mut n_ctx = u32::MAX;
         for (i, st) in stages.iter().enumerate() {
-            let conn = node.conn(&st.addr).await.map_err(|e| remote(i, st, e))?;
+            conns.push(node.conn(&st.addr).await.map_err(|e| remote(i, st, e))?);
+        }
+        // every stage loads at once; if one cannot, the others are unloaded again
+        let mut loads = tokio::task::JoinSet::new();
+        for (i, st) in stages.iter().enumerate() {
             let req = LoadStage {
                 instance,
                 model: model.to_string(),
@@ -94,13 +97,35 @@ impl ClusterChain {
                 next: stages.get(i + 1).map(|s| s.addr.clone()),
                 index: i,
             };
-            let f = conn
-                .request(Kind::LoadStage, serde_json::to_vec(&req).expect("serializes"), LOAD_TIMEOUT)
-                .await
-                .map_err(|e| remote(i, st, load_error(e)))?;
-            let loaded: LoadedMsg = serde_json::from_slice(&f.payload).map_err(|e| remote(i, st, e))?;
-            n_ctx = n_ctx.min(loaded.n_ctx);
-            conns.push(conn);
+            let (conn, st) = (conns[i].clone(), st.clone());
+            loads.spawn(async move {
+                let f = conn
+                    .request(Kind::LoadStage, serde_json::to_vec(&req).expect("serializes"), LOAD_TIMEOUT)
+                    .await
+                    .map_err(|e| remote(i, &st, load_error(e)))?;
+                let loaded: LoadedMsg = serde_json::from_slice(&f.payload).map_err(|e| remote(i, &st, e))?;
+                Ok::<u32, PipelineError>(loaded.n_ctx)
+            });
+        }
+        let mut n_ctx = u32::MAX;
+        let mut failed = None;
+        while let Some(r) = loads.join_next().await {
+            match r {
+                Ok(Ok(n)) => n_ctx = n_ctx.min(n),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(PipelineError::BadStages { n_layer, detail: e.to_string() });
+                }
+            }
+        }
+        if let Some(e) = failed {
+            let msg = serde_json::to_vec(&UnloadMsg { instance }).expect("serializes");
+            for c in &conns {
+                let _ = c.send(Kind::Unload, 0, msg.clone()).await;
+            }
+            return Err(e);
         }
         let mut info = vocab.info().clone();
         info.n_ctx = n_ctx;
@@ -111,6 +136,11 @@ impl ClusterChain {
 
     pub fn stages(&self) -> &[StagePlacement] {
         &self.stages
+    }
+
+    /// Every stage's node is up (its connection open, its heartbeats answered).
+    pub fn healthy(&self) -> bool {
+        self.conns.iter().zip(&self.stages).all(|(c, s)| !c.is_closed() && self.node.alive(&s.addr))
     }
 
     async fn op(&self, i: usize, op: SeqOp) -> Result<bool, PipelineError> {

@@ -15,6 +15,64 @@ use tokio::sync::mpsc;
 #[derive(Default)]
 pub(super) struct Host {
     stages: Mutex<HashMap<(u64, usize), mpsc::Sender<Job>>>,
+    /// What each hosted stage is and whose (its coordinator).
+    owned: Mutex<HashMap<(u64, usize), HostedStage>>,
+}
+
+/// A stage this node runs for a coordinator (`/cluster` and `/api/ps` list them).
+#[derive(Clone, Debug, Serialize)]
+pub struct HostedStage {
+    pub instance: u64,
+    pub index: usize,
+    pub model: String,
+    pub begin: u32,
+    pub end: u32,
+    /// The coordinator's node id and name.
+    pub coordinator_id: String,
+    pub coordinator: String,
+    /// Since when the coordinator has been gone (unloaded after [`ORPHAN_GRACE`]).
+    #[serde(skip)]
+    pub orphaned_since: Option<std::time::Instant>,
+}
+
+/// How long a stage outlives its coordinator: a coordinator that reconnects within this keeps
+/// its stages; one that died leaves nothing behind for long.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+
+impl Host {
+    pub(super) fn list(&self) -> Vec<HostedStage> {
+        let mut v: Vec<HostedStage> = self.owned.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|h| (h.instance, h.index));
+        v
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.stages.lock().unwrap().is_empty()
+    }
+
+    /// Unloads every stage of `instance`.
+    pub(super) fn unload(&self, instance: u64) {
+        self.stages.lock().unwrap().retain(|(i, _), _| *i != instance);
+        self.owned.lock().unwrap().retain(|(i, _), _| *i != instance);
+    }
+
+    /// Unloads the stages whose coordinator has been gone for longer than [`ORPHAN_GRACE`]
+    /// (`alive`: whether a node id is up).
+    pub(super) fn sweep(&self, alive: impl Fn(&str) -> bool) {
+        let mut gone = Vec::new();
+        for (k, h) in self.owned.lock().unwrap().iter_mut() {
+            if alive(&h.coordinator_id) {
+                h.orphaned_since = None;
+            } else if h.orphaned_since.get_or_insert_with(std::time::Instant::now).elapsed() >= ORPHAN_GRACE {
+                gone.push((*k, h.coordinator.clone()));
+            }
+        }
+        for ((instance, index), who) in gone {
+            tracing::info!(instance, stage = index, coordinator = %who, "unloading a stage whose coordinator is gone");
+            self.stages.lock().unwrap().remove(&(instance, index));
+            self.owned.lock().unwrap().remove(&(instance, index));
+        }
+    }
 }
 
 enum Job {
@@ -101,8 +159,9 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
                 }
             };
             let node = node.clone();
+            let owner = conn.peer().clone();
             tokio::spawn(async move {
-                let reply = match load(&node, ls).await {
+                let reply = match load(&node, ls, &owner).await {
                     Ok(n_ctx) => (Kind::Loaded, json(&LoadedMsg { n_ctx })),
                     Err(e) => {
                         tracing::warn!(peer = %conn.peer().node_name, "refused to load a stage: {e}");
@@ -159,7 +218,7 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
         }
         Kind::Unload => {
             if let Ok(m) = serde_json::from_slice::<UnloadMsg>(&f.payload) {
-                node.host.stages.lock().unwrap().retain(|(i, _), _| *i != m.instance);
+                node.host.unload(m.instance);
                 tracing::info!(instance = m.instance, "stages unloaded");
             }
         }
@@ -220,7 +279,7 @@ fn check(node: &ClusterNode, ls: &LoadStage) -> Result<std::path::PathBuf, LoadR
 }
 
 /// Loads the requested window if this node can (see [`check`]).
-async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, LoadRefusal> {
+async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::Hello) -> Result<u32, LoadRefusal> {
     let me = node.hello.node_name.clone();
     let (n, l) = (node.clone(), ls.clone());
     let path = tokio::task::spawn_blocking(move || check(&n, &l))
@@ -245,6 +304,19 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage) -> Result<u32, LoadRefusal
     let n_ctx = stage.info().n_ctx;
     let (tx, rx) = mpsc::channel(256);
     node.host.stages.lock().unwrap().insert((ls.instance, ls.index), tx);
+    node.host.owned.lock().unwrap().insert(
+        (ls.instance, ls.index),
+        HostedStage {
+            instance: ls.instance,
+            index: ls.index,
+            model: ls.model.clone(),
+            begin: ls.range.begin,
+            end: ls.range.end,
+            coordinator_id: owner.node_id.clone(),
+            coordinator: owner.node_name.clone(),
+            orphaned_since: None,
+        },
+    );
     tracing::info!(instance = ls.instance, stage = ls.index, range = %ls.range, model = %ls.model, "stage loaded");
     tokio::spawn(worker(Arc::downgrade(node), stage, ls, rx));
     Ok(n_ctx)

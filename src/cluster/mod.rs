@@ -8,6 +8,7 @@ mod limits;
 
 pub use coordinator::{ClusterChain, StagePlacement};
 pub use host::decode_payload;
+pub use host::HostedStage;
 
 use crate::profile::{self, Profile};
 use crate::store::Store;
@@ -97,6 +98,11 @@ pub struct ClusterNode {
     /// CPU threads for the stages this node hosts (`--threads`).
     pub(crate) threads: i32,
     peers: Mutex<HashMap<String, PeerState>>,
+    /// Nodes that said goodbye: their late messages do not bring them back (a node that starts
+    /// again has a new id).
+    departed: Mutex<std::collections::HashSet<String>>,
+    /// Names seen on more than one node (warned about once).
+    duplicates_warned: Mutex<std::collections::HashSet<String>>,
     waiters: Mutex<HashMap<u64, TokenWaiter>>,
     next_request: AtomicU64,
     host: host::Host,
@@ -131,6 +137,8 @@ impl ClusterNode {
             retired_data_sent: Default::default(),
             threads: cfg.threads,
             peers: Mutex::new(HashMap::new()),
+            departed: Mutex::default(),
+            duplicates_warned: Mutex::default(),
             waiters: Mutex::new(HashMap::new()),
             // request ids unique across nodes: a random high half
             next_request: AtomicU64::new(random_u64() & 0xFFFF_FFFF_0000_0000),
@@ -255,7 +263,7 @@ impl ClusterNode {
 
     fn note_peer(&self, c: &Conn) {
         let h = c.peer().clone();
-        if h.node_id == self.hello.node_id {
+        if h.node_id == self.hello.node_id || self.departed.lock().unwrap().contains(&h.node_id) {
             return;
         }
         let mut peers = self.peers.lock().unwrap();
@@ -297,8 +305,57 @@ impl ClusterNode {
                 key: p.conn.peer_key(),
             })
             .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.node_id.cmp(&b.node_id)));
+        self.unique_names(&mut v);
         v
+    }
+
+    /// Two nodes with one name cannot be told apart: each of them is shown (and placed) as
+    /// `name#<first 6 hex digits of its id>`, with a warning once per name.
+    fn unique_names(&self, v: &mut [PeerStatus]) {
+        let mut count: HashMap<String, usize> = HashMap::new();
+        count.insert(self.hello.node_name.clone(), 1);
+        for p in v.iter() {
+            *count.entry(p.name.clone()).or_default() += 1;
+        }
+        for p in v.iter_mut().filter(|p| count[&p.name] > 1) {
+            if self.duplicates_warned.lock().unwrap().insert(p.name.clone()) {
+                tracing::warn!(name = %p.name, "several nodes are named {:?}: give each its own --node-name; until then they are told apart by id", p.name);
+            }
+            p.name = format!("{}#{}", p.name, &p.node_id[..6.min(p.node_id.len())]);
+        }
+    }
+
+    /// The id of the node at peer address `addr`, if it is up.
+    pub fn id_at(&self, addr: &str) -> Option<String> {
+        if addr == self.hello.peer_addr {
+            return Some(self.hello.node_id.clone());
+        }
+        self.peers
+            .lock()
+            .unwrap()
+            .values()
+            .find(|p| p.hello.peer_addr == addr && p.alive())
+            .map(|p| p.hello.node_id.clone())
+    }
+
+    /// Whether the node with this id is this node or a peer that is up.
+    pub fn alive_id(&self, id: &str) -> bool {
+        id == self.hello.node_id || self.peers.lock().unwrap().get(id).is_some_and(PeerState::alive)
+    }
+
+    /// Stages this node runs for coordinators.
+    pub fn hosted(&self) -> Vec<HostedStage> {
+        self.host.list()
+    }
+
+    /// Waits until this node hosts no stages (their coordinators moved them away after its
+    /// goodbye), at most `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let t = Instant::now();
+        while !self.host.is_empty() && t.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether the node at peer address `addr` is up: this node, or a peer that answers its
@@ -309,12 +366,12 @@ impl ClusterNode {
             || self.peers.lock().unwrap().values().any(|p| p.hello.peer_addr == addr && p.alive())
     }
 
-    /// The peer address of a node named `name` (this node included).
+    /// The peer address of a node by name (as `peers` shows it) or id (this node included).
     pub fn address_of(&self, name: &str) -> Option<String> {
-        if name == self.hello.node_name {
+        if name == self.hello.node_name || name == self.hello.node_id {
             return Some(self.hello.peer_addr.clone());
         }
-        self.peers().into_iter().find(|p| p.name == name).map(|p| p.address)
+        self.peers().into_iter().find(|p| p.name == name || p.node_id == name).map(|p| p.address)
     }
 
     fn new_request(&self) -> u64 {
@@ -390,6 +447,8 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
+        // stages whose coordinator is gone go after a grace period
+        n.host.sweep(|id| n.alive_id(id));
         if beat % 4 == 1 {
             // memory and the refined decode speed, fresh for the pongs
             let n2 = n.clone();
@@ -488,6 +547,7 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
             Kind::LoadStage | Kind::Forward | Kind::SeqOp | Kind::Unload => host::handle(&n, kind, inc).await,
             Kind::Bye => {
                 let id = inc.conn.peer().node_id.clone();
+                n.departed.lock().unwrap().insert(id.clone());
                 n.peers.lock().unwrap().remove(&id);
                 tracing::info!(peer = %inc.conn.peer().node_name, "peer left");
             }

@@ -207,6 +207,9 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
             return;
         }
         let leased = b.slots.iter().any(|s| s.job.as_ref().is_some_and(|j| j.phase == Phase::Leased));
+        // a cluster pipeline is watched even when idle: a node that fails or leaves is
+        // replaced at once, not at the next request
+        let watch = b.recover.is_some() && !b.recovering && !b.broken.load(Ordering::Relaxed);
         tokio::select! {
             r = rx.recv(), if open => match r {
                 Some(req) => b.queue.push_back(req),
@@ -218,6 +221,12 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
             },
             // a lease ends when its holder drops the receiver: look now and then
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if leased => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)), if watch => {
+                if !current(&b.pipe).healthy() {
+                    b.recovering = true;
+                    tracing::warn!("a node of the pipeline is gone: rebuilding it");
+                }
+            }
         }
     }
 }

@@ -36,6 +36,14 @@ impl Pipe {
         }
     }
 
+    /// Every stage is up (in-process stages always are).
+    pub fn healthy(&self) -> bool {
+        match self {
+            Pipe::Local(_) => true,
+            Pipe::Cluster(c) => c.healthy(),
+        }
+    }
+
     /// Nodes of this pipeline other than this one (none for in-process stages).
     pub fn peer_nodes(&self) -> Vec<String> {
         match self {

@@ -24,11 +24,18 @@ pub struct View {
     /// Peers whose profile has not arrived yet: in `cluster` offering nothing to the placement
     /// search; a forced placement may still name them (the node checks when it loads).
     pub unprofiled: Vec<String>,
+    /// Node ids and their names in `cluster`: placements may name a node by either.
+    pub ids: Vec<(String, String)>,
 }
 
 impl View {
     pub fn addr_of(&self, node: &str) -> Option<&str> {
         self.addrs.iter().find(|(n, _)| n == node).map(|(_, a)| a.as_str())
+    }
+
+    /// A node's name in `cluster`, given its name or its id.
+    pub fn name_of<'a>(&'a self, node: &'a str) -> &'a str {
+        self.ids.iter().find(|(id, _)| id == node).map_or(node, |(_, n)| n.as_str())
     }
 }
 
@@ -54,7 +61,7 @@ fn spec(name: &str, p: &Profile, memory: u64) -> NodeSpec {
 /// This node (offering what it has minus what its loaded instances already hold, when a limit
 /// is set; without one the measured available memory already reflects them) and the peers
 /// whose profiles have arrived. Links: measured round trips and bandwidths, else estimates.
-pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[PeerStatus]) -> View {
+pub fn view(here: &str, here_id: &str, here_addr: &str, local: &Profile, held: u64, peers: &[PeerStatus]) -> View {
     let offered = if local.memory_offered < local.memory_available {
         local.memory_offered.saturating_sub(held)
     } else {
@@ -63,7 +70,9 @@ pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[Pe
     let mut nodes = vec![spec(here, local, offered)];
     let mut addrs = vec![(here.to_string(), here_addr.to_string())];
     let mut unprofiled = Vec::new();
+    let mut ids = vec![(here_id.to_string(), here.to_string())];
     for p in peers {
+        ids.push((p.node_id.clone(), p.name.clone()));
         if nodes.iter().any(|n| n.name == p.name) {
             continue; // two nodes with one name cannot be told apart; the first stays
         }
@@ -89,7 +98,7 @@ pub fn view(here: &str, here_addr: &str, local: &Profile, held: u64, peers: &[Pe
             links.push(LinkSpec { from: a.name.clone(), to: b.name.clone(), bandwidth: bw, latency: rtt / 2e3 });
         }
     }
-    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string(), unprofiled }
+    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string(), unprofiled, ids }
 }
 
 /// A placement given by the caller.
@@ -143,7 +152,8 @@ fn try_place(
             placement::evaluate(cost, &one, &opts, &[(view.here.clone(), 0, cost.n_layer)])
         }
         Some(Forced::Nodes(stages)) => {
-            let s: Vec<(String, u32, u32)> = stages.iter().map(|(n, r)| (n.clone(), r.begin, r.end)).collect();
+            let s: Vec<(String, u32, u32)> =
+                stages.iter().map(|(n, r)| (view.name_of(n).to_string(), r.begin, r.end)).collect();
             let mut cluster = view.cluster.clone();
             for n in cluster.nodes.iter_mut().filter(|n| view.unprofiled.contains(&n.name)) {
                 n.memory = u64::MAX / 4; // unknown yet: the node itself refuses what it cannot hold
@@ -230,17 +240,17 @@ mod tests {
 
     #[test]
     fn sequences_shrink_before_the_context_is_refused() {
-        let v = view("me", "127.0.0.1:1", &profile(1 << 30), 0, &[]);
+        let v = view("me", "id0", "127.0.0.1:1", &profile(1 << 30), 0, &[]);
         let d = decide("m", &shape(), &v, 4096, false, 4, 512, None).unwrap();
         assert_eq!((d.n_seq, d.n_ctx_seq), (4, 4096));
         assert!(d.is_local(&v));
         // 8 layers * 2 KiB per token: 100k tokens need ~1.6 GB of KV
-        let v = view("me", "127.0.0.1:1", &profile(600 << 20), 0, &[]);
+        let v = view("me", "id0", "127.0.0.1:1", &profile(600 << 20), 0, &[]);
         let d = decide("m", &shape(), &v, 16384, false, 4, 512, None).unwrap();
         assert!(d.n_seq < 4, "{}", d.n_seq);
         let e = decide("m", &shape(), &v, 100_000, true, 4, 512, None).unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidField { field: Field::NumCtx, .. }), "{e}");
-        let tiny = view("me", "127.0.0.1:1", &profile(10 << 20), 0, &[]);
+        let tiny = view("me", "id0", "127.0.0.1:1", &profile(10 << 20), 0, &[]);
         let e = decide("m", &shape(), &tiny, 512, false, 1, 512, None).unwrap_err();
         assert!(matches!(e, RuntimeError::DoesNotFit { .. }), "{e}");
     }
@@ -249,7 +259,7 @@ mod tests {
     fn held_memory_counts_against_a_limit() {
         let mut p = profile(1 << 30);
         p.memory_offered = 200 << 20;
-        let v = view("me", "a", &p, 150 << 20, &[]);
+        let v = view("me", "id0", "a", &p, 150 << 20, &[]);
         assert_eq!(v.cluster.nodes[0].memory, 50 << 20);
     }
 }

@@ -192,8 +192,10 @@ async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
     let (cluster, limit) = (rt.cluster.clone(), rt.limits.memory_limit);
     blocking(move || {
         Ok(match &cluster {
-            Some(c) => policy::view(&c.hello.node_name, c.peer_addr(), &c.profile(), held, &c.peers()),
-            None => policy::view("local", "", &crate::profile::snapshot(limit, None), held, &[]),
+            Some(c) => {
+                policy::view(&c.hello.node_name, &c.hello.node_id, c.peer_addr(), &c.profile(), held, &c.peers())
+            }
+            None => policy::view("local", "", "", &crate::profile::snapshot(limit, None), held, &[]),
         })
     })
     .await
