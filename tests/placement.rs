@@ -286,3 +286,27 @@ fn required_nodes_and_max_stages_are_honoured() {
     let o = Options { required: vec!["y".into(), "z".into()], max_stages: Some(1), ..opts() };
     assert!(placement::place(&m, &c, &o).is_err());
 }
+
+/// A forced placement may put two stages on one node (b, c, b): they share its memory.
+#[test]
+fn a_node_hosting_two_stages_needs_memory_for_both() {
+    let m = model(vec![1 << 30; 10], false);
+    let node = |name: &str, gib: u64| NodeSpec {
+        name: name.into(),
+        memory: gib << 30,
+        backend: Backend::Cpu,
+        decode_gbps: 10.0,
+        prefill_tflops: None,
+    };
+    let link = |a: &str, b: &str| LinkSpec { from: a.into(), to: b.into(), bandwidth: 1e9, latency: 1e-4 };
+    let stages = [("b".to_string(), 0, 3), ("c".to_string(), 3, 6), ("b".to_string(), 6, 10)];
+    let c = Cluster { nodes: vec![node("b", 16), node("c", 16)], links: vec![link("b", "c"), link("c", "b")] };
+    let p = placement::evaluate(&m, &c, &opts(), &stages).unwrap();
+    assert_eq!(p.stages.iter().map(|s| s.node.as_str()).collect::<Vec<_>>(), ["b", "c", "b"]);
+    assert_eq!(p.stages[2].offered_bytes, (16u64 << 30) - p.stages[0].memory_bytes);
+    // each of b's stages alone fits in 8 GiB (5.1 and 6.2), both together do not: the
+    // second is the one short
+    let c = Cluster { nodes: vec![node("b", 8), node("c", 16)], links: c.links };
+    let e = placement::evaluate(&m, &c, &opts(), &stages).unwrap_err().to_string();
+    assert!(e.contains("b lacks") && e.contains("layers 6:10") && !e.contains("layers 0:3"), "{e}");
+}

@@ -46,7 +46,7 @@ async fn cluster(State(state): State<AppState>) -> Response {
         .iter()
         .map(|i| {
             let stages: Vec<_> = i.pipe().stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
-            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx })
+            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx, "recoveries": i.recoveries() })
         })
         .collect();
     // stages this node runs for coordinators (itself included)

@@ -84,6 +84,9 @@ impl PeerState {
     }
 }
 
+/// How long a goodbye waits for one peer's connection to take it.
+const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct ClusterNode {
     pub hello: Hello,
     pub store: Store,
@@ -282,9 +285,14 @@ impl ClusterNode {
     /// Tells every peer this node is leaving (they drop it at once instead of timing out).
     pub async fn goodbye(&self) {
         let conns: Vec<Conn> = self.peers.lock().unwrap().values().map(|p| p.conn.clone()).collect();
+        tracing::info!(peers = conns.len(), hosted_stages = self.host.list().len(), "leaving the cluster");
+        // all at once, each bounded: a hung peer (its socket full) must not keep the others
+        // from hearing it
+        let mut sends = tokio::task::JoinSet::new();
         for c in conns {
-            let _ = c.send(Kind::Bye, 0, vec![]).await;
+            sends.spawn(async move { tokio::time::timeout(BYE_TIMEOUT, c.send(Kind::Bye, 0, vec![])).await });
         }
+        while sends.join_next().await.is_some() {}
         *self.discovery.lock().unwrap() = None;
     }
 

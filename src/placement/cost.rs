@@ -100,6 +100,9 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn hop(&self, from: usize, to: usize, bytes: f64) -> Option<f64> {
+        if from == to {
+            return Some(0.0); // two stages of one node: the bytes stay in memory
+        }
         self.links[from][to].map(|(lat, bw)| lat + bytes / bw)
     }
 
@@ -139,32 +142,29 @@ impl<'a> Ctx<'a> {
                 detail: format!("the stages end at layer {expected} of {n_layer}"),
             });
         }
-        for (i, s) in stages.iter().enumerate() {
-            if stages[..i].iter().any(|t| t.0 == s.0) {
-                return Err(PlacementError::BadStages {
-                    detail: format!("node {} appears twice", self.c.nodes[s.0].name),
-                });
-            }
-        }
         let k = stages.len();
         let fwd = forward_bytes(self.m);
         let mut out = Vec::with_capacity(k);
         let (mut total, mut net, mut ttft) = (0.0, 0.0, 0.0);
         let prompt = self.o.prompt_len as f64;
+        // a node may host several stages (a forced placement): they share its memory
+        let mut used = vec![0u64; self.c.nodes.len()];
         for (i, &(n, a, b)) in stages.iter().enumerate() {
             let (first, last) = (i == 0, i + 1 == k);
             let node = &self.c.nodes[n];
             let (w, kv, compute) = self.memory(a, b, first, last);
             let need = w + kv + compute;
-            if need > node.memory {
+            let offered = node.memory.saturating_sub(used[n]);
+            if need > offered {
                 return Err(PlacementError::StageTooBig {
                     node: node.name.clone(),
                     begin: a,
                     end: b,
                     needed: need,
-                    offered: node.memory,
+                    offered,
                 });
             }
+            used[n] += need;
             let t = self.time(n, a, b, last);
             total += t;
             // prefill: FLOP-bound or bound by reading the weights once, whichever is slower
@@ -189,7 +189,7 @@ impl<'a> Ctx<'a> {
                 kv_bytes: kv,
                 compute_bytes: compute,
                 memory_bytes: need,
-                offered_bytes: node.memory,
+                offered_bytes: offered,
                 time_per_token: t,
             });
         }

@@ -153,18 +153,17 @@ pub fn evaluate(
     // report every stage that lacks memory, not just the first
     let k = idx.len();
     let mut lacking = Vec::new();
+    // a node that hosts several stages offers each what the earlier ones left
+    let mut used = vec![0u64; c.nodes.len()];
     for (i, &(n, a, b)) in idx.iter().enumerate() {
         if a < b && b <= ctx.n_layer() {
             let (w, kv, cb) = ctx.memory(a, b, i == 0, i + 1 == k);
             let need = w + kv + cb;
-            if need > c.nodes[n].memory {
-                lacking.push(Shortfall {
-                    node: c.nodes[n].name.clone(),
-                    layers: Some((a, b)),
-                    needed: need,
-                    offered: c.nodes[n].memory,
-                });
+            let offered = c.nodes[n].memory.saturating_sub(used[n]);
+            if need > offered {
+                lacking.push(Shortfall { node: c.nodes[n].name.clone(), layers: Some((a, b)), needed: need, offered });
             }
+            used[n] += need.min(offered);
         }
     }
     if !lacking.is_empty() {

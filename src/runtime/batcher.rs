@@ -68,6 +68,7 @@ pub(crate) enum SeqEvent {
 pub(crate) struct Counts {
     pub waiting: AtomicUsize,
     pub active: AtomicUsize,
+    pub recoveries: super::recovery::RecoveryLog,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -194,6 +195,9 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
         tick: 0,
     };
     let mut open = true;
+    // a timer that outlives each turn of the loop: busy turns must not keep resetting it
+    let mut watch_tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         b.admit();
         b.reap();
@@ -207,8 +211,8 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
             return;
         }
         let leased = b.slots.iter().any(|s| s.job.as_ref().is_some_and(|j| j.phase == Phase::Leased));
-        // a cluster pipeline is watched even when idle: a node that fails or leaves is
-        // replaced at once, not at the next request
+        // a cluster pipeline is watched, busy or idle: a node that fails or leaves (and may
+        // still answer while it drains) is replaced at once, not at the next error
         let watch = b.recover.is_some() && !b.recovering && !b.broken.load(Ordering::Relaxed);
         tokio::select! {
             r = rx.recv(), if open => match r {
@@ -221,9 +225,10 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
             },
             // a lease ends when its holder drops the receiver: look now and then
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if leased => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)), if watch => {
+            _ = watch_tick.tick(), if watch => {
                 if !current(&b.pipe).healthy() {
                     b.recovering = true;
+                    b.counts.recoveries.detected("a node of the pipeline is gone".into());
                     tracing::warn!("a node of the pipeline is gone: rebuilding it");
                 }
             }
@@ -490,6 +495,7 @@ impl Batcher {
             job.generated += 1;
             job.emitted.push(t);
             let _ = job.req.events.send(SeqEvent::Token(t));
+            self.counts.recoveries.resumed();
             (job.generated >= job.req.max_tokens || job.pos() + 1 >= n_ctx).then_some(true)
         };
         match end {
@@ -514,6 +520,7 @@ impl Batcher {
     fn begin_recovery(&mut self, e: &PipelineError) {
         if !self.recovering {
             tracing::warn!("{e}: rebuilding the pipeline and replaying its sequences");
+            self.counts.recoveries.detected(e.to_string());
         }
         self.recovering = true;
     }
@@ -537,6 +544,7 @@ impl Batcher {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("cannot rebuild the pipeline: {e}");
+                self.counts.recoveries.failed(e.to_string());
                 self.broken.store(true, Ordering::Relaxed);
                 for slot in &mut self.slots {
                     slot.cached.clear();
@@ -554,6 +562,7 @@ impl Batcher {
             }
         };
         *self.pipe.write().unwrap() = Arc::new(pipe);
+        let (mut sequences, mut replayed) = (0, 0);
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             slot.cached.clear();
@@ -576,11 +585,13 @@ impl Batcher {
             // next
             let emitted = std::mem::take(&mut job.emitted);
             job.req.prompt.extend(emitted);
+            (sequences, replayed) = (sequences + 1, replayed + job.req.prompt.len());
             job.decoded.clear();
             job.next_prompt = 0;
             job.phase = Phase::Admitting;
             self.start_admission(i, 0, 0);
         }
+        self.counts.recoveries.rebuilt(sequences, replayed);
     }
 
     /// Every sequence of a failed batch fails; its KV is dropped once nothing of it is in flight.

@@ -209,6 +209,11 @@ impl Instance {
         self.counts.active.load(Ordering::SeqCst)
     }
 
+    /// Rebuilds of this instance's pipeline after a node failed (the latest last).
+    pub fn recoveries(&self) -> Vec<super::RecoveryRecord> {
+        self.counts.recoveries.records()
+    }
+
     /// Requests waiting for a sequence.
     pub fn waiting(&self) -> usize {
         self.counts.waiting.load(Ordering::SeqCst)

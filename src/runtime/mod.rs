@@ -8,10 +8,13 @@ mod batcher;
 pub mod error;
 mod instance;
 pub mod policy;
+mod recovery;
 mod registry;
 pub mod request;
 mod session;
 pub mod validate;
+
+pub use recovery::RecoveryRecord;
 
 pub use error::{ErrorKind, Field, RuntimeError};
 pub use instance::{Instance, Loaded, Pipe};

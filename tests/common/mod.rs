@@ -4,6 +4,7 @@
 pub mod hub;
 pub mod load;
 pub mod nodes;
+pub mod procs;
 pub mod real;
 pub mod workload;
 

@@ -22,13 +22,27 @@ impl Trace {
         self.logits.iter().zip(&other.logits).map(|(x, y)| super::max_abs_diff(x, y)).fold(0f32, f32::max)
     }
 
-    /// Largest |Δlogit| relative to the row's largest |logit| in `other` (the reference).
+    /// Largest |Δlogit| relative to the row's largest |logit| in `reference` (worst row).
     pub fn max_rel_diff(&self, reference: &Trace) -> f32 {
         assert_eq!(self.logits.len(), reference.logits.len());
         self.logits
             .iter()
             .zip(&reference.logits)
             .map(|(x, y)| super::max_abs_diff(x, y) / y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6))
+            .fold(0f32, f32::max)
+    }
+
+    /// ‖Δlogits‖₂ / ‖logits‖₂ of the worst row against `reference`.
+    pub fn max_rel_l2_diff(&self, reference: &Trace) -> f32 {
+        assert_eq!(self.logits.len(), reference.logits.len());
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        self.logits
+            .iter()
+            .zip(&reference.logits)
+            .map(|(x, y)| {
+                let d = norm(&mut x.iter().zip(y).map(|(a, b)| a - b));
+                (d / norm(&mut y.iter().copied()).max(1e-12)) as f32
+            })
             .fold(0f32, f32::max)
     }
 
