@@ -2,7 +2,7 @@
 //! tokens while a stage node is killed (-9), stopped (SIGSTOP) or asked to leave (SIGTERM); the
 //! stream pauses, the runtime re-places the model over the nodes left, replays the tokens so far
 //! and completes with exactly the text of an uninterrupted run. A killed coordinator's stages
-//! are unloaded by their nodes.
+//! are unloaded by their nodes. An idle instance moves to a clearly faster node that joins.
 
 mod common;
 
@@ -112,6 +112,40 @@ async fn a_dead_coordinators_stages_are_unloaded() {
     let t = Instant::now();
     while c.hosted(1).await + c.hosted(2).await > 0 {
         assert!(t.elapsed() < Duration::from_secs(10), "stages of a dead coordinator stayed loaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The stages of the first node's (only) instance, as "node=begin:end".
+async fn stages(c: &Procs) -> Vec<String> {
+    let v = c.get(&format!("{}/cluster", c.nodes[0].base())).await.unwrap();
+    let i = &v["instances"][0]["stages"];
+    i.as_array().map_or(vec![], |s| {
+        s.iter().map(|s| format!("{}={}:{}", s["node"].as_str().unwrap(), s["begin"], s["end"])).collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_moves_to_a_faster_node_that_joins() {
+    // a coordinates only (too little memory for the model): the placement search puts it on b
+    let mut c = Procs::start(&[("a", &["--memory-limit", "8MiB"]), ("b", &[])]).await;
+    let client = c.client();
+    let want = client.stream(PROMPT, 40, |_| {}).await.unwrap().text;
+    assert_eq!(stages(&c).await, ["b=0:8"]);
+    // c decodes ten times as fast (as measured, here given): the idle instance moves there
+    c.join("c", &[], &[("EXO_DECODE_GBPS", "100")]);
+    c.wait_nodes(&["a", "b", "c"]).await;
+    let t = Instant::now();
+    while stages(&c).await != ["c=0:8"] {
+        assert!(t.elapsed() < Duration::from_secs(15), "still on {:?}\n{}", stages(&c).await, c.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("moved {:?} after c joined", t.elapsed());
+    assert_eq!(client.stream(PROMPT, 40, |_| {}).await.unwrap().text, want);
+    // b no longer hosts anything
+    let t = Instant::now();
+    while c.hosted(1).await > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "b kept its stage");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

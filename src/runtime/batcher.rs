@@ -7,17 +7,18 @@
 //! (each sequence has its own share of the KV pool, so a kept cache never crowds out another).
 //!
 //! When a node of a cluster pipeline fails, nothing is lost: the batcher waits for the batches
-//! in flight, asks its instance for a new pipeline over the nodes that are left ([`Recover`]),
+//! in flight, asks its instance for a new pipeline over the nodes that are left ([`Healer`]),
 //! and rebuilds every sequence by decoding its prompt and every token it already produced (its
-//! seeded random stream resumed where it was), then goes on; callers only see a pause.
+//! seeded random stream resumed where it was), then goes on; callers only see a pause. An idle
+//! instance whose placement the search chose moves the same way when the cluster now offers one
+//! predicted [`MOVE_WHEN_FASTER`] times as fast.
 
 use super::error::RuntimeError;
+use super::heal::{Healer, MOVE_WHEN_FASTER};
 use super::instance::Pipe;
 use crate::engine::{SamplingParams, Token};
 use crate::pipeline::{Pipeline, PipelineError, TokenChunk};
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -25,11 +26,6 @@ use tokio::task::JoinSet;
 
 /// The pipeline an instance runs on now: replaced when a node fails.
 pub(crate) type SharedPipe = Arc<std::sync::RwLock<Arc<Pipe>>>;
-
-/// Builds a new pipeline for the instance (same sequences and context) over the nodes that are
-/// left.
-pub(crate) type Recover =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Pipe, RuntimeError>> + Send>> + Send + Sync>;
 
 /// One sequence's work as the batcher takes it.
 pub(crate) struct SeqRequest {
@@ -135,15 +131,30 @@ struct Slot {
 }
 
 enum Done {
-    Admitted { slot: usize, epoch: u64, keep: Result<usize, PipelineError> },
-    Batch { outputs: Vec<usize>, members: Vec<usize>, result: Result<Vec<Token>, PipelineError> },
-    Freed { slot: usize },
-    Recovered(Result<Pipe, RuntimeError>),
+    Admitted {
+        slot: usize,
+        epoch: u64,
+        keep: Result<usize, PipelineError>,
+    },
+    Batch {
+        outputs: Vec<usize>,
+        members: Vec<usize>,
+        result: Result<Vec<Token>, PipelineError>,
+    },
+    Freed {
+        slot: usize,
+    },
+    Recovered(Result<(Pipe, f64), RuntimeError>),
+    /// The predicted tokens/s of the best placement now.
+    Faster(Option<f64>),
 }
 
 struct Batcher {
     pipe: SharedPipe,
-    recover: Option<Recover>,
+    healer: Option<Healer>,
+    /// A faster placement is being looked for.
+    checking: bool,
+    last_check: std::time::Instant,
     /// A node failed: no new work until the pipeline is rebuilt.
     recovering: bool,
     /// The rebuild is under way.
@@ -169,17 +180,19 @@ pub(crate) struct Shared {
     pub counts: Arc<Counts>,
     pub shutdown: Arc<AtomicBool>,
     pub broken: Arc<AtomicBool>,
-    pub recover: Option<Recover>,
+    pub healer: Option<Healer>,
 }
 
 /// Runs until the instance is dropped (its request channel closes) and every sequence ended.
 pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared: Shared) {
-    let Shared { pipe, counts, shutdown, broken, recover } = shared;
+    let Shared { pipe, counts, shutdown, broken, healer } = shared;
     let eog = current(&pipe).info().eog_tokens.clone();
     let slots = (0..cfg.n_seq).map(|_| Slot::default()).collect();
     let mut b = Batcher {
         pipe,
-        recover,
+        healer,
+        checking: false,
+        last_check: std::time::Instant::now(),
         recovering: false,
         rebuilding: false,
         epoch: 0,
@@ -213,7 +226,7 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
         let leased = b.slots.iter().any(|s| s.job.as_ref().is_some_and(|j| j.phase == Phase::Leased));
         // a cluster pipeline is watched, busy or idle: a node that fails or leaves (and may
         // still answer while it drains) is replaced at once, not at the next error
-        let watch = b.recover.is_some() && !b.recovering && !b.broken.load(Ordering::Relaxed);
+        let watch = b.healer.is_some() && !b.recovering && !b.broken.load(Ordering::Relaxed);
         tokio::select! {
             r = rx.recv(), if open => match r {
                 Some(req) => b.queue.push_back(req),
@@ -230,6 +243,8 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
                     b.recovering = true;
                     b.counts.recoveries.detected("a node of the pipeline is gone".into());
                     tracing::warn!("a node of the pipeline is gone: rebuilding it");
+                } else {
+                    b.look_for_faster();
                 }
             }
         }
@@ -428,6 +443,7 @@ impl Batcher {
         match done {
             Done::Freed { slot } => self.slots[slot].freeing = false,
             Done::Recovered(r) => self.rebuilt(r),
+            Done::Faster(t) => self.found(t),
             Done::Admitted { slot, epoch, keep } => {
                 if epoch != self.epoch {
                     return; // about the old pipeline: the job is being admitted again
@@ -513,7 +529,34 @@ impl Batcher {
 
     /// A node of a cluster pipeline failed: the pipeline can be rebuilt without it.
     fn recoverable(&self, e: &PipelineError) -> bool {
-        self.recover.is_some() && matches!(e, PipelineError::Remote { .. })
+        self.healer.is_some() && matches!(e, PipelineError::Remote { .. })
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.batches == 0 && self.slots.iter().all(|s| s.job.is_none())
+    }
+
+    /// Now and then, while idle: is there a clearly faster placement than this one?
+    fn look_for_faster(&mut self) {
+        let Some(faster) = self.healer.as_ref().and_then(|h| h.faster.clone()) else { return };
+        if self.checking || !self.idle() || self.last_check.elapsed() < std::time::Duration::from_secs(2) {
+            return;
+        }
+        self.checking = true;
+        self.tasks.spawn(async move { Done::Faster(faster().await) });
+    }
+
+    fn found(&mut self, best: Option<f64>) {
+        self.checking = false;
+        self.last_check = std::time::Instant::now();
+        let Some(h) = &self.healer else { return };
+        let Some(best) = best.filter(|&t| t >= h.predicted * MOVE_WHEN_FASTER) else { return };
+        if self.idle() && !self.recovering {
+            let why = format!("a placement predicted at {best:.0} tokens/s instead of {:.0}", h.predicted);
+            tracing::info!("{why}: moving the instance");
+            self.counts.recoveries.detected(why);
+            self.recovering = true;
+        }
     }
 
     /// Stops new work; the pipeline is rebuilt once the batches in flight have answered.
@@ -529,19 +572,24 @@ impl Batcher {
         if !self.recovering || self.rebuilding || self.batches > 0 {
             return;
         }
-        let Some(recover) = self.recover.clone() else { return };
+        let Some(rebuild) = self.healer.as_ref().map(|h| h.rebuild.clone()) else { return };
         self.rebuilding = true;
-        self.tasks.spawn(async move { Done::Recovered(recover().await) });
+        self.tasks.spawn(async move { Done::Recovered(rebuild().await) });
     }
 
     /// The new pipeline is there (or cannot be): every sequence is decoded again up to where it
     /// was, or fails with the reason.
-    fn rebuilt(&mut self, r: Result<Pipe, RuntimeError>) {
+    fn rebuilt(&mut self, r: Result<(Pipe, f64), RuntimeError>) {
         self.rebuilding = false;
         self.recovering = false;
         self.epoch += 1;
         let pipe = match r {
-            Ok(p) => p,
+            Ok((p, predicted)) => {
+                if let Some(h) = self.healer.as_mut() {
+                    h.predicted = predicted;
+                }
+                p
+            }
             Err(e) => {
                 tracing::error!("cannot rebuild the pipeline: {e}");
                 self.counts.recoveries.failed(e.to_string());

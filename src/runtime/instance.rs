@@ -1,8 +1,9 @@
 //! A loaded model: its pipeline (in this process or across the cluster), its vocabulary, its
 //! batcher, and how long it stays loaded.
 
-use super::batcher::{self, Counts, Recover, SeqRequest, SharedPipe};
+use super::batcher::{self, Counts, SeqRequest, SharedPipe};
 use super::error::RuntimeError;
+use super::heal::Healer;
 use super::request::KeepAlive;
 use crate::cluster::ClusterChain;
 use crate::engine::{LayerRange, SamplingParams, StageHandle, StageInfo, Token};
@@ -127,7 +128,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts the batcher for a loaded pipeline; `recover` rebuilds a cluster pipeline whose
+    /// Starts the batcher for a loaded pipeline; `healer` rebuilds a cluster pipeline whose
     /// node failed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
@@ -138,7 +139,7 @@ impl Instance {
         queue: usize,
         keep_alive: KeepAlive,
         shutdown: Arc<AtomicBool>,
-        recover: Option<Recover>,
+        healer: Option<Healer>,
     ) -> Arc<Instance> {
         let counts = Arc::new(Counts::default());
         let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
@@ -146,7 +147,7 @@ impl Instance {
         let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
         let shared =
-            batcher::Shared { pipe: pipe.clone(), counts: counts.clone(), shutdown, broken: broken.clone(), recover };
+            batcher::Shared { pipe: pipe.clone(), counts: counts.clone(), shutdown, broken: broken.clone(), healer };
         tokio::spawn(batcher::run(cfg, rx, shared));
         Arc::new(Instance {
             loaded,

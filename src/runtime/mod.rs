@@ -6,6 +6,7 @@
 
 mod batcher;
 pub mod error;
+mod heal;
 mod instance;
 pub mod policy;
 mod recovery;

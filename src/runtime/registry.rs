@@ -2,7 +2,7 @@
 //! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
 //! idle instances when a new one does not fit.
 
-use super::batcher::Recover;
+use super::heal;
 use super::instance::{Instance, Loaded, Pipe};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
@@ -63,7 +63,7 @@ impl Registry {
     }
 
     /// Bytes the loaded instances hold on this node, except `except`'s.
-    fn held(&self, except: &str) -> u64 {
+    pub(super) fn held(&self, except: &str) -> u64 {
         let map = self.map.lock().unwrap();
         map.iter()
             .filter(|(k, _)| k.as_str() != except)
@@ -188,7 +188,7 @@ pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
 }
 
 /// The nodes a placement may use now (profiles refreshed off the async workers).
-async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
+pub(super) async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
     let (cluster, limit) = (rt.cluster.clone(), rt.limits.memory_limit);
     blocking(move || {
         Ok(match &cluster {
@@ -262,19 +262,23 @@ async fn load(
         local_memory,
     };
     tracing::info!(model = key, n_ctx = loaded.n_ctx, n_seq = loaded.n_seq, secs = t.elapsed().as_secs_f64(), "loaded");
-    // a cluster pipeline can be rebuilt over the nodes left when one fails
-    let recover = matches!(pipe, Pipe::Cluster(_)).then(|| {
-        let fixed = Fixed {
-            model: model.clone(),
-            key: key.to_string(),
-            local,
-            shape,
-            n_seq: decision.n_seq,
-            n_ctx_seq: loaded.n_ctx,
-            n_batch,
-        };
-        recovery(rt, fixed)
+    // a cluster pipeline can be rebuilt over the nodes left when one fails; one the placement
+    // search chose moves when the cluster offers a clearly faster placement
+    let fixed = heal::Fixed {
+        model: model.clone(),
+        key: key.to_string(),
+        local,
+        shape,
+        n_seq: decision.n_seq,
+        n_ctx_seq: loaded.n_ctx,
+        n_batch,
+    };
+    let healer = rt.cluster.is_some().then(|| heal::Healer {
+        rebuild: heal::rebuild(rt, fixed.clone()),
+        faster: opts.forced.is_none().then(|| heal::faster(rt, fixed)),
+        predicted: decision.plan.tokens_per_second,
     });
+    let healer = healer.filter(|h| matches!(pipe, Pipe::Cluster(_)) || h.faster.is_some());
     Ok(Instance::start(
         loaded,
         pipe,
@@ -283,11 +287,11 @@ async fn load(
         rt.limits.queue,
         KeepAlive::For(rt.limits.keep_alive),
         rt.shutdown.clone(),
-        recover,
+        healer,
     ))
 }
 
-fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
+pub(super) fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
     ContextParams {
         n_ctx: d.n_ctx_seq * d.n_seq,
         n_batch,
@@ -299,7 +303,7 @@ fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
 
 /// Loads the stages a decision places: in this process, or across the cluster.
 #[allow(clippy::too_many_arguments)]
-async fn build(
+pub(super) async fn build(
     rt: &Arc<Runtime>,
     model: &ModelRef,
     key: &str,
@@ -353,50 +357,6 @@ async fn build(
         .map_err(|e| RuntimeError::Load { model: key.to_string(), reason: e.to_string() })?;
     let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
     Ok((Pipe::Cluster(Box::new(chain)), vocab))
-}
-
-/// What a rebuilt pipeline must keep: the model, the sequences and their context.
-#[derive(Clone)]
-struct Fixed {
-    model: ModelRef,
-    key: String,
-    local: LocalModel,
-    shape: ModelShape,
-    n_seq: u32,
-    n_ctx_seq: u32,
-    n_batch: u32,
-}
-
-/// Rebuilds an instance's pipeline over the nodes that are left (a failed node has dropped out
-/// of the cluster view by the time its batches fail).
-fn recovery(rt: &Arc<Runtime>, f: Fixed) -> Recover {
-    let weak = Arc::downgrade(rt);
-    Arc::new(move || {
-        let (weak, f) = (weak.clone(), f.clone());
-        Box::pin(async move {
-            let rt = weak.upgrade().ok_or(RuntimeError::ShuttingDown)?;
-            let t = Instant::now();
-            let view = view(&rt, rt.registry.held(&f.key)).await?;
-            let fits = |reason: String| RuntimeError::DoesNotFit {
-                model: f.key.clone(),
-                reason: format!("after a node failure no placement over the nodes left fits: {reason}"),
-            };
-            let d = match policy::decide(&f.key, &f.shape, &view, f.n_ctx_seq, true, f.n_seq, f.n_batch, None) {
-                Ok(d) if d.n_seq == f.n_seq => d,
-                Ok(_) => return Err(fits(format!("{} sequences of {} tokens do not fit", f.n_seq, f.n_ctx_seq))),
-                Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => {
-                    return Err(fits(e.to_string()))
-                }
-                Err(e) => return Err(e),
-            };
-            let opts = LoadOptions { n_batch: Some(f.n_batch), ..LoadOptions::default() };
-            let context = context_for(&rt, &d, f.n_batch);
-            let (pipe, _) = build(&rt, &f.model, &f.key, &f.local, &d, &view, &opts, context).await?;
-            let stages: Vec<String> = pipe.stages(&view.here).iter().map(|(n, r)| format!("{n}={r}")).collect();
-            tracing::info!(model = %f.key, ?stages, secs = t.elapsed().as_secs_f64(), "pipeline rebuilt");
-            Ok(pipe)
-        })
-    })
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {

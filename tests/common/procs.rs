@@ -17,6 +17,8 @@ pub struct Proc {
     pub peer: u16,
     peers: Vec<u16>,
     extra: Vec<String>,
+    /// Environment over the defaults (EXO_DECODE_GBPS=10, ...).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -36,6 +38,7 @@ impl Proc {
             .env("HOME", dir)
             .env("EXO_OFFLINE", "1")
             .env("EXO_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -121,7 +124,7 @@ impl Procs {
         for (i, (name, extra)) in specs.iter().enumerate() {
             let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
             let extra = extra.iter().map(|s| s.to_string()).collect();
-            nodes.push(Proc { name, api: free_port(), peer: ports[i], peers, extra, child: None });
+            nodes.push(Proc { name, api: free_port(), peer: ports[i], peers, extra, env: vec![], child: None });
         }
         for n in &mut nodes {
             n.start(dir.path());
@@ -141,6 +144,22 @@ impl Procs {
             out += &format!("--- {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
         out
+    }
+
+    /// Starts another node that dials all the others (they learn of it from its connection).
+    pub fn join(&mut self, name: &'static str, extra: &[&str], env: &[(&str, &str)]) {
+        let peers = self.nodes.iter().map(|n| n.peer).collect();
+        let mut n = Proc {
+            name,
+            api: free_port(),
+            peer: free_port(),
+            peers,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+        };
+        n.start(self.dir.path());
+        self.nodes.push(n);
     }
 
     pub fn node(&mut self, name: &str) -> &mut Proc {
