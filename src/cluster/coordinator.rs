@@ -176,9 +176,22 @@ impl Watch {
     ) -> Result<Vec<Token>, PipelineError> {
         let last = self.stages.len() - 1;
         let started = std::time::Instant::now();
+        // a stage's connection closing (its node died) is noticed at once; a hung node by its
+        // missed heartbeats, looked at every 200 ms
+        let mut closing = tokio::task::JoinSet::new();
+        for c in &self.conns {
+            let c = c.clone();
+            closing.spawn(async move { c.closed().await });
+        }
         let r = loop {
             tokio::select! {
                 r = &mut rx => break r.map_err(|_| PipelineError::Protocol { index: last, what: "a dropped answer" })?,
+                Some(_) = closing.join_next() => {
+                    if let Some(i) = self.dead_stage() {
+                        self.node.forget(request);
+                        return Err(remote(i, &self.stages[i], "the connection closed (the node died or left)"));
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if let Some(i) = self.dead_stage() {
                         self.node.forget(request);

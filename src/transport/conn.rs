@@ -76,6 +76,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     next: AtomicU64,
     closed: AtomicBool,
+    /// Set once with `closed`, for those who wait for it ([`Conn::closed`]).
+    closed_watch: tokio::sync::watch::Sender<bool>,
     /// Bytes (headers included) of the frames that carry inference data (batches of tokens or
     /// hidden states, sampled tokens) queued on this connection; heartbeats and control are not.
     data_sent: AtomicU64,
@@ -98,6 +100,12 @@ impl Conn {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Relaxed)
+    }
+
+    /// Completes once the connection has closed (at once if it has).
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed_watch.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Inference data sent on this connection so far (frame headers included).
@@ -170,6 +178,7 @@ fn spawn<G: Send + 'static>(
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            closed_watch: tokio::sync::watch::Sender::new(false),
             data_sent: AtomicU64::new(0),
         }),
     };
@@ -217,6 +226,7 @@ fn spawn<G: Send + 'static>(
             tracing::warn!(peer = %c.inner.peer.node_name, "closing peer connection: {e}");
         }
         c.inner.closed.store(true, Ordering::Relaxed);
+        c.inner.closed_watch.send_replace(true);
         c.inner.close.notify_one();
         // waking every waiter with an error: dropping their senders does it
         c.inner.pending.lock().unwrap().clear();
