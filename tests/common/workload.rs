@@ -32,6 +32,18 @@ impl Trace {
             .fold(0f32, f32::max)
     }
 
+    /// ‖Δlogits‖₂ / ‖logits‖₂ of each row against `reference`.
+    pub fn rel_l2_rows(&self, reference: &Trace) -> Vec<f32> {
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        self.logits
+            .iter()
+            .zip(&reference.logits)
+            .map(|(x, y)| {
+                (norm(&mut x.iter().zip(y).map(|(a, b)| a - b)) / norm(&mut y.iter().copied()).max(1e-12)) as f32
+            })
+            .collect()
+    }
+
     /// ‖Δlogits‖₂ / ‖logits‖₂ of the worst row against `reference`.
     pub fn max_rel_l2_diff(&self, reference: &Trace) -> f32 {
         assert_eq!(self.logits.len(), reference.logits.len());
