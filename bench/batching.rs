@@ -107,7 +107,7 @@ async fn serve_stage_nodes(dir: &std::path::Path, coord: &str, token: &str) -> (
                 .env("EXO_NO_DISCOVERY", "1")
                 .env("EXO_OFFLINE", "1")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -147,7 +147,7 @@ async fn main() {
     let keys = exo::secret::NodeKeys::load_or_create(&dir.path().join("config-coord"), None).unwrap().keys;
     let token = keys.secret.token();
     let cfg = exo::cluster::NodeConfig {
-        namespace: "bench".into(),
+        namespace: "default".into(),
         node_name: "coord".into(),
         peer_bind: "127.0.0.1:0".parse().unwrap(),
         peers: vec![],
@@ -163,7 +163,10 @@ async fn main() {
     let (_kids, names) = serve_stage_nodes(dir.path(), coord.peer_addr(), &token).await;
     let t = Instant::now();
     while names.iter().any(|n| coord.address_of(n).is_none()) {
-        assert!(t.elapsed() < Duration::from_secs(60), "the stage processes did not join");
+        if t.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(dir.path().join("p.log")).unwrap_or_default();
+            panic!("the stage processes did not join; p's log:\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cluster = Runtime::new(store(), limits(1), Some(coord.clone()));
