@@ -98,6 +98,10 @@ pub enum RuntimeError {
     BadPlacement { reason: String },
     #[error("cannot load {model}: {reason}")]
     Load { model: String, reason: String },
+    /// A node the placement chose could not be reached or failed while loading (it died or
+    /// left just now): a placement over the nodes there are a moment later may well work.
+    #[error("cannot load {model}: {reason}")]
+    NodeLost { model: String, node: String, reason: String },
     #[error("{reason}")]
     Store { kind: ErrorKind, reason: String },
     #[error("generation failed: {reason}")]
@@ -120,9 +124,10 @@ impl RuntimeError {
             | RuntimeError::BadPlacement { .. } => ErrorKind::Invalid,
             RuntimeError::ModelNotFound { .. } => ErrorKind::NotFound,
             RuntimeError::NotDeletable { .. } => ErrorKind::Forbidden,
-            RuntimeError::Busy { .. } | RuntimeError::DoesNotFit { .. } | RuntimeError::ShuttingDown => {
-                ErrorKind::Unavailable
-            }
+            RuntimeError::Busy { .. }
+            | RuntimeError::DoesNotFit { .. }
+            | RuntimeError::NodeLost { .. }
+            | RuntimeError::ShuttingDown => ErrorKind::Unavailable,
             RuntimeError::Store { kind, .. } => *kind,
             RuntimeError::Load { .. } | RuntimeError::Failed { .. } => ErrorKind::Internal,
         }

@@ -220,34 +220,19 @@ async fn load(
     if let Some(Forced::Local(ranges)) = &opts.forced {
         check_ranges(ranges, shape.n_layer)?;
     }
-    // fit it, unloading idle instances while it does not
-    let decision: Decision;
-    let view = loop {
-        let view = view(rt, rt.registry.held(key)).await?;
-        match policy::decide(
-            key,
-            &shape,
-            &view,
-            n_ctx_seq,
-            opts.num_ctx.is_some(),
-            rt.limits.parallel,
-            n_batch,
-            opts.forced.as_ref(),
-        ) {
-            Ok(d) => {
-                decision = d;
-                break view;
+    // a node the placement chose may have died a moment ago (the view has not caught up): an
+    // automatic placement is tried again over the nodes there are then
+    let mut attempt = 0;
+    let (decision, view, pipe, vocab) = loop {
+        match place_and_build(rt, model, key, &local, &shape, opts, n_ctx_seq, n_batch).await {
+            Err(RuntimeError::NodeLost { node, reason, .. }) if opts.forced.is_none() && attempt < heal::RETRIES => {
+                attempt += 1;
+                tracing::warn!(%node, "{reason}: placing again");
+                tokio::time::sleep(heal::RETRY_AFTER).await;
             }
-            Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => {
-                if !rt.registry.evict_one(key) {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
+            r => break r?,
         }
     };
-    let context = context_for(rt, &decision, n_batch);
-    let (pipe, vocab) = build(rt, model, key, &local, &decision, &view, opts, context).await?;
     let actual = crate::pipeline::Pipeline::info(&pipe).n_ctx / decision.n_seq;
     let here = view.here.clone();
     let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
@@ -289,6 +274,49 @@ async fn load(
         rt.shutdown.clone(),
         healer,
     ))
+}
+
+/// Decides the placement over the nodes there are now and loads it.
+#[allow(clippy::too_many_arguments)]
+async fn place_and_build(
+    rt: &Arc<Runtime>,
+    model: &ModelRef,
+    key: &str,
+    local: &LocalModel,
+    shape: &ModelShape,
+    opts: &LoadOptions,
+    n_ctx_seq: u32,
+    n_batch: u32,
+) -> Result<(Decision, View, Pipe, StageHandle), RuntimeError> {
+    // fit it, unloading idle instances while it does not
+    let decision: Decision;
+    let view = loop {
+        let view = view(rt, rt.registry.held(key)).await?;
+        match policy::decide(
+            key,
+            &shape,
+            &view,
+            n_ctx_seq,
+            opts.num_ctx.is_some(),
+            rt.limits.parallel,
+            n_batch,
+            opts.forced.as_ref(),
+        ) {
+            Ok(d) => {
+                decision = d;
+                break view;
+            }
+            Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => {
+                if !rt.registry.evict_one(key) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let context = context_for(rt, &decision, n_batch);
+    let (pipe, vocab) = build(rt, model, key, &local, &decision, &view, opts, context).await?;
+    Ok((decision, view, pipe, vocab))
 }
 
 pub(super) fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
@@ -352,9 +380,12 @@ pub(super) async fn build(
         ModelRef::Name(n) => n.clone(),
         ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
     };
-    let chain = ClusterChain::load(node, &name, &path, local.size, stages, context)
-        .await
-        .map_err(|e| RuntimeError::Load { model: key.to_string(), reason: e.to_string() })?;
+    let chain = ClusterChain::load(node, &name, &path, local.size, stages, context).await.map_err(|e| match e {
+        crate::pipeline::PipelineError::Remote { ref node, .. } => {
+            RuntimeError::NodeLost { model: key.to_string(), node: node.clone(), reason: e.to_string() }
+        }
+        e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
+    })?;
     let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
     Ok((Pipe::Cluster(Box::new(chain)), vocab))
 }
