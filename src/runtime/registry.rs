@@ -294,7 +294,7 @@ async fn place_and_build(
         let view = view(rt, rt.registry.held(key)).await?;
         match policy::decide(
             key,
-            &shape,
+            shape,
             &view,
             n_ctx_seq,
             opts.num_ctx.is_some(),
@@ -315,7 +315,7 @@ async fn place_and_build(
         }
     };
     let context = context_for(rt, &decision, n_batch);
-    let (pipe, vocab) = build(rt, model, key, &local, &decision, &view, opts, context).await?;
+    let (pipe, vocab) = build(rt, model, key, local, &decision, &view, opts, context).await?;
     Ok((decision, view, pipe, vocab))
 }
 
