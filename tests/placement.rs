@@ -30,6 +30,11 @@ fn model(layer_bytes: Vec<u64>, tied: bool) -> ModelCost {
     }
 }
 
+/// A CPU node of `gib` GiB decoding at 10 GB/s.
+fn node(name: &str, gib: u64) -> NodeSpec {
+    NodeSpec { name: name.into(), memory: gib << 30, backend: Backend::Cpu, decode_gbps: 10.0, prefill_tflops: None }
+}
+
 fn opts() -> Options {
     Options { ctx: 2048, prompt_len: 128, n_ubatch: 512, required: vec![], max_stages: None }
 }
@@ -228,13 +233,6 @@ fn one_node_when_the_fastest_node_holds_the_model() {
 #[test]
 fn impossible_placements_say_who_lacks_what() {
     let m = model(vec![1 << 30; 10], false);
-    let node = |name: &str, gib: u64| NodeSpec {
-        name: name.into(),
-        memory: gib << 30,
-        backend: Backend::Cpu,
-        decode_gbps: 10.0,
-        prefill_tflops: None,
-    };
     let c = Cluster {
         nodes: vec![node("a", 4), node("b", 2)],
         links: vec![
@@ -291,13 +289,6 @@ fn required_nodes_and_max_stages_are_honoured() {
 #[test]
 fn a_node_hosting_two_stages_needs_memory_for_both() {
     let m = model(vec![1 << 30; 10], false);
-    let node = |name: &str, gib: u64| NodeSpec {
-        name: name.into(),
-        memory: gib << 30,
-        backend: Backend::Cpu,
-        decode_gbps: 10.0,
-        prefill_tflops: None,
-    };
     let link = |a: &str, b: &str| LinkSpec { from: a.into(), to: b.into(), bandwidth: 1e9, latency: 1e-4 };
     let stages = [("b".to_string(), 0, 3), ("c".to_string(), 3, 6), ("b".to_string(), 6, 10)];
     let c = Cluster { nodes: vec![node("b", 16), node("c", 16)], links: vec![link("b", "c"), link("c", "b")] };
