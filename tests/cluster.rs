@@ -75,6 +75,8 @@ fn seeded(seed: u32) -> SamplingParams {
         banned: Vec::new(),
         logit_bias: Vec::new(),
         draws: 0,
+        grammar: None,
+        generated: 0,
     }
 }
 

@@ -178,6 +178,12 @@ impl Model {
         (0..self.n_vocab() as Token).filter(|&t| unsafe { sys::llama_vocab_is_eog(v, t) }).collect()
     }
 
+    pub fn eos(&self) -> Option<Token> {
+        // SAFETY: vocab() is valid.
+        let t = unsafe { sys::llama_vocab_eos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
     pub fn bos(&self) -> Option<Token> {
         // SAFETY: vocab() is valid.
         let t = unsafe { sys::llama_vocab_bos(self.vocab()) };

@@ -37,6 +37,7 @@ pub struct StageInfo {
     pub context: ContextParams,
     pub eog_tokens: Vec<Token>,
     pub bos: Option<Token>,
+    pub eos: Option<Token>,
     pub chat_template: Option<String>,
     pub shape: ModelShape,
     /// What the layers compute on: "CPU", or the ggml device name(s) ("Vulkan0", "CUDA0").
@@ -90,11 +91,7 @@ pub enum DecodeOutput {
     Last { logits: Vec<Vec<f32>>, tokens: Vec<Token> },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+pub use crate::chat::ChatMessage;
 
 enum Cmd {
     /// Decodes on this stage, then hands the hidden state straight to `next[0]` (which gets
@@ -334,6 +331,7 @@ impl Stage {
             context: spec.context,
             eog_tokens: model.eog_tokens(),
             bos: model.bos(),
+            eos: model.eos(),
             chat_template: model.chat_template(),
             shape: model.shape.clone(),
             device: model.device.clone(),
@@ -383,7 +381,7 @@ impl Stage {
                     }
                 }
                 Cmd::SetSampler { seq, params, history, reply } => {
-                    let r = Sampler::new(&params, self.info.n_vocab, &history).map(|s| {
+                    let r = Sampler::new(&params, self.info.n_vocab, &history, Some(self.model.vocab())).map(|s| {
                         self.samplers.insert(seq, s);
                     });
                     let _ = reply.send(r);

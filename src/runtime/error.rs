@@ -18,6 +18,14 @@ pub enum Field {
     KeepAlive,
     Stop,
     LogitBias,
+    Messages,
+    Tools,
+    ToolChoice,
+    Format,
+    Think,
+    N,
+    Logprobs,
+    Images,
 }
 
 impl Field {
@@ -36,13 +44,31 @@ impl Field {
             Field::KeepAlive => "keep_alive",
             Field::Stop => "stop",
             Field::LogitBias => "logit_bias",
+            Field::Messages => "messages",
+            Field::Tools => "tools",
+            Field::ToolChoice => "tool_choice",
+            Field::Format => "format",
+            Field::Think => "think",
+            Field::N => "n",
+            Field::Logprobs => "logprobs",
+            Field::Images => "images",
         }
     }
 
     /// As Ollama's API names it (sampling settings live under `options`).
     pub fn ollama(self) -> String {
         match self {
-            Field::Model | Field::Prompt | Field::KeepAlive => self.generic().to_string(),
+            Field::Model
+            | Field::Prompt
+            | Field::KeepAlive
+            | Field::Messages
+            | Field::Tools
+            | Field::ToolChoice
+            | Field::Format
+            | Field::Think
+            | Field::N
+            | Field::Logprobs
+            | Field::Images => self.generic().to_string(),
             Field::MaxTokens => "options.num_predict".into(),
             f => format!("options.{}", f.generic()),
         }
@@ -52,6 +78,7 @@ impl Field {
     pub fn openai(self) -> &'static str {
         match self {
             Field::RepeatPenalty => "frequency_penalty",
+            Field::Format => "response_format",
             f => f.generic(),
         }
     }

@@ -125,6 +125,8 @@ pub struct Instance {
     keep_alive: Mutex<KeepAlive>,
     /// When this instance was made (placement changes replace the instance).
     pub created: SystemTime,
+    /// The chat template and tool format, read once ([`super::chat`]).
+    pub(crate) formatter: tokio::sync::OnceCell<Arc<super::chat::Formatter>>,
 }
 
 impl Instance {
@@ -160,6 +162,7 @@ impl Instance {
             last_used: Mutex::new(Instant::now()),
             keep_alive: Mutex::new(keep_alive),
             created: SystemTime::now(),
+            formatter: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! own event stream ([`Generation`]). Errors are one typed [`RuntimeError`]; the APIs map it once.
 
 mod batcher;
+mod chat;
 pub mod error;
 mod heal;
 mod instance;
@@ -15,6 +16,7 @@ pub mod request;
 mod session;
 pub mod validate;
 
+pub use chat::capabilities;
 pub use recovery::RecoveryRecord;
 
 pub use error::{ErrorKind, Field, RuntimeError};
@@ -24,7 +26,7 @@ pub use request::{Event, Finish, GenRequest, Generation, Input, KeepAlive, Model
 pub use session::StopMatcher;
 
 use crate::cluster::ClusterNode;
-use crate::engine::{StageHandle, Token};
+use crate::engine::StageHandle;
 use crate::gguf::ModelShape;
 use crate::store::{LocalModel, PullProgress, Store};
 use registry::Registry;
@@ -203,7 +205,8 @@ impl Runtime {
         if let Some(k) = req.keep_alive {
             inst.set_keep_alive(k);
         }
-        let prompt = self.prompt(&inst, &req.input).await?;
+        let prepared = chat::prepare(&inst, &req).await?;
+        let prompt = inst.vocab.tokenize(&prepared.text, true, true).await?;
         let n_ctx = inst.loaded.n_ctx;
         if prompt.is_empty() {
             return Err(RuntimeError::field(Field::Prompt, "the prompt is empty"));
@@ -212,6 +215,7 @@ impl Runtime {
             return Err(RuntimeError::PromptTooLong { prompt: prompt.len(), n_ctx });
         }
         let mut sampling = req.sampling.clone();
+        sampling.grammar = prepared.grammar;
         sampling.repeat_last_n = validate::repeat_last_n(sampling.repeat_last_n, n_ctx)?;
         let n_vocab = inst.vocab.info().n_vocab;
         if let Some((t, _)) = sampling.logit_bias.iter().find(|(t, _)| *t < 0 || *t as usize >= n_vocab) {
@@ -232,21 +236,14 @@ impl Runtime {
             events: seq_tx,
         })?;
         let (tx, rx) = mpsc::channel(64);
-        let session = session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load };
+        let special = prepared.parse.is_some();
+        let session = session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, special };
         tokio::spawn(session.run(seq_rx, tx));
-        Ok(Generation { model: inst.name().to_string(), prompt_tokens, events: rx })
-    }
-
-    /// The request's text as the model reads it: the chat template applied, or as is.
-    async fn prompt(&self, inst: &Instance, input: &Input) -> Result<Vec<Token>, RuntimeError> {
-        let vocab = &inst.vocab;
-        let text = match input {
-            Input::Messages(m) if vocab.info().chat_template.is_some() => vocab.apply_template(m.clone(), true).await?,
-            // no template: plain concatenation, as llama.cpp's server does
-            Input::Messages(m) => m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
-            Input::Raw(t) => t.clone(),
+        let events = match prepared.parse {
+            Some(format) => chat::parse_output(rx, format),
+            None => rx,
         };
-        Ok(vocab.tokenize(&text, true, true).await?)
+        Ok(Generation { model: inst.name().to_string(), prompt_tokens, events })
     }
 
     /// A sequence of `model`'s instance for the caller alone (waits for a free one).

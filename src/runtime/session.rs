@@ -17,6 +17,8 @@ pub(crate) struct Session {
     /// When the request arrived, and how long it waited for the model to load.
     pub t0: Instant,
     pub load: Duration,
+    /// Special tokens as text (their markers delimit tool calls and channels).
+    pub special: bool,
 }
 
 impl Session {
@@ -63,7 +65,7 @@ impl Session {
                     first.get_or_insert(now);
                     last = Some(now);
                     generated += batch.len();
-                    let bytes = match self.instance.vocab.token_bytes(batch, false).await {
+                    let bytes = match self.instance.vocab.token_bytes(batch, self.special).await {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Event::Failed(e.into())).await;
@@ -80,8 +82,14 @@ impl Session {
                     }
                     if let Some(s) = hit {
                         let stats = self.stats(started, first, last, cached, generated);
-                        let _ =
-                            tx.send(Event::Done { finish: Finish::StopSequence, stop_sequence: Some(s), stats }).await;
+                        let _ = tx
+                            .send(Event::Done {
+                                finish: Finish::StopSequence,
+                                stop_sequence: Some(s),
+                                stats,
+                                tool_calls: vec![],
+                            })
+                            .await;
                         return;
                     }
                 }
@@ -92,7 +100,7 @@ impl Session {
                     }
                     let finish = if length { Finish::Length } else { Finish::Stop };
                     let stats = self.stats(started, first, last, cached, generated);
-                    let _ = tx.send(Event::Done { finish, stop_sequence: None, stats }).await;
+                    let _ = tx.send(Event::Done { finish, stop_sequence: None, stats, tool_calls: vec![] }).await;
                     return;
                 }
                 SeqEvent::Failed(e) => {
