@@ -6,10 +6,8 @@ use common::http::{app, call, limits, lines, models_dir, post, sse, store};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use exo::api::{self, AppState};
 use exo::runtime::{Limits, Runtime};
-use exo::store::Store;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ pub mod access;
 pub mod anthropic;
 pub mod cluster;
 pub mod ollama;
+mod ollama_chat;
 pub mod openai;
 mod openai_stream;
 mod responses;

@@ -2,7 +2,8 @@
 //! `{"error": "..."}`.
 
 use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
-use super::{tools, AppState};
+use super::ollama_chat::{calls_json, extras, message, no_images, Extras, MessageIn};
+use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::runtime::{Event, Finish, GenRequest, Input, KeepAlive, LoadOptions, ModelRef, RuntimeError, Stats};
@@ -135,32 +136,6 @@ struct GenerateReq {
 }
 
 #[derive(Deserialize)]
-struct MessageIn {
-    role: String,
-    #[serde(default)]
-    content: String,
-    images: Option<Vec<Value>>,
-    #[serde(default)]
-    tool_calls: Vec<CallIn>,
-    tool_name: Option<String>,
-    tool_call_id: Option<String>,
-    thinking: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CallIn {
-    id: Option<String>,
-    function: FnIn,
-}
-
-#[derive(Deserialize)]
-struct FnIn {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
-}
-
-#[derive(Deserialize)]
 struct ChatReq {
     model: String,
     #[serde(default)]
@@ -174,77 +149,17 @@ struct ChatReq {
     think: Option<Value>,
 }
 
-/// What a chat or generate request asks for besides the prompt.
-#[derive(Default)]
-struct Extras {
-    tools: Vec<crate::chat::Tool>,
-    format: Option<crate::chat::OutputFormat>,
-    think: Option<bool>,
-}
-
-fn extras(tools_v: Option<&Value>, format: Option<&Value>, think: Option<&Value>) -> Result<Extras, RuntimeError> {
-    let think = match think {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        // gpt-oss levels: reasoning is on at any level
-        Some(Value::String(s)) if ["low", "medium", "high"].contains(&s.as_str()) => Some(true),
-        Some(o) => {
-            return Err(RuntimeError::field(
-                crate::runtime::Field::Think,
-                format!("{o} is not true, false, low, medium or high"),
-            ))
-        }
-    };
-    Ok(Extras { tools: tools::function_tools(tools_v)?, format: tools::ollama_format(format)?, think })
-}
-
-fn no_images(images: &Option<Vec<Value>>) -> Result<(), RuntimeError> {
-    match images {
-        Some(i) if !i.is_empty() => Err(RuntimeError::field(
-            crate::runtime::Field::Images,
-            "images are not supported: exo serves text models only (no vision yet)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn message(m: MessageIn) -> Result<ChatMessage, RuntimeError> {
-    no_images(&m.images)?;
-    let mut out = ChatMessage::new(m.role, m.content);
-    for (i, c) in m.tool_calls.into_iter().enumerate() {
-        let arguments = tools::arguments(&c.function.arguments)?;
-        out.tool_calls.push(crate::chat::ToolCall {
-            id: c.id.unwrap_or_else(|| format!("call_{i}")),
-            name: c.function.name,
-            arguments,
-        });
-    }
-    out.tool_call_id = m.tool_call_id;
-    out.name = m.tool_name;
-    out.thinking = m.thinking;
-    Ok(out)
-}
-
-/// Tool calls as Ollama writes them.
-fn calls_json(calls: &[crate::chat::ToolCall]) -> Value {
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| json!({ "id": c.id, "function": { "index": i, "name": c.name, "arguments": c.arguments } }))
-        .collect()
-}
-
 /// `chat`: responses carry `message` instead of `response`.
-async fn run(
-    state: AppState,
-    chat: bool,
-    name: String,
-    input: Option<Input>,
+/// How a chat or generate request wants its answer, besides the prompt.
+struct Ask {
     stream: bool,
     options: Options,
-    ka: Option<Value>,
-    ex: Extras,
-) -> Response {
+    keep_alive: Option<Value>,
+    extras: Extras,
+}
+
+async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, ask: Ask) -> Response {
+    let Ask { stream, options, keep_alive: ka, extras: ex } = ask;
     let checked = (|| {
         let m = model(&name)?;
         let ka = ka.as_ref().map(keep_alive).transpose()?;
@@ -372,7 +287,8 @@ async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
         m.push(ChatMessage::new("user", r.prompt));
         Some(Input::Messages(m))
     };
-    run(state, false, r.model, input, r.stream.unwrap_or(true), r.options, r.keep_alive, ex).await
+    let ask = Ask { stream: r.stream.unwrap_or(true), options: r.options, keep_alive: r.keep_alive, extras: ex };
+    run(state, false, r.model, input, ask).await
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
@@ -389,7 +305,8 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => return runtime_error(e),
     };
     let input = (!messages.is_empty()).then_some(Input::Messages(messages));
-    run(state, true, r.model, input, r.stream.unwrap_or(true), r.options, r.keep_alive, ex).await
+    let ask = Ask { stream: r.stream.unwrap_or(true), options: r.options, keep_alive: r.keep_alive, extras: ex };
+    run(state, true, r.model, input, ask).await
 }
 
 fn param_size(n: u64) -> String {
