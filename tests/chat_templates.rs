@@ -95,3 +95,30 @@ fn real_templates_render_as_transformers_renders_them() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn tool_formats_and_capabilities_are_read_from_the_templates() {
+    use exo::chat::ToolFormat as F;
+    let expect = [
+        ("llama3.1", Some(F::Llama3)),
+        ("llama3.2", Some(F::Llama3)),
+        ("qwen2.5", Some(F::Hermes)),
+        ("qwen3", Some(F::Hermes)),
+        ("mistral-nemo", Some(F::Mistral)),
+        ("gpt-oss", Some(F::Harmony)),
+        ("gemma3", None),
+        ("smollm2", None),
+    ];
+    for (name, format) in expect {
+        let source = std::fs::read_to_string(dir().join(format!("{name}.jinja"))).unwrap();
+        assert_eq!(F::detect(&source), format, "{name}");
+        let caps = exo::runtime::capabilities(Some(&source));
+        assert_eq!(caps.contains(&"tools"), format.is_some(), "{name}: {caps:?}");
+    }
+    for name in ["qwen3", "deepseek-r1-distill-qwen", "gpt-oss"] {
+        let source = std::fs::read_to_string(dir().join(format!("{name}.jinja"))).unwrap();
+        assert!(exo::runtime::capabilities(Some(&source)).contains(&"thinking"), "{name}");
+    }
+    let smol = std::fs::read_to_string(dir().join("smollm2.jinja")).unwrap();
+    assert!(!exo::runtime::capabilities(Some(&smol)).contains(&"thinking"));
+}
