@@ -22,7 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/completions", post(completions))
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     let kind = match status {
         StatusCode::NOT_FOUND => "not_found_error",
         StatusCode::SERVICE_UNAVAILABLE => "server_busy",
@@ -33,7 +33,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn runtime_error(e: RuntimeError) -> Response {
+pub(super) fn runtime_error(e: RuntimeError) -> Response {
     error(super::status(&e), e.message_with(|f| f.openai().to_string()))
 }
 

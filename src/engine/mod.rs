@@ -9,12 +9,14 @@ mod detok;
 mod ffi;
 mod log;
 mod model;
+mod pooling;
 mod sampler;
 mod stage;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;
 pub use model::{Device, LayerRange, ModelWindow};
+pub use pooling::{normalize, Pooling};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 

@@ -18,6 +18,10 @@ pub enum Field {
     KeepAlive,
     Stop,
     LogitBias,
+    /// Embeddings: the texts or token ids to embed.
+    Input,
+    /// Embeddings: how many components to keep.
+    Dimensions,
 }
 
 impl Field {
@@ -36,13 +40,17 @@ impl Field {
             Field::KeepAlive => "keep_alive",
             Field::Stop => "stop",
             Field::LogitBias => "logit_bias",
+            Field::Input => "input",
+            Field::Dimensions => "dimensions",
         }
     }
 
     /// As Ollama's API names it (sampling settings live under `options`).
     pub fn ollama(self) -> String {
         match self {
-            Field::Model | Field::Prompt | Field::KeepAlive => self.generic().to_string(),
+            Field::Model | Field::Prompt | Field::KeepAlive | Field::Input | Field::Dimensions => {
+                self.generic().to_string()
+            }
             Field::MaxTokens => "options.num_predict".into(),
             f => format!("options.{}", f.generic()),
         }

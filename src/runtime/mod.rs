@@ -5,6 +5,7 @@
 //! own event stream ([`Generation`]). Errors are one typed [`RuntimeError`]; the APIs map it once.
 
 mod batcher;
+mod embed;
 pub mod error;
 mod heal;
 mod instance;
@@ -20,6 +21,7 @@ pub use recovery::RecoveryRecord;
 pub use error::{ErrorKind, Field, RuntimeError};
 pub use instance::{Instance, Loaded, Pipe};
 pub use policy::Forced;
+pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use request::{Event, Finish, GenRequest, Generation, Input, KeepAlive, ModelRef, Stats, MAX_KEEP_ALIVE};
 pub use session::StopMatcher;
 
