@@ -50,7 +50,8 @@ async fn split_equals_unsplit_for_every_pooling() {
     for pooling in [Pooling::Mean, Pooling::Cls, Pooling::Last] {
         let want = normalize(&pooled(&reference, &tokens, pooling).await, usize::MAX);
         assert!((norm(&want) - 1.0).abs() < 1e-5);
-        for (cuts, n_batch) in [(&[0, 8][..], 8), (&[0, 4, 8][..], 8), (&[0, 3, 6, 8][..], 8), (&[0, 3, 6, 8][..], 64)] {
+        for (cuts, n_batch) in [(&[0, 8][..], 8), (&[0, 4, 8][..], 8), (&[0, 3, 6, 8][..], 8), (&[0, 3, 6, 8][..], 64)]
+        {
             let chain = Chain::load(&path, Some(&ranges(cuts)), ctx(n_batch), true).unwrap();
             let got = normalize(&pooled(&chain, &tokens, pooling).await, usize::MAX);
             let d = max_diff(&got, &want);
@@ -140,7 +141,9 @@ async fn routes_answer_in_their_shapes() {
     let d = models_dir("tiny-llama");
     let (app, _) = app(d.path());
     // Ollama
-    let (s, v) = post(&app, "/api/embed", json!({ "model": "tiny-llama", "input": ["Hello there", "Goodbye", "Hello there"] })).await;
+    let (s, v) =
+        post(&app, "/api/embed", json!({ "model": "tiny-llama", "input": ["Hello there", "Goodbye", "Hello there"] }))
+            .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["model"], "tiny-llama");
     let e: Vec<Vec<f32>> = v["embeddings"].as_array().unwrap().iter().map(floats).collect();
@@ -155,7 +158,8 @@ async fn routes_answer_in_their_shapes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(floats(&one["embeddings"][0]), e[0], "a batch gives what one input gives");
     // Matryoshka: the leading components, normalized again
-    let (s, short) = post(&app, "/api/embed", json!({ "model": "tiny-llama", "input": "Hello there", "dimensions": 16 })).await;
+    let (s, short) =
+        post(&app, "/api/embed", json!({ "model": "tiny-llama", "input": "Hello there", "dimensions": 16 })).await;
     assert_eq!(s, StatusCode::OK);
     let short = floats(&short["embeddings"][0]);
     let n = norm(&e[0][..16]);
@@ -171,7 +175,8 @@ async fn routes_answer_in_their_shapes() {
     let n = norm(&raw);
     assert!(max_diff(&raw.iter().map(|x| x / n).collect::<Vec<_>>(), &e[0]) < 1e-5);
     // OpenAI: strings, token ids, arrays of token ids, base64
-    let (s, v) = post(&app, "/v1/embeddings", json!({ "model": "tiny-llama", "input": ["Hello there", "Goodbye"] })).await;
+    let (s, v) =
+        post(&app, "/v1/embeddings", json!({ "model": "tiny-llama", "input": ["Hello there", "Goodbye"] })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!((v["object"].clone(), v["model"].clone()), (json!("list"), json!("tiny-llama")));
     assert_eq!(v["data"][1]["object"], "embedding");
@@ -184,7 +189,12 @@ async fn routes_answer_in_their_shapes() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let ids = floats(&v["data"][0]["embedding"]);
     assert_eq!(v["usage"]["prompt_tokens"], 3);
-    let (s, v) = post(&app, "/v1/embeddings", json!({ "model": "tiny-llama", "input": [[5, 6, 7], [8]], "encoding_format": "base64" })).await;
+    let (s, v) = post(
+        &app,
+        "/v1/embeddings",
+        json!({ "model": "tiny-llama", "input": [[5, 6, 7], [8]], "encoding_format": "base64" }),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(unb64(v["data"][0]["embedding"].as_str().unwrap()), ids);
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
@@ -358,7 +368,8 @@ async fn real_model_ranks_similar_sentences_closer() {
     }
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let (cats, stocks) = (cos(&vecs[0], &vecs[1]), cos(&vecs[2], &vecs[3]));
-    let unrelated = [cos(&vecs[0], &vecs[2]), cos(&vecs[0], &vecs[3]), cos(&vecs[1], &vecs[2]), cos(&vecs[1], &vecs[3])];
+    let unrelated =
+        [cos(&vecs[0], &vecs[2]), cos(&vecs[0], &vecs[3]), cos(&vecs[1], &vecs[2]), cos(&vecs[1], &vecs[3])];
     println!("SmolLM2 ({pooling:?} pooling): cos cats {cats:.4}, stocks {stocks:.4}, unrelated {unrelated:.4?}; 3-stage split vs unsplit max |diff| {worst:e}");
     let max_unrelated = unrelated.iter().cloned().fold(f32::MIN, f32::max);
     assert!(cats > max_unrelated && stocks > max_unrelated, "similar pairs are not the closest");
@@ -394,4 +405,3 @@ async fn python_clients_embed() {
     println!("{text}");
     assert!(out.status.success(), "client checks failed:\n{text}");
 }
-

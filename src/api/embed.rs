@@ -44,45 +44,45 @@ impl Api {
 }
 
 /// The body as a JSON object, or the refusal.
-fn object(api: Api, body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn object(api: Api, body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
     match parse::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(api.error("invalid request: the body must be a JSON object")),
-        Err(e) => Err(api.error(e)),
+        Ok(_) => Err(Box::new(api.error("invalid request: the body must be a JSON object"))),
+        Err(e) => Err(Box::new(api.error(e))),
     }
 }
 
 /// What both APIs share: model, dimensions; Ollama's options.num_ctx, keep_alive, truncate.
-fn common(api: Api, m: &Map<String, Value>, inputs: Vec<EmbedInput>) -> Result<EmbedRequest, Response> {
+fn common(api: Api, m: &Map<String, Value>, inputs: Vec<EmbedInput>) -> Result<EmbedRequest, Box<Response>> {
     let name = match m.get("model") {
         Some(Value::String(s)) => s.as_str(),
         None | Some(Value::Null) => "",
-        Some(_) => return Err(api.error("model: must be a string")),
+        Some(_) => return Err(Box::new(api.error("model: must be a string"))),
     };
-    let model = model(name).map_err(|e| api.runtime_error(e))?;
+    let model = model(name).map_err(|e| Box::new(api.runtime_error(e)))?;
     let dimensions = match m.get("dimensions") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| api.error("dimensions: must be an integer"))?),
+        Some(v) => Some(v.as_i64().ok_or_else(|| Box::new(api.error("dimensions: must be an integer")))?),
     };
     let truncate = match m.get("truncate") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(api.error("truncate: must be true or false")),
+        Some(_) => return Err(Box::new(api.error("truncate: must be true or false"))),
     };
     let keep_alive = match m.get("keep_alive") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(keep_alive(v).map_err(|e| api.runtime_error(e))?),
+        Some(v) => Some(keep_alive(v).map_err(|e| Box::new(api.runtime_error(e)))?),
     };
     let num_ctx = match m.get("options").and_then(|o| o.get("num_ctx")) {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| api.error("options.num_ctx: must be a positive integer"))?,
+                .ok_or_else(|| Box::new(api.error("options.num_ctx: must be a positive integer")))?,
         ),
     };
     if m.get("options").is_some_and(|o| !o.is_object() && !o.is_null()) {
-        return Err(api.error("options: must be an object"));
+        return Err(Box::new(api.error("options: must be an object")));
     }
     Ok(EmbedRequest { model, inputs, truncate, dimensions, num_ctx, keep_alive, normalize: true })
 }
@@ -96,7 +96,7 @@ async fn ollama_embed(State(state): State<AppState>, body: Bytes) -> Response {
     let api = Api::Ollama;
     let m = match object(api, &body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let inputs = match m.get("input") {
         None | Some(Value::Null) => vec![],
@@ -110,7 +110,7 @@ async fn ollama_embed(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let req = match common(api, &m, inputs) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.runtime.embed(req).await {
         Ok(e) => axum::Json(json!({
@@ -147,7 +147,7 @@ async fn ollama_embeddings(State(state): State<AppState>, body: Bytes) -> Respon
     let api = Api::Ollama;
     let m = match object(api, &body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let inputs = match m.get("prompt") {
         None | Some(Value::Null) => vec![],
@@ -157,7 +157,7 @@ async fn ollama_embeddings(State(state): State<AppState>, body: Bytes) -> Respon
     };
     let mut req = match common(api, &m, inputs) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     req.normalize = false;
     match state.runtime.embed(req).await {
@@ -173,7 +173,11 @@ fn openai_inputs(v: Option<&Value>) -> Result<Vec<EmbedInput>, String> {
             return Err(format!("input{at}: an empty array of token ids"));
         }
         a.iter()
-            .map(|t| t.as_i64().and_then(|t| i32::try_from(t).ok()).ok_or_else(|| format!("input{at}: {t} is not a token id")))
+            .map(|t| {
+                t.as_i64()
+                    .and_then(|t| i32::try_from(t).ok())
+                    .ok_or_else(|| format!("input{at}: {t} is not a token id"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(EmbedInput::Tokens)
     };
@@ -206,7 +210,7 @@ async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Respon
     let api = Api::OpenAi;
     let m = match object(api, &body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let base64 = match m.get("encoding_format") {
         None | Some(Value::Null) => false,
@@ -220,7 +224,7 @@ async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Respon
     };
     let req = match common(api, &m, inputs) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.runtime.embed(req).await {
         Ok(e) => axum::Json(openai_answer(e, base64)).into_response(),
@@ -284,7 +288,19 @@ mod tests {
         assert_eq!(v(json!(["a", "b"])).unwrap().len(), 2);
         assert_eq!(v(json!([1, 2, 3])).unwrap(), [EmbedInput::Tokens(vec![1, 2, 3])]);
         assert_eq!(v(json!([[1], [2, 3]])).unwrap().len(), 2);
-        for bad in [json!(""), json!([]), json!([""]), json!([[]]), json!(5), json!(["a", 1]), json!([1, "a"]), json!([[1], 2]), json!([1.5]), json!([1e12]), json!({})] {
+        for bad in [
+            json!(""),
+            json!([]),
+            json!([""]),
+            json!([[]]),
+            json!(5),
+            json!(["a", 1]),
+            json!([1, "a"]),
+            json!([[1], 2]),
+            json!([1.5]),
+            json!([1e12]),
+            json!({}),
+        ] {
             let e = v(bad.clone()).unwrap_err();
             assert!(e.starts_with("input"), "{bad}: {e}");
         }

@@ -338,7 +338,8 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                 };
                 let batch = Batch { input, pos: msg.pos.clone(), seq: msg.seq.clone(), output: msg.output.clone() };
                 let last = ls.next.is_none();
-                let out = if embed { stage.embed(batch).await } else { stage.decode(batch, false, msg.sample && last).await };
+                let out =
+                    if embed { stage.embed(batch).await } else { stage.decode(batch, false, msg.sample && last).await };
                 match out {
                     Ok(DecodeOutput::Hidden(h)) => {
                         let next = ls.next.as_deref().expect("a non-last stage has a next hop");

@@ -250,8 +250,15 @@ impl StageHandle {
 
     /// Runs an embedding batch through this stage (see [`StageHandle::embed_through`]).
     pub async fn embed(&self, batch: Batch) -> Result<DecodeOutput, EngineError> {
-        self.call(|reply| Cmd::Decode { batch, want_logits: false, sample: false, embed: true, next: Vec::new(), reply })
-            .await?
+        self.call(|reply| Cmd::Decode {
+            batch,
+            want_logits: false,
+            sample: false,
+            embed: true,
+            next: Vec::new(),
+            reply,
+        })
+        .await?
     }
 
     /// Like [`StageHandle::decode_through`] for an embedding batch: the last stage answers the

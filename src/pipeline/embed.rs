@@ -40,7 +40,12 @@ pub async fn embed_tokens<P: Pipeline>(
     Ok(v)
 }
 
-async fn pooled<P: Pipeline>(pipe: &P, tokens: &[Token], seq: i32, pooling: Pooling) -> Result<Vec<f64>, PipelineError> {
+async fn pooled<P: Pipeline>(
+    pipe: &P,
+    tokens: &[Token],
+    seq: i32,
+    pooling: Pooling,
+) -> Result<Vec<f64>, PipelineError> {
     let info = pipe.info();
     let (n, rows, width) = (tokens.len(), embed_chunk(info), info.n_embd_out);
     let (mut pending, mut failed) = (Vec::with_capacity(n.div_ceil(rows)), None);

@@ -59,7 +59,10 @@ impl Runtime {
         let t0 = Instant::now();
         let n = req.inputs.len();
         if n > MAX_EMBED_INPUTS {
-            return Err(RuntimeError::field(Field::Input, format!("{n} inputs; at most {MAX_EMBED_INPUTS} per request")));
+            return Err(RuntimeError::field(
+                Field::Input,
+                format!("{n} inputs; at most {MAX_EMBED_INPUTS} per request"),
+            ));
         }
         if let Some(d) = req.dimensions {
             if d < 1 {

@@ -18,10 +18,10 @@ pub mod validate;
 
 pub use recovery::RecoveryRecord;
 
+pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use error::{ErrorKind, Field, RuntimeError};
 pub use instance::{Instance, Loaded, Pipe};
 pub use policy::Forced;
-pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use request::{Event, Finish, GenRequest, Generation, Input, KeepAlive, ModelRef, Stats, MAX_KEEP_ALIVE};
 pub use session::StopMatcher;
 
