@@ -317,6 +317,27 @@ async fn concurrent_generation_is_unaffected() {
     }
 }
 
+/// A model whose GGUF says `pooling_type = 1` (mean) is mean-pooled through the API: its vector
+/// equals the mean of its rows computed on a chain, not its last token's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gguf_pooling_type_is_used() {
+    let spec = exo::synth::ModelSpec { pooling_type: Some(1), ..exo::synth::preset("tiny-llama").unwrap() };
+    let path = common::model_from(&spec, "tiny-llama-mean");
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&path, d.path().join("tiny-llama.gguf")).unwrap();
+    let (app, rt) = app(d.path());
+    let (s, v) = post(&app, "/v1/embeddings", json!({ "model": "tiny-llama", "input": [[11, 42, 7, 99, 150]] })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = floats(&v["data"][0]["embedding"]);
+    assert_eq!(rt.instances()[0].info().pooling, Pooling::Mean);
+    let chain = Chain::load(&path, Some(&ranges(&[0, 5, 8])), ctx(64), true).unwrap();
+    assert_eq!(chain.info().pooling, Pooling::Mean);
+    let tokens = [11, 42, 7, 99, 150];
+    let mean = normalize(&pooled(&chain, &tokens, Pooling::Mean).await, usize::MAX);
+    let last = normalize(&pooled(&chain, &tokens, Pooling::Last).await, usize::MAX);
+    assert!(max_diff(&got, &mean) <= 1e-4 && max_diff(&got, &last) > 1e-3);
+}
+
 /// Over two `exo serve` processes (a: layers 0-4, b: 4-8) the embedding equals the one-node one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_over_two_processes_equals_one_node() {
