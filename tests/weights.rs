@@ -229,3 +229,42 @@ async fn nodes_without_the_model_fetch_their_windows_from_the_node_that_has_it()
     let log = std::fs::read_to_string(db.path().join("b.log")).unwrap();
     assert!(log.contains("window in place"), "{log}");
 }
+
+/// Automatic placement: node a holds the model but cannot run it (--memory-limit); the
+/// placement puts it on b, which has nothing, and b fetches it from a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_placement_on_a_node_without_the_model_fetches_it() {
+    let model = common::model("tiny-llama");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let (pa, pb) = (
+        (common::nodes::free_port(), common::nodes::free_port()),
+        (common::nodes::free_port(), common::nodes::free_port()),
+    );
+    let _a = spawn_env("a", da.path(), pa, &[pb.1], &["--memory-limit", "20MiB"], &env);
+    let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
+    let api_a = format!("http://127.0.0.1:{}", pa.0);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{api_a}/cluster"), |v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["name"] == "b" && x["profile"]["memory_offered"].is_u64()))
+    })
+    .await;
+    let prompt = "The quick brown fox jumps over";
+    let got = generate(&http, &api_a, prompt).await;
+    let cl: Value = http.get(format!("{api_a}/cluster")).send().await.unwrap().json().await.unwrap();
+    assert!(cl["instances"][0]["stages"].as_array().unwrap().iter().all(|s| s["node"] == "b"), "{cl}");
+    assert!(node_partial(db.path()).has_window(0, 8));
+    assert!(common::offline_store(db.path()).resolve_name("tiny-llama").is_err(), "a partial is never the whole model");
+    // the same text as one node holding the model
+    let dr = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model, dr.path().join("tiny-llama.gguf")).unwrap();
+    let pr = (common::nodes::free_port(), common::nodes::free_port());
+    let _r = spawn_env("ref", dr.path(), pr, &[], &[], &[]);
+    let api_r = format!("http://127.0.0.1:{}", pr.0);
+    wait_for(&http, &format!("{api_r}/cluster"), |v| v["nodes"].is_array()).await;
+    assert_eq!(got, generate(&http, &api_r, prompt).await);
+}

@@ -187,7 +187,7 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
             Err(e) => last = e.to_string(),
         }
     }
-    Err(failed(last))
+    Err(failed(format!("does not have model {:?} and cannot fetch its window: {last}", ls.model)))
 }
 
 #[cfg(test)]
