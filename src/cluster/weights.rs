@@ -164,8 +164,14 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
         let src = Arc::new(PeerSource { conn, model: ls.model.clone() });
         let t = std::time::Instant::now();
         let (model, from) = (ls.model.clone(), src.name());
+        // a line every 2 s: a window of a big model takes minutes
+        let shown = std::sync::Mutex::new(std::time::Instant::now());
         let progress: fetch::OnProgress = Arc::new(move |done, total| {
-            tracing::debug!(model = %model, from = %from, done, total, "window transfer");
+            let mut shown = shown.lock().unwrap();
+            if shown.elapsed() >= Duration::from_secs(2) {
+                *shown = std::time::Instant::now();
+                tracing::info!(model = %model, from = %from, done, total, "fetching the window");
+            }
         });
         match fetch::fetch_window(&dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await {
             Ok((path, done)) => {
