@@ -220,12 +220,14 @@ async fn a_node_without_the_model_is_named() {
         addr: n.peer_addr().to_string(),
         range: LayerRange { begin: b, end: e },
     };
-    let err = ClusterChain::load(a.clone(), "tiny-llama", &path, size, vec![st(&a, 0, 4), st(&b, 4, 8)], ctx())
-        .await
-        .err()
-        .unwrap();
+    // a has the file but not under this name: no node can send b its window
+    let err = ClusterChain::load(a.clone(), "elsewhere", &path, size, vec![st(&b, 0, 8)], ctx()).await.err().unwrap();
     let s = err.to_string();
     assert!(s.contains("lacking") && s.contains("does not have model"), "{s}");
+    assert!(s.contains("cannot fetch its window") && s.contains("does not have elsewhere"), "{s}");
+    // by its name a has it whole, and sends b the window
+    ClusterChain::load(a.clone(), "tiny-llama", &path, size, vec![st(&a, 0, 4), st(&b, 4, 8)], ctx()).await.unwrap();
+    assert!(empty.path().join("partial/tiny-llama.gguf").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,7 @@ async fn write_seeds() {
         n_seq_max: 4,
         next: Some("127.0.0.1:2".into()),
         index: 0,
+        sources: vec![],
     };
     let profile = serde_json::to_vec(&exo::profile::snapshot(None, Some(10.0))).unwrap();
     let refusal = serde_json::to_vec(&exo::transport::LoadRefusal::Limit {

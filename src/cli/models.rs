@@ -54,6 +54,20 @@ pub fn list(a: ListArgs) -> anyhow::Result<()> {
             m.first().display()
         );
     }
+    // windows of models fetched for stages: never taken for the whole model
+    for p in store.partials() {
+        let c = &p.sidecar;
+        let layers: Vec<String> = c.windows.iter().map(|(b, e)| format!("{b}..{e}")).collect();
+        let layers = if layers.is_empty() { "none complete".to_string() } else { layers.join(",") };
+        outln!(
+            "{:<44} {:>10} {:<9} {:<14} {}",
+            c.model,
+            fmt_bytes(p.allocated()),
+            "-",
+            "partial",
+            format!("layers {layers} of {} at {}", c.n_layer, p.path.display())
+        );
+    }
     if a.all {
         for c in store::catalog::cards() {
             for (q, qf) in &c.quant {

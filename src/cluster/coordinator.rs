@@ -98,6 +98,9 @@ impl ClusterChain {
                 n_seq_max: context.n_seq_max,
                 next: stages.get(i + 1).map(|s| s.addr.clone()),
                 index: i,
+                // this node holds the whole model (it resolved it): stage nodes without it
+                // fetch their windows from here
+                sources: vec![node.hello.peer_addr.clone()],
             };
             let (conn, st) = (conns[i].clone(), st.clone());
             loads.spawn(async move {

@@ -139,6 +139,10 @@ pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
         Kind::Unload => j::<UnloadMsg>(b),
         Kind::Pong => j::<crate::profile::Profile>(b),
         Kind::Error => j::<LoadRefusal>(b),
+        Kind::WeightsAsk => j::<crate::transport::WeightsAsk>(b),
+        Kind::WeightsMeta => j::<crate::transport::WeightsMeta>(b),
+        // raw bytes of a model file
+        Kind::WeightsData => Ok(()),
         Kind::OtherCluster => crate::transport::noise::parse_preamble(b).map(drop).map_err(|e| e.to_string()),
         // free text or nothing
         Kind::Refused | Kind::Ping | Kind::SeqDone | Kind::Bye | Kind::Handshake => Ok(()),
@@ -238,23 +242,32 @@ const MAX_CTX: u32 = 1 << 20;
 /// Checks a load request against what this node offers before anything is loaded: the model
 /// (same name and size), the layer range, context, batch and sequence counts, and the memory the
 /// stage would take (placement's estimate) against the memory this node offers.
-fn check(node: &ClusterNode, ls: &LoadStage) -> Result<std::path::PathBuf, LoadRefusal> {
+/// A partial model (its window fetched from a peer, see [`super::weights`]) passes the same
+/// checks with `partial` set.
+fn check(
+    node: &ClusterNode,
+    ls: &LoadStage,
+    partial: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, LoadRefusal> {
     let me = node.hello.node_name.clone();
-    // by name only: a peer never names a path
-    let local = match node.store.resolve_name(&ls.model) {
-        Ok(Resolved::Local(m)) => m,
-        _ => return Err(LoadRefusal::NoModel { node: me, model: ls.model.clone() }),
+    let path = match partial {
+        Some(p) => p.to_path_buf(),
+        // by name only: a peer never names a path
+        None => match node.store.resolve_name(&ls.model) {
+            Ok(Resolved::Local(m)) if m.size != ls.model_size => {
+                return Err(LoadRefusal::ModelSize {
+                    node: me,
+                    model: ls.model.clone(),
+                    here: m.size,
+                    theirs: ls.model_size,
+                })
+            }
+            Ok(Resolved::Local(m)) => m.first().to_path_buf(),
+            _ => return Err(LoadRefusal::NoModel { node: me, model: ls.model.clone() }),
+        },
     };
-    if local.size != ls.model_size {
-        return Err(LoadRefusal::ModelSize {
-            node: me,
-            model: ls.model.clone(),
-            here: local.size,
-            theirs: ls.model_size,
-        });
-    }
     let failed = |e: &dyn std::fmt::Display| LoadRefusal::Failed { node: me.clone(), detail: e.to_string() };
-    let files = crate::gguf::ModelFiles::open(local.first()).map_err(|e| failed(&e))?;
+    let files = crate::gguf::ModelFiles::open(&path).map_err(|e| failed(&e))?;
     let shape = crate::gguf::ModelShape::from_files(&files).map_err(|e| failed(&e))?;
     let (begin, end) = (ls.range.begin, ls.range.end);
     if begin >= end || end > shape.n_layer {
@@ -279,16 +292,25 @@ fn check(node: &ClusterNode, ls: &LoadStage) -> Result<std::path::PathBuf, LoadR
     if needed > offered {
         return Err(LoadRefusal::Memory { node: me, begin, end, needed, offered, weights, kv, compute });
     }
-    Ok(local.first().to_path_buf())
+    Ok(path)
 }
 
 /// Loads the requested window if this node can (see [`check`]).
 async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::Hello) -> Result<u32, LoadRefusal> {
     let me = node.hello.node_name.clone();
-    let (n, l) = (node.clone(), ls.clone());
-    let path = tokio::task::spawn_blocking(move || check(&n, &l))
-        .await
-        .map_err(|e| LoadRefusal::Failed { node: me.clone(), detail: e.to_string() })??;
+    let checked = |partial: Option<std::path::PathBuf>| {
+        let (n, l, me) = (node.clone(), ls.clone(), me.clone());
+        async move {
+            tokio::task::spawn_blocking(move || check(&n, &l, partial.as_deref()))
+                .await
+                .map_err(|e| LoadRefusal::Failed { node: me, detail: e.to_string() })?
+        }
+    };
+    let path = match checked(None).await {
+        // not here whole: the window from a partial model, fetched from a peer when missing
+        Err(LoadRefusal::NoModel { .. }) => checked(Some(super::weights::obtain(node, &ls).await?)).await?,
+        r => r?,
+    };
     let spec = StageSpec {
         window: ModelWindow::layers(&path, ls.range.begin, ls.range.end),
         context: ContextParams {

@@ -5,6 +5,7 @@
 mod coordinator;
 mod host;
 mod limits;
+mod weights;
 
 pub use coordinator::{ClusterChain, StagePlacement};
 pub use host::decode_payload;
@@ -570,6 +571,7 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
             Kind::LoadStage | Kind::Forward | Kind::EmbedForward | Kind::SeqOp | Kind::Unload => {
                 host::handle(&n, kind, inc).await
             }
+            Kind::WeightsAsk => weights::serve(&n, inc),
             Kind::Bye => {
                 let id = inc.conn.peer().node_id.clone();
                 n.departed.lock().unwrap().insert(id.clone());

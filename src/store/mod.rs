@@ -6,9 +6,11 @@
 //! (downloaded when missing) → an error listing close matches.
 
 pub mod catalog;
+pub mod fetch;
 mod hub;
 mod local;
 mod local_names;
+pub mod partial;
 
 pub use catalog::{Card, Known};
 pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
@@ -83,6 +85,8 @@ pub struct Store {
     pub endpoint: String,
     pub token: Option<String>,
     pub chunk_size: usize,
+    /// Disk bytes partial models may take (EXO_PARTIAL_BUDGET_GB); least recently used go first.
+    pub partial_budget: Option<u64>,
     free_space: FreeSpace,
 }
 
@@ -111,6 +115,10 @@ impl Store {
             endpoint: env("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
             token,
             chunk_size: 16 << 20,
+            partial_budget: env("EXO_PARTIAL_BUDGET_GB")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| (g * 1e9) as u64),
             free_space: Arc::new(|p: &Path| fs4::available_space(p)),
         }
     }
@@ -143,6 +151,31 @@ impl Store {
             v.extend(local::scan_ollama(o));
         }
         v
+    }
+
+    /// Partial models (windows of models) in the writable models dirs; never whole models.
+    pub fn partials(&self) -> Vec<partial::Partial> {
+        partial::scan(&self.dirs)
+    }
+
+    /// Where partial models are written: the first writable models dir.
+    pub fn partial_dir(&self) -> Option<&Path> {
+        self.dirs.first().map(PathBuf::as_path)
+    }
+
+    /// A partial model of `model` (`size` bytes whole) that holds layers `[begin, end)`.
+    pub fn partial_window(&self, model: &str, size: u64, begin: u32, end: u32) -> Option<partial::Partial> {
+        self.partials()
+            .into_iter()
+            .find(|p| p.sidecar.model == model && p.sidecar.size == size && p.has_window(begin, end))
+    }
+
+    /// Applies the partial models' disk budget, keeping `keep` (the one just used).
+    pub fn evict_partials(&self, keep: &Path) -> Vec<String> {
+        match self.partial_budget {
+            Some(b) => partial::evict(&self.dirs, b, keep),
+            None => vec![],
+        }
     }
 
     /// Resolves a MODEL argument without touching the network.

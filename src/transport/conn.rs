@@ -58,7 +58,9 @@ pub struct Incoming {
 
 /// Kinds that answer a request on the same connection.
 fn is_answer(kind: u16) -> bool {
-    [Kind::Pong, Kind::Loaded, Kind::SeqDone, Kind::Error].iter().any(|k| *k as u16 == kind)
+    [Kind::Pong, Kind::Loaded, Kind::SeqDone, Kind::Error, Kind::WeightsMeta, Kind::WeightsData]
+        .iter()
+        .any(|k| *k as u16 == kind)
 }
 
 #[derive(Clone)]

@@ -8,8 +8,9 @@ use super::TransportError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const MAGIC: [u8; 4] = *b"EXO\x01";
-/// 2: Noise handshake and encrypted records (1 was plaintext).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: Noise handshake and encrypted records (1 was plaintext); 3: embeddings and weight
+/// transfers (a node of version 2 would drop those messages silently).
+pub const PROTOCOL_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 20;
 /// Largest payload accepted: a 512-token batch of 16384-wide f32 hidden states is 32 MiB.
 pub const MAX_PAYLOAD: u32 = 64 << 20;

@@ -33,6 +33,12 @@ pub enum Kind {
     EmbedForward = 17,
     /// The last stage's answer to an `EmbedForward`.
     Embedding = 18,
+    /// A request for a model file's bytes ([`WeightsAsk`], JSON).
+    WeightsAsk = 19,
+    /// The JSON answer to an info or hash [`WeightsAsk`] ([`WeightsMeta`]).
+    WeightsMeta = 20,
+    /// The answer to a read [`WeightsAsk`]: the bytes, raw.
+    WeightsData = 21,
 }
 
 impl Kind {
@@ -57,6 +63,9 @@ impl Kind {
             16 => OtherCluster,
             17 => EmbedForward,
             18 => Embedding,
+            19 => WeightsAsk,
+            20 => WeightsMeta,
+            21 => WeightsData,
             _ => return None,
         })
     }
@@ -77,6 +86,31 @@ pub struct LoadStage {
     /// for the last stage, which samples and answers the coordinator.
     pub next: Option<String>,
     pub index: usize,
+    /// Peer addresses of nodes holding the whole model: a stage node without it fetches its
+    /// window from them (older coordinators send none).
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+/// Asks a peer for bytes of a model file it holds whole, by name (never by path). Each answer
+/// is bounded: a read is at most [`MAX_WEIGHTS_READ`] bytes; the asker keeps a few in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsAsk {
+    /// Size and header length of the file.
+    Info { model: String },
+    /// SHA-256 of `[start, end)`.
+    Hash { model: String, start: u64, end: u64 },
+    /// `len` bytes from `start`.
+    Read { model: String, start: u64, len: u32 },
+}
+
+/// Most bytes one [`WeightsAsk::Read`] may ask for.
+pub const MAX_WEIGHTS_READ: u32 = 16 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsMeta {
+    Info { size: u64, data_offset: u64 },
+    Hash { sha256: String },
 }
 
 /// Why a node refused to load a stage, typed across the wire (the `Error` answer to a

@@ -31,6 +31,19 @@ pub fn spawn(name: &'static str, models: &Path, api: u16, peer: u16, peers: &[u1
 
 /// One thread per node, no mDNS, no startup measurement, offline, models from `models` only.
 pub fn spawn_with(name: &'static str, models: &Path, api: u16, peer: u16, peers: &[u16], extra: &[&str]) -> Node {
+    spawn_env(name, models, (api, peer), peers, extra, &[])
+}
+
+/// As [`spawn_with`], with more environment (e.g. one EXO_CONFIG_DIR for nodes whose models dirs
+/// differ, so that they share the cluster secret).
+pub fn spawn_env(
+    name: &'static str,
+    models: &Path,
+    (api, peer): (u16, u16),
+    peers: &[u16],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Node {
     let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_exo"))
         .args([
@@ -52,6 +65,7 @@ pub fn spawn_with(name: &'static str, models: &Path, api: u16, peer: u16, peers:
         .env("HOME", models)
         .env("EXO_OFFLINE", "1")
         .env("EXO_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(models.join(format!("{name}.log"))).unwrap())
         .spawn()

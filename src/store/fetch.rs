@@ -1,0 +1,226 @@
+//! Fetching a layer window into a partial model from a source that has the whole file (a peer;
+//! the [`RangeSource`] trait keeps the transfer logic apart from the wire). Chunks are requested
+//! with a bounded number in flight, written at their offsets, hashed in order, and a range is
+//! recorded in the sidecar only once its hash matches the source's: a transfer killed half-way
+//! resumes from the verified ranges, and a range found corrupt is fetched again.
+
+use super::partial::{self, hex, missing, window_ranges, Partial, Piece};
+use super::StoreError;
+use sha2::Digest;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Bytes per chunk request.
+pub const CHUNK: u32 = 4 << 20;
+/// Chunk requests in flight at once (bounds the memory a transfer holds to 4 × 4 MiB).
+pub const IN_FLIGHT: usize = 4;
+/// Largest header a source may announce (vocabularies of big models take tens of MB).
+pub const MAX_HEADER: u64 = 1 << 30;
+/// Largest range recorded as one piece: a transfer killed half-way loses at most this much.
+pub const PIECE: u64 = 64 << 20;
+/// Attempts per range before a mismatch is an error.
+const ATTEMPTS: usize = 2;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a source says of the whole file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileInfo {
+    pub size: u64,
+    /// Where the data section begins (the header is `[0, data_offset)`).
+    pub data_offset: u64,
+}
+
+/// A source of a model file's bytes.
+pub trait RangeSource: Send + Sync + 'static {
+    /// Who it is, for messages.
+    fn name(&self) -> String;
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>>;
+    /// SHA-256 (hex) of `[start, end)`.
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<String, String>>;
+    /// `len` (at most [`CHUNK`]) bytes from `start`.
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetching {model} from {source_name}: {reason}")]
+    Source { model: String, source_name: String, reason: String },
+    #[error("{model}: bytes {start}..{end} from {source_name} do not match its hash after {ATTEMPTS} attempts")]
+    Mismatch { model: String, source_name: String, start: u64, end: u64 },
+    #[error("{model}: no node has it to send and the hub cannot be asked for windows here")]
+    NoSource { model: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a fetch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes received from the source (headers of the protocol not counted).
+    pub bytes: u64,
+    /// Ranges found corrupt on disk and fetched again.
+    pub repaired: usize,
+}
+
+/// Progress of one fetch: bytes done of bytes to move.
+pub type OnProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Makes the partial file of `model` under `dir` hold layers `[begin, end)`: what is already
+/// present is verified and kept, the rest comes from `src` in pieces of at most `piece` bytes
+/// (each hashed and recorded on its own; [`PIECE`] normally). Returns the file's path.
+pub async fn fetch_window(
+    dir: &Path,
+    model: &str,
+    (begin, end): (u32, u32),
+    src: Arc<dyn RangeSource>,
+    piece: u64,
+    progress: OnProgress,
+) -> Result<(PathBuf, Fetched), FetchError> {
+    let piece = piece.max(1);
+    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
+    let info = src.info().await.map_err(err)?;
+    if info.data_offset == 0 || info.data_offset > info.size.min(MAX_HEADER) {
+        return Err(err(format!("implausible header of {} bytes in a file of {}", info.data_offset, info.size)));
+    }
+    let (d, m) = (dir.to_path_buf(), model.to_string());
+    let (mut p, repaired) = blocking(move || -> Result<(Partial, usize), StoreError> {
+        let mut p = Partial::create(&d, &m, info.size, 0)?;
+        let bad = p.verify()?;
+        if !bad.is_empty() {
+            tracing::warn!(model = %m, ranges = bad.len(), "corrupt ranges in a partial model; fetching them again");
+        }
+        Ok((p, bad.len()))
+    })
+    .await?;
+    let mut done = Fetched { bytes: 0, repaired };
+    // the header first: it says where the window's tensors are
+    let header = [(0, info.data_offset)];
+    for (s, e) in missing(&header, &p.present()) {
+        done.bytes += fetch_range(&mut p, &src, model, (s, e), &progress, (0, e - s)).await?;
+    }
+    let path = p.path.clone();
+    let (pp, b, e) = (path.clone(), begin, end);
+    let want = blocking(move || -> Result<(Vec<(u64, u64)>, u32), StoreError> {
+        let bad =
+            |e: crate::gguf::GgufError| StoreError::Corrupt { file: pp.display().to_string(), reason: e.to_string() };
+        let files = crate::gguf::ModelFiles::open(&pp).map_err(bad)?;
+        let shape = crate::gguf::ModelShape::from_files(&files).map_err(bad)?;
+        let g = crate::gguf::GgufFile::open(&pp).map_err(bad)?;
+        Ok((window_ranges(&g, shape.n_layer, b, e.min(shape.n_layer)), shape.n_layer))
+    })
+    .await?;
+    let (want, n_layer) = want;
+    if begin >= end || end > n_layer {
+        return Err(err(format!("layers {begin}..{end} are not within the model's {n_layer}")));
+    }
+    p.sidecar.n_layer = n_layer;
+    let todo: Vec<(u64, u64)> = missing(&want, &p.present())
+        .into_iter()
+        .flat_map(|(s, e)| (s..e).step_by(piece as usize).map(move |a| (a, (a + piece).min(e))))
+        .collect();
+    let total: u64 = todo.iter().map(|r| r.1 - r.0).sum();
+    let mut moved = 0;
+    for (s, e) in todo {
+        moved += fetch_range(&mut p, &src, model, (s, e), &progress, (moved, total)).await?;
+    }
+    done.bytes += moved;
+    let mut p2 = p;
+    blocking(move || p2.add_window(begin, end)).await?;
+    Ok((path, done))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?
+}
+
+/// Fetches `[start, end)` in chunks, verifies it against the source's hash (a second attempt
+/// when it does not match), checks what landed on disk and records it. Returns the bytes received.
+async fn fetch_range(
+    p: &mut Partial,
+    src: &Arc<dyn RangeSource>,
+    model: &str,
+    (start, end): (u64, u64),
+    progress: &OnProgress,
+    (base, total): (u64, u64),
+) -> Result<u64, FetchError> {
+    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
+    let mut asked = Some({
+        let s = src.clone();
+        tokio::spawn(async move { s.hash(start, end).await })
+    });
+    let mut received = 0;
+    let mut want_hash = None;
+    for attempt in 0..ATTEMPTS {
+        let got = download(p, src, start, end, &err, &mut |at| progress(base + at - start, total)).await?;
+        received += end - start;
+        if let Some(job) = asked.take() {
+            want_hash = Some(job.await.map_err(|e| err(e.to_string()))?.map_err(&err)?);
+        }
+        let want = want_hash.as_deref().expect("set above");
+        if got == want {
+            break;
+        }
+        tracing::warn!(model, start, end, attempt, "a range did not match the source's hash; fetching it again");
+        if attempt + 1 == ATTEMPTS {
+            return Err(FetchError::Mismatch { model: model.into(), source_name: src.name(), start, end });
+        }
+    }
+    let want = want_hash.expect("at least one attempt");
+    // what landed on disk is what was hashed
+    let pp = p.path.clone();
+    let on_disk = blocking(move || {
+        partial::hash_range(&pp, start, end).map_err(|source| StoreError::Io { path: pp.clone(), source })
+    })
+    .await?;
+    if on_disk != want {
+        return Err(FetchError::Mismatch { model: model.into(), source_name: "this node's disk".into(), start, end });
+    }
+    let mut q = p.clone();
+    let piece = Piece { start, end, sha256: want };
+    *p = blocking(move || q.record(piece).map(|_| q)).await?;
+    Ok(received)
+}
+
+/// Streams `[start, end)` into the file with at most [`IN_FLIGHT`] chunks requested at once;
+/// returns the SHA-256 of the bytes received, in order.
+async fn download(
+    p: &Partial,
+    src: &Arc<dyn RangeSource>,
+    start: u64,
+    end: u64,
+    err: &impl Fn(String) -> FetchError,
+    on_progress: &mut impl FnMut(u64),
+) -> Result<String, FetchError> {
+    type Job = tokio::task::JoinHandle<Result<Vec<u8>, String>>;
+    let mut h = sha2::Sha256::new();
+    let mut queue: VecDeque<(u64, u64, Job)> = VecDeque::new();
+    let (mut next, mut at) = (start, start);
+    while at < end {
+        while queue.len() < IN_FLIGHT && next < end {
+            let n = (end - next).min(CHUNK as u64);
+            let (s, off) = (src.clone(), next);
+            queue.push_back((off, n, tokio::spawn(async move { s.read(off, n as u32).await })));
+            next += n;
+        }
+        let (off, n, job) = queue.pop_front().expect("a chunk is in flight");
+        let data = job.await.map_err(|e| err(e.to_string()))?.map_err(err)?;
+        if data.len() as u64 != n {
+            queue.iter().for_each(|j| j.2.abort());
+            return Err(err(format!("asked for {n} bytes at {off}, got {}", data.len())));
+        }
+        h.update(&data);
+        let pp = p.clone();
+        blocking(move || pp.write_at(off, &data)).await?;
+        at += n;
+        on_progress(at);
+    }
+    Ok(hex(&h.finalize()))
+}

@@ -1,0 +1,335 @@
+//! Weights travel: a stage's window in a sparse partial model (same outputs as the whole file,
+//! only the window's bytes on disk), fetched with verification and resumption; and `exo serve`
+//! nodes that lack the model fetching their windows from the node that has it.
+
+mod common;
+
+use common::nodes::{spawn_env, wait_for};
+use exo::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
+use exo::gguf::{GgufFile, ModelFiles, ModelShape};
+use exo::store::fetch::{fetch_window, BoxFut, FileInfo, RangeSource, PIECE};
+use exo::store::partial::{allocated_bytes, hash_range, window_ranges, Partial};
+use exo::synth;
+use serde_json::{json, Value};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A whole file on this machine as a source; it fails every read after `fail_after` reads.
+struct FileSource {
+    path: PathBuf,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+    fail_after: u64,
+}
+
+impl FileSource {
+    fn new(path: &Path, fail_after: u64) -> Arc<FileSource> {
+        Arc::new(FileSource { path: path.into(), reads: 0.into(), bytes: 0.into(), fail_after })
+    }
+}
+
+impl RangeSource for FileSource {
+    fn name(&self) -> String {
+        "a test file".into()
+    }
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
+        let g = GgufFile::open(&self.path).unwrap();
+        Box::pin(async move { Ok(FileInfo { size: g.file_size, data_offset: g.data_offset }) })
+    }
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<String, String>> {
+        Box::pin(async move { hash_range(&self.path, start, end).map_err(|e| e.to_string()) })
+    }
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            if self.reads.fetch_add(1, Ordering::SeqCst) >= self.fail_after {
+                return Err("the source went away".into());
+            }
+            let mut b = vec![0u8; len as usize];
+            std::fs::File::open(&self.path).unwrap().read_exact_at(&mut b, start).map_err(|e| e.to_string())?;
+            self.bytes.fetch_add(len as u64, Ordering::SeqCst);
+            Ok(b)
+        })
+    }
+}
+
+/// Wide layers (about 4 MB each) so that a window dwarfs the header and the 1 MiB margin.
+fn wide_model() -> PathBuf {
+    let spec =
+        synth::ModelSpec { n_embd: 256, n_ff: 1024, n_head: 8, n_head_kv: 4, ..synth::preset("tiny-llama").unwrap() };
+    common::model_from(&spec, "wide-llama")
+}
+
+fn want_bytes(path: &Path, b: u32, e: u32) -> u64 {
+    let shape = ModelShape::from_files(&ModelFiles::open(path).unwrap()).unwrap();
+    window_ranges(&GgufFile::open(path).unwrap(), shape.n_layer, b, e).iter().map(|r| r.1 - r.0).sum()
+}
+
+fn quiet() -> exo::store::fetch::OnProgress {
+    Arc::new(|_, _| {})
+}
+
+/// One decode of 4 tokens (first stage) or 4 hidden rows through `[b, e)` of `path`.
+async fn run_window(path: &Path, b: u32, e: u32, n_layer: u32) -> Vec<f32> {
+    let stage = StageHandle::load(StageSpec {
+        window: ModelWindow::layers(path, b, e),
+        context: ContextParams { n_ctx: 64, n_batch: 8, n_ubatch: 8, n_threads: 1, n_seq_max: 1 },
+    })
+    .unwrap();
+    let n_embd = stage.info().n_embd;
+    let input = if b == 0 {
+        BatchInput::Tokens(vec![1, 5, 9, 13])
+    } else {
+        BatchInput::Hidden((0..4 * n_embd).map(|i| ((i % 17) as f32 - 8.0) * 0.05).collect())
+    };
+    let batch = Batch { input, pos: vec![0, 1, 2, 3], seq: vec![0; 4], output: vec![true; 4] };
+    match stage.decode(batch, e == n_layer, false).await.unwrap() {
+        DecodeOutput::Hidden(h) => h,
+        DecodeOutput::Last { logits, .. } => logits.concat(),
+        DecodeOutput::Embedding(_) => panic!("an embedding from a plain decode"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_windows_load_like_the_whole_file_and_take_only_their_bytes() {
+    let whole = wide_model();
+    let n_layer = ModelShape::from_files(&ModelFiles::open(&whole).unwrap()).unwrap().n_layer;
+    for (b, e) in [(0, 3), (3, 5), (5, n_layer)] {
+        let d = tempfile::tempdir().unwrap();
+        let src = FileSource::new(&whole, u64::MAX);
+        let (path, done) = fetch_window(d.path(), "wide", (b, e), src.clone(), PIECE, quiet()).await.unwrap();
+        let want = want_bytes(&whole, b, e);
+        assert_eq!(done.bytes, want, "moved exactly the window's bytes");
+        let du = allocated_bytes(&path);
+        let size = std::fs::metadata(&whole).unwrap().len();
+        println!("window {b}..{e}: {want} bytes of {size}; allocated {du}");
+        assert!(du.abs_diff(want) <= want / 20 + (1 << 20), "allocated {du} vs window {want}");
+        assert!(du < size / 2, "the file is sparse");
+        assert_eq!(run_window(&path, b, e, n_layer).await, run_window(&whole, b, e, n_layer).await, "{b}..{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_transfers_resume_corrupt_ranges_come_again_and_windows_grow() {
+    let whole = wide_model();
+    let n_layer = ModelShape::from_files(&ModelFiles::open(&whole).unwrap()).unwrap().n_layer;
+    let d = tempfile::tempdir().unwrap();
+    let piece = 1 << 20; // 1 MiB pieces: the window is several
+                         // the source goes away after 5 reads of 1 MiB chunks... (reads are 4 MiB at most; a piece is 1)
+    let dying = FileSource::new(&whole, 5);
+    let err = fetch_window(d.path(), "wide", (2, 6), dying, piece, quiet()).await.unwrap_err();
+    assert!(err.to_string().contains("the source went away"), "{err}");
+    let p = Partial::open(&Partial::path_in(d.path(), "wide")).unwrap();
+    let kept: u64 = p.present().iter().map(|r| r.1 - r.0).sum();
+    assert!(kept > 0 && !p.has_window(2, 6), "some verified pieces were kept: {kept}");
+
+    // resumed: only what was missing moves
+    let src = FileSource::new(&whole, u64::MAX);
+    let (path, done) = fetch_window(d.path(), "wide", (2, 6), src.clone(), piece, quiet()).await.unwrap();
+    let want = want_bytes(&whole, 2, 6);
+    assert_eq!(done.bytes + kept, want, "resumed from the {kept} verified bytes");
+    assert_eq!(run_window(&path, 2, 6, n_layer).await, run_window(&whole, 2, 6, n_layer).await);
+
+    // a byte flipped on disk: found, that piece alone fetched again
+    let p = Partial::open(&path).unwrap();
+    let victim = p.sidecar.pieces[p.sidecar.pieces.len() / 2].clone();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[0xAB, 0xCD], victim.start + 7).unwrap();
+    let src = FileSource::new(&whole, u64::MAX);
+    let (_, done) = fetch_window(d.path(), "wide", (2, 6), src, piece, quiet()).await.unwrap();
+    assert_eq!((done.repaired, done.bytes), (1, victim.end - victim.start));
+    assert_eq!(run_window(&path, 2, 6, n_layer).await, run_window(&whole, 2, 6, n_layer).await);
+
+    // the same or a smaller window moves nothing; a larger one only its new layers
+    for (b, e) in [(2, 6), (3, 5)] {
+        let src = FileSource::new(&whole, u64::MAX);
+        let (_, done) = fetch_window(d.path(), "wide", (b, e), src, piece, quiet()).await.unwrap();
+        assert_eq!(done.bytes, 0, "{b}..{e} is already here");
+    }
+    let before = allocated_bytes(&path);
+    let src = FileSource::new(&whole, u64::MAX);
+    let (_, done) = fetch_window(d.path(), "wide", (0, n_layer), src, piece, quiet()).await.unwrap();
+    assert_eq!(done.bytes, want_bytes(&whole, 0, n_layer) - want);
+    assert!(allocated_bytes(&path) > before);
+    assert!(Partial::open(&path).unwrap().has_window(0, n_layer));
+    assert_eq!(run_window(&path, 0, n_layer, n_layer).await, run_window(&whole, 0, n_layer, n_layer).await);
+    // a whole-looking partial is still not the model for the store
+    let store = common::offline_store(d.path());
+    assert!(store.resolve_name("wide").is_err());
+    assert_eq!(store.partials().len(), 1);
+    // `exo list` shows it as a partial with its layers
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+        .arg("list")
+        .env("EXO_MODELS_DIRS", d.path())
+        .env("EXO_MODELS_READ_ONLY_DIRS", "")
+        .env("HOME", d.path())
+        .env("EXO_CONFIG_DIR", common::config_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("partial") && text.contains(&format!("layers 0..{n_layer} of {n_layer}")),
+        "{text}"
+    );
+}
+
+async fn generate(http: &reqwest::Client, base: &str, prompt: &str) -> String {
+    let body = json!({ "model": "tiny-llama", "prompt": prompt, "stream": false, "raw": true,
+        "options": { "num_predict": 16, "seed": 0, "temperature": 0.0 } });
+    let r = http.post(format!("{base}/api/generate")).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{v}");
+    v["response"].as_str().unwrap().to_string()
+}
+
+async fn place(http: &reqwest::Client, base: &str, placement: Value) {
+    let r = http
+        .post(format!("{base}/instances"))
+        .json(&json!({ "model": "tiny-llama", "placement": placement }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// The partial of tiny-llama under a node's models dir.
+fn node_partial(dir: &Path) -> Partial {
+    Partial::open(&Partial::path_in(dir, "tiny-llama")).expect("a partial model")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_the_model_fetch_their_windows_from_the_node_that_has_it() {
+    let model = common::model("tiny-llama");
+    let n_layer = ModelShape::from_files(&ModelFiles::open(&model).unwrap()).unwrap().n_layer;
+    // only node a has the model; b and c start with empty models dirs
+    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (common::nodes::free_port(), common::nodes::free_port())).collect();
+    let peers = |i: usize| -> Vec<u16> { (0..3).filter(|&j| j != i).map(|j| ports[j].1).collect() };
+    // one cluster secret for the three (each node's HOME is its own models dir)
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let _a = spawn_env("a", da.path(), (ports[0].0, ports[0].1), &peers(0), &[], &env);
+    let _b = spawn_env("b", db.path(), (ports[1].0, ports[1].1), &peers(1), &[], &env);
+    let _c = spawn_env("c", dc.path(), (ports[2].0, ports[2].1), &peers(2), &[], &env);
+    let api = format!("http://127.0.0.1:{}", ports[0].0);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 3)).await;
+    let prompt = "The quick brown fox jumps over";
+    let want = generate(&http, &api, prompt).await;
+
+    // 2 nodes: b takes the first half (embedding included) from a
+    place(&http, &api, json!([{ "node": "b", "begin": 0, "end": 4 }, { "node": "a", "begin": 4, "end": n_layer }]))
+        .await;
+    assert_eq!(generate(&http, &api, prompt).await, want, "b's window from a partial model");
+    let pb = node_partial(db.path());
+    let window = want_bytes(&model, 0, 4);
+    assert!(pb.allocated().abs_diff(window) <= window / 20 + (1 << 20), "b holds {} for {window}", pb.allocated());
+    assert!(pb.has_window(0, 4));
+
+    // 3 nodes: c gets the last stage (head) from a; b grows its file to 0..6
+    place(
+        &http,
+        &api,
+        json!([{ "node": "a", "begin": 0, "end": 2 }, { "node": "b", "begin": 2, "end": 6 }, { "node": "c", "begin": 6, "end": n_layer }]),
+    )
+    .await;
+    assert_eq!(generate(&http, &api, prompt).await, want, "over 3 nodes");
+    assert!(node_partial(db.path()).has_window(0, 6), "the larger window extended b's file");
+    let pc = node_partial(dc.path());
+    let window = want_bytes(&model, 6, n_layer);
+    assert!(pc.allocated().abs_diff(window) <= window / 20 + (1 << 20));
+    let log = std::fs::read_to_string(db.path().join("b.log")).unwrap();
+    assert!(log.contains("window in place"), "{log}");
+}
+
+/// Automatic placement: node a holds the model but cannot run it (--memory-limit); the
+/// placement puts it on b, which has nothing, and b fetches it from a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_placement_on_a_node_without_the_model_fetches_it() {
+    let model = common::model("tiny-llama");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let (pa, pb) = (
+        (common::nodes::free_port(), common::nodes::free_port()),
+        (common::nodes::free_port(), common::nodes::free_port()),
+    );
+    let _a = spawn_env("a", da.path(), pa, &[pb.1], &["--memory-limit", "20MiB"], &env);
+    let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
+    let api_a = format!("http://127.0.0.1:{}", pa.0);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{api_a}/cluster"), |v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["name"] == "b" && x["profile"]["memory_offered"].is_u64()))
+    })
+    .await;
+    let prompt = "The quick brown fox jumps over";
+    let got = generate(&http, &api_a, prompt).await;
+    let cl: Value = http.get(format!("{api_a}/cluster")).send().await.unwrap().json().await.unwrap();
+    assert!(cl["instances"][0]["stages"].as_array().unwrap().iter().all(|s| s["node"] == "b"), "{cl}");
+    assert!(node_partial(db.path()).has_window(0, 8));
+    assert!(common::offline_store(db.path()).resolve_name("tiny-llama").is_err(), "a partial is never the whole model");
+    // the same text as one node holding the model
+    let dr = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model, dr.path().join("tiny-llama.gguf")).unwrap();
+    let pr = (common::nodes::free_port(), common::nodes::free_port());
+    let _r = spawn_env("ref", dr.path(), pr, &[], &[], &[]);
+    let api_r = format!("http://127.0.0.1:{}", pr.0);
+    wait_for(&http, &format!("{api_r}/cluster"), |v| v["nodes"].is_array()).await;
+    assert_eq!(got, generate(&http, &api_r, prompt).await);
+}
+
+/// Cold start on 2 nodes with a ~1.1 GB generated model (tinyllama-1b, Q8_0) where only a has
+/// it: time from placing to the first token, and bytes b receives, when b gets half the layers
+/// (its window) vs all of them (what copying the whole file costs). Loopback, no rate limit.
+/// `cargo test --release --test weights -- --ignored --nocapture cold_start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 1.1 GB model; run by hand (figures in the report)"]
+async fn cold_start_window_vs_whole_file() {
+    let model = common::model("tinyllama-1b");
+    let size = std::fs::metadata(&model).unwrap().len();
+    let n_layer = ModelShape::from_files(&ModelFiles::open(&model).unwrap()).unwrap().n_layer;
+    for (label, b_end) in [("window (half the layers)", n_layer / 2), ("whole file (every layer)", n_layer)] {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::os::unix::fs::symlink(&model, da.path().join("tinyllama-1b.gguf")).unwrap();
+        let config = tempfile::tempdir().unwrap();
+        let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+        let free = common::nodes::free_port;
+        let (pa, pb) = ((free(), free()), (free(), free()));
+        let _a = spawn_env("a", da.path(), pa, &[pb.1], &[], &env);
+        let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
+        let api = format!("http://127.0.0.1:{}", pa.0);
+        let http = reqwest::Client::new();
+        wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)).await;
+        let mut placement = vec![json!({ "node": "b", "begin": 0, "end": b_end })];
+        if b_end < n_layer {
+            placement.push(json!({ "node": "a", "begin": b_end, "end": n_layer }));
+        }
+        let t = std::time::Instant::now();
+        let r = http
+            .post(format!("{api}/instances"))
+            .json(&json!({ "model": "tinyllama-1b", "placement": placement }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let body = json!({ "model": "tinyllama-1b", "prompt": "Hello", "stream": false, "raw": true,
+            "options": { "num_predict": 1, "temperature": 0.0 } });
+        let r = http.post(format!("{api}/api/generate")).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+        let ttft = t.elapsed().as_secs_f64();
+        let p = Partial::open(&Partial::path_in(db.path(), "tinyllama-1b")).unwrap();
+        let moved: u64 = p.present().iter().map(|r| r.1 - r.0).sum();
+        println!(
+            "{label}: first token after {ttft:.2} s; b received {:.1} MB of the {:.1} MB file ({:.1} MB on disk)",
+            moved as f64 / 1e6,
+            size as f64 / 1e6,
+            p.allocated() as f64 / 1e6
+        );
+    }
+}
