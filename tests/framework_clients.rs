@@ -119,28 +119,37 @@ impl Drop for Server {
     }
 }
 
+/// A client script's output and how long it ran.
+struct Ran {
+    out: Output,
+    took: Duration,
+}
+
 /// Runs a client script (program, args) off the async workers; clients talk to nothing but the
 /// server (no proxy for loopback, llm's files in a temporary directory).
-async fn run(program: PathBuf, args: Vec<String>) -> Output {
+async fn run(program: PathBuf, args: Vec<String>) -> Ran {
     tokio::task::spawn_blocking(move || {
         let llm_home = tempfile::tempdir().unwrap();
-        Command::new(program)
+        let t = Instant::now();
+        let out = Command::new(program)
             .args(args)
             .env("LLM_USER_PATH", llm_home.path())
             .env("NO_PROXY", "127.0.0.1,localhost")
             .env_remove("OLLAMA_HOST")
             .output()
-            .unwrap()
+            .unwrap();
+        Ran { out, took: t.elapsed() }
     })
     .await
     .unwrap()
 }
 
 /// Prints each script's output under its name; the names of those that failed.
-fn report(runs: &[(&str, &Output)]) -> Vec<String> {
+fn report(runs: &[(&str, &Ran)]) -> Vec<String> {
     let mut failed = Vec::new();
-    for (name, out) in runs {
-        println!("== {name}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for (name, Ran { out, took }) in runs {
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("== {name} ({:.1} s)\n{stdout}{stderr}", took.as_secs_f64());
         if !out.status.success() {
             failed.push(name.to_string());
         }
@@ -162,21 +171,21 @@ async fn real_clients_and_frameworks_against_exo_serve() {
     let base = server.base.clone();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
 
-    // Python (slow to import) and Node side by side; each runs its checks in order
-    let mut py_args =
-        s(&[repo().join("tests/clients/check_frameworks.py").to_str().unwrap(), base.as_str(), "tiny-llama"]);
-    py_args.extend(s(&[API_KEY, "--tools"]));
-    if real_file.is_some() {
-        py_args.push(format!("--real={real_name}"));
-    }
-    let python = tokio::spawn(run(py, py_args));
+    // one after the other: the server's threads get the CPU (llama.cpp's spin-waiting threads
+    // stall badly when two cores are also busy importing Python)
     let js_path = js.to_str().unwrap().to_string();
     let node_tiny = run("node".into(), s(&[js_path.as_str(), base.as_str(), "tiny-llama", API_KEY, "--tools"])).await;
     let node_real = match real_file {
         Some(_) => Some(run("node".into(), s(&[js_path.as_str(), base.as_str(), real_name, API_KEY, "--small"])).await),
         None => None,
     };
-    let python = python.await.unwrap();
+    let mut py_args =
+        s(&[repo().join("tests/clients/check_frameworks.py").to_str().unwrap(), base.as_str(), "tiny-llama"]);
+    py_args.extend(s(&[API_KEY, "--tools"]));
+    if real_file.is_some() {
+        py_args.push(format!("--real={real_name}"));
+    }
+    let python = run(py, py_args).await;
 
     let mut runs = vec![("node (ollama-js, openai-node) on tiny-llama", &node_tiny)];
     if let Some(o) = &node_real {
