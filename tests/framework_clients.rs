@@ -205,14 +205,33 @@ async fn real_clients_and_frameworks_against_exo_serve() {
 async fn real_clients_embeddings_against_exo_serve() {
     let Some((py, js)) = clients() else { return };
     let tiny = common::model("tiny-llama");
-    let server = Server::start(&[("tiny-llama", tiny.as_path())]).await;
+    let real_file = real::model();
+    let real_name = real::FILE.trim_end_matches(".gguf");
+    let mut models = vec![("tiny-llama", tiny.as_path())];
+    if let Some(r) = &real_file {
+        models.push((real_name, r.as_path()));
+    }
+    let server = Server::start(&models).await;
     let base = server.base.clone();
     let script = repo().join("tests/clients/check_frameworks.py").to_str().unwrap().to_string();
     let js = js.to_str().unwrap().to_string();
-    let node =
-        run("node".into(), vec![js, base.clone(), "tiny-llama".into(), API_KEY.into(), "--embeddings".into()]).await;
-    let python = run(py, vec![script, base, "tiny-llama".into(), API_KEY.into(), "--embeddings".into()]).await;
-    let failed = report(&[("node embeddings", &node), ("python embeddings", &python)]);
+    let mut names = vec!["tiny-llama"];
+    if real_file.is_some() {
+        names.push(real_name);
+    }
+    let mut node = Vec::new();
+    for name in &names {
+        let args = vec![js.clone(), base.clone(), name.to_string(), API_KEY.into(), "--embeddings".into()];
+        node.push((format!("node embeddings on {name}"), run("node".into(), args).await));
+    }
+    let mut py_args = vec![script, base, "tiny-llama".into(), API_KEY.into(), "--embeddings".into()];
+    if real_file.is_some() {
+        py_args.push(format!("--real={real_name}"));
+    }
+    let python = run(py, py_args).await;
+    let mut runs: Vec<(&str, &Ran)> = node.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    runs.push(("python embeddings (LangChain, LiteLLM)", &python));
+    let failed = report(&runs);
     let status = server.stop().await;
     assert!(failed.is_empty(), "embedding checks failed: {failed:?} (their output is above)");
     assert!(status.success(), "exo serve exited with {status}");
