@@ -188,6 +188,7 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
         while let Some(ev) = gen.events.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Thinking(_) => {}
                 Event::Done { finish, stop_sequence, stats, tool_calls } => {
                     let mut content = Vec::new();
                     if !text.is_empty() || tool_calls.is_empty() {
@@ -229,6 +230,7 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
         }
         while let Some(ev) = gen.events.recv().await {
             let out = match ev {
+                Event::Thinking(_) => continue,
                 Event::Text(t) => event(
                     "content_block_delta",
                     json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": t } }),

@@ -1,8 +1,8 @@
 //! Ollama's API at the root: NDJSON streaming by default, durations in nanoseconds, errors as
 //! `{"error": "..."}`.
 
-use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
 use super::ollama_chat::{calls_json, extras, message, no_images, Extras, MessageIn};
+use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
@@ -217,12 +217,16 @@ async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, as
         v
     };
     if !stream {
-        let mut text = String::new();
+        let (mut text, mut thinking) = (String::new(), String::new());
         while let Some(ev) = gen.events.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Thinking(t) => thinking.push_str(&t),
                 Event::Done { finish, stats, tool_calls, .. } => {
                     let mut v = piece(&text);
+                    if !thinking.is_empty() {
+                        *think_field(&mut v, chat) = json!(thinking);
+                    }
                     if chat && !tool_calls.is_empty() {
                         v["message"]["tool_calls"] = calls_json(&tool_calls);
                     }
@@ -239,6 +243,11 @@ async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, as
         while let Some(ev) = gen.events.recv().await {
             let line = match ev {
                 Event::Text(t) => piece(&t),
+                Event::Thinking(t) => {
+                    let mut v = piece("");
+                    *think_field(&mut v, chat) = json!(t);
+                    v
+                }
                 Event::Done { finish, stats, tool_calls, .. } => {
                     if chat && !tool_calls.is_empty() {
                         let mut c = piece("");
@@ -260,6 +269,15 @@ async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, as
         }
     });
     ndjson(stream_body(rx))
+}
+
+/// Where Ollama puts reasoning: `message.thinking` in chats, `thinking` in generate answers.
+fn think_field(v: &mut Value, chat: bool) -> &mut Value {
+    if chat {
+        &mut v["message"]["thinking"]
+    } else {
+        &mut v["thinking"]
+    }
 }
 
 fn ndjson(body: Body) -> Response {

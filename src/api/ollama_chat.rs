@@ -41,7 +41,11 @@ pub(super) struct Extras {
     pub think: Option<bool>,
 }
 
-pub(super) fn extras(tools_v: Option<&Value>, format: Option<&Value>, think: Option<&Value>) -> Result<Extras, RuntimeError> {
+pub(super) fn extras(
+    tools_v: Option<&Value>,
+    format: Option<&Value>,
+    think: Option<&Value>,
+) -> Result<Extras, RuntimeError> {
     let think = match think {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -92,4 +96,3 @@ pub(super) fn calls_json(calls: &[crate::chat::ToolCall]) -> Value {
         .map(|(i, c)| json!({ "id": c.id, "function": { "index": i, "name": c.name, "arguments": c.arguments } }))
         .collect()
 }
-

@@ -117,6 +117,8 @@ struct Common {
     tools: Option<Value>,
     tool_choice: Option<Value>,
     response_format: Option<Value>,
+    /// Reasoning models: "none"/"minimal" turn reasoning off, other levels on.
+    reasoning_effort: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +189,17 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
     r.tools = tools::function_tools(c.tools.as_ref())?;
     r.tool_choice = tools::openai_choice(c.tool_choice.as_ref())?;
     r.format = tools::openai_format(c.response_format.as_ref())?;
+    r.think = match c.reasoning_effort.as_deref() {
+        None => None,
+        Some("none" | "minimal") => Some(false),
+        Some("low" | "medium" | "high") => Some(true),
+        Some(o) => {
+            return Err(RuntimeError::field(
+                Field::Think,
+                format!("reasoning_effort {o:?} is not one of none, minimal, low, medium, high"),
+            ))
+        }
+    };
     Ok(r)
 }
 

@@ -49,14 +49,19 @@ pub(super) async fn collect(h: Head, gens: Vec<Generation>) -> Response {
     let mut choices = Vec::new();
     let mut stats = Vec::new();
     for (index, mut g) in gens.into_iter().enumerate() {
-        let mut text = String::new();
+        let (mut text, mut reasoning) = (String::new(), String::new());
         loop {
             match g.events.recv().await {
                 Some(Event::Text(t)) => text.push_str(&t),
+                Some(Event::Thinking(t)) => reasoning.push_str(&t),
                 Some(Event::Done { finish, stats: s, tool_calls, .. }) => {
                     let reason = finish_reason(finish);
                     choices.push(if h.chat {
                         let mut m = json!({ "role": "assistant", "content": text });
+                        if !reasoning.is_empty() {
+                            // as llama.cpp's server and DeepSeek's API name it
+                            m["reasoning_content"] = json!(reasoning);
+                        }
                         if !tool_calls.is_empty() {
                             if text.is_empty() {
                                 m["content"] = Value::Null;
@@ -117,6 +122,10 @@ pub(super) fn stream(h: Head, gens: Vec<Generation>) -> Response {
         let mut stats = Vec::new();
         while let Some((i, ev)) = erx.recv().await {
             let out = match ev {
+                Event::Thinking(t) if h.chat => {
+                    chunk(json!({ "index": i, "delta": { "reasoning_content": t }, "finish_reason": null }))
+                }
+                Event::Thinking(_) => continue,
                 Event::Text(t) => chunk(if h.chat {
                     json!({ "index": i, "delta": { "content": t }, "finish_reason": null })
                 } else {

@@ -137,6 +137,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         while let Some(ev) = gen.events.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Thinking(_) => {}
                 Event::Done { stats, tool_calls, finish, .. } => {
                     let mut output = Vec::new();
                     if !text.is_empty() || tool_calls.is_empty() {
@@ -175,6 +176,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         let mut text = String::new();
         while let Some(e) = gen.events.recv().await {
             let out = match e {
+                Event::Thinking(_) => continue,
                 Event::Text(t) => {
                     text.push_str(&t);
                     ev(

@@ -68,10 +68,14 @@ fn empty_object() -> Value {
 impl Tool {
     /// As templates expect tools: OpenAI's function-tool object.
     pub fn to_template_value(&self) -> Value {
-        let mut f = serde_json::json!({ "name": self.name, "parameters": self.parameters });
+        // in the order clients send them: templates that dump tools with tojson show this order
+        let mut f = serde_json::Map::new();
+        f.insert("name".into(), Value::String(self.name.clone()));
         if let Some(d) = &self.description {
-            f["description"] = Value::String(d.clone());
+            f.insert("description".into(), Value::String(d.clone()));
         }
+        f.insert("parameters".into(), self.parameters.clone());
+        let f = Value::Object(f);
         serde_json::json!({ "type": "function", "function": f })
     }
 }

@@ -71,8 +71,12 @@ impl ChatTemplate {
             ctx.insert("tools".into(), Value::Array(o.tools.iter().map(Tool::to_template_value).collect()));
         }
         ctx.insert("add_generation_prompt".into(), json!(o.add_generation_prompt));
-        ctx.insert("bos_token".into(), json!(self.bos));
-        ctx.insert("eos_token".into(), json!(self.eos));
+        // a token the model lacks stays undefined, as transformers leaves it
+        for (k, v) in [("bos_token", &self.bos), ("eos_token", &self.eos)] {
+            if !v.is_empty() {
+                ctx.insert(k.into(), json!(v));
+            }
+        }
         let now = o.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         ctx.insert(NOW.into(), json!(now));
         tmpl.render(JValue::from_serialize(&ctx)).map_err(|e| {
@@ -92,9 +96,8 @@ impl ChatTemplate {
 fn message_value(m: &ChatMessage) -> Value {
     let mut v = json!({ "role": m.role, "content": m.content });
     if !m.tool_calls.is_empty() {
-        if m.content.is_empty() {
-            v["content"] = Value::Null;
-        }
+        // content stays "" (not null, as OpenAI clients send it): Qwen3's and gpt-oss's templates
+        // test `in message.content`, ChatML ones concatenate it, and both fail on null
         v["tool_calls"] = m
             .tool_calls
             .iter()

@@ -75,6 +75,9 @@ pub(crate) struct Prepared {
     pub grammar: Option<String>,
     /// Parse tool calls (or harmony channels) out of the output in this format.
     pub parse: Option<ToolFormat>,
+    /// Stream reasoning apart (`think` on a reasoning model); true when the prompt already
+    /// opened the `<think>` block.
+    pub split_thinking: Option<bool>,
 }
 
 pub(crate) async fn prepare(inst: &Instance, req: &GenRequest) -> Result<Prepared, RuntimeError> {
@@ -92,7 +95,7 @@ pub(crate) async fn prepare(inst: &Instance, req: &GenRequest) -> Result<Prepare
             if !req.tools.is_empty() {
                 return Err(RuntimeError::field(Field::Tools, "tools need a chat (messages), not a raw prompt"));
             }
-            return Ok(Prepared { text: t.clone(), grammar, parse: None });
+            return Ok(Prepared { text: t.clone(), grammar, parse: None, split_thinking: None });
         }
         Input::Messages(m) => m,
     };
@@ -124,7 +127,7 @@ pub(crate) async fn prepare(inst: &Instance, req: &GenRequest) -> Result<Prepare
             let why = f.broken.as_ref().map(|e| e.to_string()).unwrap_or_default();
             return Err(RuntimeError::field(Field::Tools, format!("the chat template cannot render tools: {why}")));
         }
-        return Ok(Prepared { text: builtin(inst, messages).await?, grammar, parse: None });
+        return Ok(Prepared { text: builtin(inst, messages).await?, grammar, parse: None, split_thinking: None });
     };
     let tools = if offered { &req.tools[..] } else { &[] };
     let mut o = RenderOptions::new(messages, tools);
@@ -150,7 +153,8 @@ pub(crate) async fn prepare(inst: &Instance, req: &GenRequest) -> Result<Prepare
         (false, Some(rest)) => rest.to_string(),
         _ => text,
     };
-    Ok(Prepared { text, grammar, parse })
+    let split_thinking = (req.think == Some(true) && f.thinking).then(|| text.trim_end().ends_with("<think>"));
+    Ok(Prepared { text, grammar, parse, split_thinking })
 }
 
 async fn builtin(inst: &Instance, m: &[chat::ChatMessage]) -> Result<String, RuntimeError> {
@@ -169,6 +173,7 @@ pub(crate) fn parse_output(mut rx: mpsc::Receiver<Event>, format: ToolFormat) ->
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Thinking(_) => {}
                 Event::Done { finish, stop_sequence, stats, .. } => {
                     let (content, calls) = chat::parse_tool_calls(format, &text);
                     let content = if format == ToolFormat::Harmony && calls.is_empty() {

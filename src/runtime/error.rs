@@ -79,6 +79,7 @@ impl Field {
         match self {
             Field::RepeatPenalty => "frequency_penalty",
             Field::Format => "response_format",
+            Field::Think => "reasoning_effort",
             f => f.generic(),
         }
     }

@@ -14,6 +14,7 @@ mod recovery;
 mod registry;
 pub mod request;
 mod session;
+mod thinking;
 pub mod validate;
 
 pub use chat::capabilities;
@@ -239,9 +240,10 @@ impl Runtime {
         let special = prepared.parse.is_some();
         let session = session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, special };
         tokio::spawn(session.run(seq_rx, tx));
-        let events = match prepared.parse {
-            Some(format) => chat::parse_output(rx, format),
-            None => rx,
+        let events = match (prepared.parse, prepared.split_thinking) {
+            (Some(format), _) => chat::parse_output(rx, format),
+            (None, Some(opened)) => thinking::split(rx, opened),
+            (None, None) => rx,
         };
         Ok(Generation { model: inst.name().to_string(), prompt_tokens, events })
     }

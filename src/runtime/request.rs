@@ -174,6 +174,8 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub enum Event {
     Text(String),
+    /// Reasoning, apart from the answer (a reasoning model asked to think).
+    Thinking(String),
     Done {
         finish: Finish,
         stop_sequence: Option<String>,
