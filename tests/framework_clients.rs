@@ -79,7 +79,9 @@ impl Server {
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_exo"))
-            .args(["serve", "--api-addr", &format!("127.0.0.1:{port}"), "--peer-addr", "127.0.0.1:0", "--threads", "2"])
+            // one compute thread: the clients' Python and Node share the two cores, and llama.cpp's
+            // spin-waiting threads slow down many times over when a core is taken from them
+            .args(["serve", "--api-addr", &format!("127.0.0.1:{port}"), "--peer-addr", "127.0.0.1:0", "--threads", "1"])
             .env("HOME", home.path())
             .env("EXO_DECODE_GBPS", "10")
             .env("EXO_NO_DISCOVERY", "1")
@@ -125,23 +127,36 @@ struct Ran {
     took: Duration,
 }
 
+/// Longest one client script may run; a server that hangs fails the test instead of stalling it.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs a client script (program, args) off the async workers; clients talk to nothing but the
-/// server (no proxy for loopback, llm's files in a temporary directory).
+/// server (no proxy for loopback, llm's files in a temporary directory). Killed at SCRIPT_LIMIT.
 async fn run(program: PathBuf, args: Vec<String>) -> Ran {
-    tokio::task::spawn_blocking(move || {
-        let llm_home = tempfile::tempdir().unwrap();
-        let t = Instant::now();
-        let out = Command::new(program)
-            .args(args)
-            .env("LLM_USER_PATH", llm_home.path())
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env_remove("OLLAMA_HOST")
-            .output()
-            .unwrap();
-        Ran { out, took: t.elapsed() }
-    })
-    .await
-    .unwrap()
+    let llm_home = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let child = Command::new(&program)
+        .args(&args)
+        .env("LLM_USER_PATH", llm_home.path())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("OLLAMA_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let pid = child.id().to_string();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    tokio::pin!(waiting);
+    let out = match tokio::time::timeout(SCRIPT_LIMIT, &mut waiting).await {
+        Ok(done) => done.unwrap().unwrap(),
+        Err(_) => {
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+            let mut out = waiting.await.unwrap().unwrap();
+            out.stderr.extend_from_slice(format!("\nkilled after {SCRIPT_LIMIT:?}\n").as_bytes());
+            out
+        }
+    };
+    Ran { out, took: t.elapsed() }
 }
 
 /// Prints each script's output under its name; the names of those that failed.
@@ -171,8 +186,7 @@ async fn real_clients_and_frameworks_against_exo_serve() {
     let base = server.base.clone();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
 
-    // one after the other: the server's threads get the CPU (llama.cpp's spin-waiting threads
-    // stall badly when two cores are also busy importing Python)
+    // one after the other, so that the clients and the server do not fight for the CPU
     let js_path = js.to_str().unwrap().to_string();
     let node_tiny = run("node".into(), s(&[js_path.as_str(), base.as_str(), "tiny-llama", API_KEY, "--tools"])).await;
     let node_real = match real_file {
