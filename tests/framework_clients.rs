@@ -2,7 +2,8 @@
 //! ollama-js and openai-node (tests/clients/js, `npm ci`), LangChain's ChatOllama and ChatOpenAI,
 //! LiteLLM, and llm with llm-ollama (`.venv-clients/`). Chat, streaming, tools (forced where the
 //! API can force them, so that the generated model's calls are valid by construction) and
-//! structured outputs on the generated tiny-llama; a smaller set on the real SmolLM2-135M.
+//! structured outputs on the generated tiny-llama; a smaller set on the real SmolLM2-135M; and, as a
+//! test of its own, embeddings through each client that has them, on both.
 //! `.ci/run` (scripts/setup.sh) installs them; elsewhere set EXO_TEST_PYTHON to a Python that
 //! has them. Without them the test is skipped, except under CI where that is a failure.
 
@@ -215,7 +216,6 @@ async fn real_clients_and_frameworks_against_exo_serve() {
 /// The embedding routes through the same clients: ollama-js embed/embeddings, openai-node and
 /// LangChain's OpenAIEmbeddings/OllamaEmbeddings, LiteLLM's embedding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "embeddings arrive with their own branch: drop this line when it is merged"]
 async fn real_clients_embeddings_against_exo_serve() {
     let Some((py, js)) = clients() else { return };
     let tiny = common::model("tiny-llama");

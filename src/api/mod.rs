@@ -6,6 +6,7 @@
 pub mod access;
 pub mod anthropic;
 pub mod cluster;
+mod embed;
 pub mod ollama;
 mod ollama_chat;
 pub mod openai;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(anthropic::routes())
         .merge(responses::routes())
         .merge(cluster::routes())
+        .merge(embed::routes())
         .fallback(|uri: axum::http::Uri| async move {
             // OpenAI clients read errors in OpenAI's shape
             if uri.path().starts_with("/v1/") {

@@ -10,6 +10,7 @@ mod ffi;
 mod grammar;
 mod log;
 mod model;
+mod pooling;
 mod sampler;
 mod stage;
 
@@ -17,6 +18,7 @@ pub use context::ContextParams;
 pub use detok::TokenDecoder;
 pub use grammar::{json_schema_to_grammar, MAX_GRAMMAR};
 pub use model::{Device, LayerRange, ModelWindow};
+pub use pooling::{normalize, Pooling};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 

@@ -26,6 +26,10 @@ pub enum Field {
     N,
     Logprobs,
     Images,
+    /// Embeddings: the texts or token ids to embed.
+    Input,
+    /// Embeddings: how many components to keep.
+    Dimensions,
 }
 
 impl Field {
@@ -52,6 +56,8 @@ impl Field {
             Field::N => "n",
             Field::Logprobs => "logprobs",
             Field::Images => "images",
+            Field::Input => "input",
+            Field::Dimensions => "dimensions",
         }
     }
 
@@ -68,7 +74,9 @@ impl Field {
             | Field::Think
             | Field::N
             | Field::Logprobs
-            | Field::Images => self.generic().to_string(),
+            | Field::Images
+            | Field::Input
+            | Field::Dimensions => self.generic().to_string(),
             Field::MaxTokens => "options.num_predict".into(),
             f => format!("options.{}", f.generic()),
         }

@@ -8,7 +8,7 @@ use super::request::KeepAlive;
 use crate::cluster::ClusterChain;
 use crate::engine::{LayerRange, SamplingParams, StageHandle, StageInfo, Token};
 use crate::gguf::ModelShape;
-use crate::pipeline::{Chain, Pending, Pipeline, PipelineError, PipelineReport, TokenChunk};
+use crate::pipeline::{Chain, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, TokenChunk};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,12 @@ impl Pipeline for Pipe {
         match self {
             Pipe::Local(c) => c.submit(chunk, sample).await,
             Pipe::Cluster(c) => c.submit(chunk, sample).await,
+        }
+    }
+    async fn embed(&self, chunk: TokenChunk) -> Result<PendingEmbedding, PipelineError> {
+        match self {
+            Pipe::Local(c) => c.embed(chunk).await,
+            Pipe::Cluster(c) => c.embed(chunk).await,
         }
     }
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {

@@ -6,6 +6,7 @@
 
 mod batcher;
 mod chat;
+mod embed;
 pub mod error;
 mod heal;
 mod instance;
@@ -20,6 +21,7 @@ pub mod validate;
 pub use chat::capabilities;
 pub use recovery::RecoveryRecord;
 
+pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use error::{ErrorKind, Field, RuntimeError};
 pub use instance::{Instance, Loaded, Pipe};
 pub use policy::Forced;
