@@ -153,7 +153,7 @@ async fn structured_outputs_follow_the_schema() {
 #[tokio::test]
 async fn responses_choices_prompt_arrays_and_model_routes() {
     let models = models_dir();
-    let (app, _rt) = app(models.path(), limits());
+    let (app, _rt) = app(models.path(), Limits { default_ctx: 2048, ..limits() });
     let (s, _, b) = post(&app, "/v1/responses", json!({ "model": "tiny-llama", "input": "Hello", "instructions": "Be brief.", "max_output_tokens": 6, "temperature": 0 })).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let v: Value = serde_json::from_str(&b).unwrap();
@@ -174,6 +174,41 @@ async fn responses_choices_prompt_arrays_and_model_routes() {
         .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["delta"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(streamed, text, "the same greedy text streamed and not");
+    // input items of a Responses tool loop: input_text parts, a function call and its output
+    let loop_input = json!([
+        { "type": "message", "role": "user", "content": [{ "type": "input_text", "text": "Weather in Paris?" }] },
+        { "type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": "{\"location\": \"Paris\", \"unit\": \"celsius\"}" },
+        { "type": "function_call_output", "call_id": "call_9", "output": "21 C" }]);
+    let flat =
+        json!([{ "type": "function", "name": "get_weather", "parameters": weather()[0]["function"]["parameters"] }]);
+    let (s, _, b) = post(
+        &app,
+        "/v1/responses",
+        json!({ "model": "tiny-llama", "input": loop_input, "tools": flat, "max_output_tokens": 4 }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // a forced call, streamed: only a function_call item, with its argument events
+    let (s, _, b) = post(
+        &app,
+        "/v1/responses",
+        json!({ "model": "tiny-llama", "input": "Weather in Paris?", "tools": flat,
+        "tool_choice": "required", "max_output_tokens": 300, "temperature": 0, "stream": true }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let events = sse(&b);
+    let done = events
+        .iter()
+        .find(|(e, _)| e.as_deref() == Some("response.function_call_arguments.done"))
+        .expect("arguments done");
+    let args: Value =
+        serde_json::from_str(serde_json::from_str::<Value>(&done.1).unwrap()["arguments"].as_str().unwrap()).unwrap();
+    check_args(&args);
+    let completed: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    let kinds: Vec<&str> =
+        completed["response"]["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["function_call"], "{completed}");
     // n choices: seeds apart, each its own index; prompt arrays give one choice per prompt
     let (s, _, b) = post(&app, "/v1/chat/completions", json!({ "model": "tiny-llama", "messages": [{ "role": "user", "content": "Hi" }], "n": 3, "max_tokens": 5, "seed": 1 })).await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -25,13 +25,51 @@ pub fn routes() -> Router<AppState> {
 #[serde(untagged)]
 enum InputIn {
     Text(String),
-    Items(Vec<ItemIn>),
+    /// Messages, and the function calls and outputs of earlier turns (a tool loop).
+    Items(Vec<Value>),
 }
 
-#[derive(Deserialize)]
-struct ItemIn {
-    role: String,
-    content: TextContent,
+/// Input items as chat messages: `message` (or a bare {role, content}), `function_call`
+/// (an assistant's call) and `function_call_output` (its result).
+fn items(list: Vec<Value>, messages: &mut Vec<ChatMessage>) -> Result<(), RuntimeError> {
+    let bad = |r: String| RuntimeError::field(Field::Messages, format!("input: {r}"));
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    for it in list {
+        match it.get("type").and_then(Value::as_str).unwrap_or("message") {
+            "message" => {
+                let role = s(&it, "role").ok_or_else(|| bad("a message needs a role".into()))?;
+                let content: TextContent = serde_json::from_value(it.get("content").cloned().unwrap_or(Value::Null))
+                    .map_err(|e| bad(format!("message content: {e}")))?;
+                let text = content.text().map_err(bad)?;
+                let role = if role == "developer" { "system".to_string() } else { role };
+                messages.push(ChatMessage::new(role, text));
+            }
+            "function_call" => {
+                let (Some(id), Some(name)) = (s(&it, "call_id"), s(&it, "name")) else {
+                    return Err(bad("a function_call needs call_id and name".into()));
+                };
+                let arguments = tools::arguments(it.get("arguments").unwrap_or(&Value::Null))?;
+                let call = crate::chat::ToolCall { id, name, arguments };
+                // consecutive calls belong to one assistant turn
+                match messages.last_mut() {
+                    Some(m) if m.role == "assistant" && !m.tool_calls.is_empty() => m.tool_calls.push(call),
+                    _ => messages.push(ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") }),
+                }
+            }
+            "function_call_output" => {
+                let id = s(&it, "call_id").ok_or_else(|| bad("a function_call_output needs call_id".into()))?;
+                let output = match it.get("output") {
+                    Some(Value::String(o)) => o.clone(),
+                    Some(o) => o.to_string(),
+                    None => String::new(),
+                };
+                let name = messages.iter().flat_map(|m| &m.tool_calls).find(|c| c.id == id).map(|c| c.name.clone());
+                messages.push(ChatMessage { tool_call_id: Some(id), name, ..ChatMessage::new("tool", output) });
+            }
+            other => return Err(bad(format!("items of type {other:?} are not supported"))),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -56,13 +94,7 @@ fn request(r: Req) -> Result<GenRequest, RuntimeError> {
     }
     match r.input {
         InputIn::Text(t) => messages.push(ChatMessage::new("user", t)),
-        InputIn::Items(items) => {
-            for it in items {
-                let text = it.content.text().map_err(|e| RuntimeError::field(Field::Messages, e))?;
-                let role = if it.role == "developer" { "system".to_string() } else { it.role };
-                messages.push(ChatMessage::new(role, text));
-            }
-        }
+        InputIn::Items(list) => items(list, &mut messages)?,
     }
     if messages.iter().all(|m| m.role == "system") {
         return Err(RuntimeError::field(Field::Prompt, "input must not be empty"));
@@ -161,45 +193,74 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
             seq += 1;
             format!("event: {name}\ndata: {data}\n\n")
         };
-        let start = ev("response.created", json!({ "response": base("in_progress", json!([]), Value::Null) }))
-            + &ev(
-                "response.output_item.added",
-                json!({ "output_index": 0, "item": { "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": [] } }),
-            )
-            + &ev(
-                "response.content_part.added",
-                json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": { "type": "output_text", "text": "", "annotations": [] } }),
-            );
+        let start = ev("response.created", json!({ "response": base("in_progress", json!([]), Value::Null) }));
         if tx.send(start).await.is_err() {
             return;
         }
-        let mut text = String::new();
+        // the message item opens with the first text: a response that only calls tools has none
+        let open = |ev: &mut dyn FnMut(&str, Value) -> String| {
+            ev(
+                "response.output_item.added",
+                json!({ "output_index": 0, "item": { "type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": [] } }),
+            ) + &ev(
+                "response.content_part.added",
+                json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": { "type": "output_text", "text": "", "annotations": [] } }),
+            )
+        };
+        let (mut text, mut opened) = (String::new(), false);
         while let Some(e) = gen.events.recv().await {
             let out = match e {
                 Event::Thinking(_) => continue,
                 Event::Text(t) => {
+                    let mut out = String::new();
+                    if !opened {
+                        opened = true;
+                        out += &open(&mut ev);
+                    }
                     text.push_str(&t);
-                    ev(
+                    out + &ev(
                         "response.output_text.delta",
                         json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "delta": t }),
                     )
                 }
                 Event::Done { stats, tool_calls, .. } => {
-                    let mut out = ev(
-                        "response.output_text.done",
-                        json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "text": text }),
-                    ) + &ev(
-                        "response.content_part.done",
-                        json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": { "type": "output_text", "text": text, "annotations": [] } }),
-                    ) + &ev(
-                        "response.output_item.done",
-                        json!({ "output_index": 0, "item": message_item(&msg_id, &text) }),
-                    );
-                    let mut output = vec![message_item(&msg_id, &text)];
-                    for (k, c) in tool_calls.iter().enumerate() {
-                        let item = call_item(c);
-                        out += &ev("response.output_item.added", json!({ "output_index": k + 1, "item": item }));
-                        out += &ev("response.output_item.done", json!({ "output_index": k + 1, "item": item }));
+                    let mut out = String::new();
+                    let mut output = Vec::new();
+                    if !opened && tool_calls.is_empty() {
+                        opened = true;
+                        out += &open(&mut ev);
+                    }
+                    if opened {
+                        out += &ev(
+                            "response.output_text.done",
+                            json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "text": text }),
+                        );
+                        out += &ev(
+                            "response.content_part.done",
+                            json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": { "type": "output_text", "text": text, "annotations": [] } }),
+                        );
+                        out += &ev(
+                            "response.output_item.done",
+                            json!({ "output_index": 0, "item": message_item(&msg_id, &text) }),
+                        );
+                        output.push(message_item(&msg_id, &text));
+                    }
+                    for c in &tool_calls {
+                        let (index, item) = (output.len(), call_item(c));
+                        let mut added = item.clone();
+                        added["arguments"] = json!("");
+                        added["status"] = json!("in_progress");
+                        let id = item["id"].clone();
+                        out += &ev("response.output_item.added", json!({ "output_index": index, "item": added }));
+                        out += &ev(
+                            "response.function_call_arguments.delta",
+                            json!({ "item_id": id, "output_index": index, "delta": item["arguments"] }),
+                        );
+                        out += &ev(
+                            "response.function_call_arguments.done",
+                            json!({ "item_id": id, "output_index": index, "arguments": item["arguments"] }),
+                        );
+                        out += &ev("response.output_item.done", json!({ "output_index": index, "item": item }));
                         output.push(item);
                     }
                     out + &ev(

@@ -36,7 +36,9 @@ impl TextContent {
         match self {
             TextContent::Text(t) => Ok(t),
             TextContent::Parts(p) => {
-                if let Some(bad) = p.iter().find(|p| p.kind != "text") {
+                // Responses calls text parts input_text and output_text
+                if let Some(bad) = p.iter().find(|p| !["text", "input_text", "output_text"].contains(&p.kind.as_str()))
+                {
                     return Err(format!("content of type {:?} is not supported", bad.kind));
                 }
                 Ok(p.into_iter().map(|p| p.text).collect::<Vec<_>>().join(""))

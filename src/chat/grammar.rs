@@ -25,7 +25,7 @@ pub fn output_grammar(f: &OutputFormat) -> Result<String, ChatError> {
     match f {
         OutputFormat::JsonObject => convert(&json!({ "type": "object" })),
         OutputFormat::Schema(s) => {
-            check_schema(s, 0)?;
+            check_schema(s, s, 0)?;
             convert(s)
         }
     }
@@ -41,7 +41,7 @@ pub fn tool_grammar(format: ToolFormat, tools: &[Tool], choice: &ToolChoice) -> 
         }
     };
     for t in &chosen {
-        check_schema(&t.parameters, 0)
+        check_schema(&t.parameters, &t.parameters, 0)
             .map_err(|e| ChatError::BadTool { name: t.name.clone(), reason: e.to_string() })?;
     }
     if format == ToolFormat::Harmony {
@@ -79,7 +79,13 @@ pub fn tool_grammar(format: ToolFormat, tools: &[Tool], choice: &ToolChoice) -> 
 }
 
 fn convert(schema: &Value) -> Result<String, ChatError> {
-    json_schema_to_grammar(schema).map_err(|e| ChatError::Schema { reason: e.to_string() })
+    let g = json_schema_to_grammar(schema).map_err(|e| ChatError::Schema { reason: e.to_string() })?;
+    // llama.cpp's converter allows up to two newlines and 20 spaces wherever JSON allows
+    // whitespace: a weak model pads with it for dozens of tokens; one optional space is enough
+    Ok(g.lines()
+        .map(|l| if l.starts_with("space ::=") { "space ::= | \" \"".to_string() } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// The converter's rules with its `root` renamed, to be embedded in a larger grammar.
@@ -108,7 +114,7 @@ fn gbnf_literal(s: &str) -> String {
 }
 
 /// What we know the converter refuses or mishandles, said plainly.
-fn check_schema(s: &Value, depth: usize) -> Result<(), ChatError> {
+fn check_schema(root: &Value, s: &Value, depth: usize) -> Result<(), ChatError> {
     let bad = |reason: String| Err(ChatError::Schema { reason });
     if depth > MAX_DEPTH {
         return bad(format!("nested deeper than {MAX_DEPTH} levels"));
@@ -132,25 +138,28 @@ fn check_schema(s: &Value, depth: usize) -> Result<(), ChatError> {
         }
     }
     if let Some(r) = o.get("$ref").and_then(Value::as_str) {
-        if !r.starts_with("#/") {
+        if !r.starts_with('#') {
             return bad(format!("only local references (#/...) are supported, not {r:?}"));
+        }
+        if root.pointer(&r[1..]).is_none() {
+            return bad(format!("the reference {r:?} points at nothing in the schema"));
         }
     }
     for key in ["properties", "$defs", "definitions", "patternProperties"] {
         if let Some(p) = o.get(key) {
             let Some(p) = p.as_object() else { return bad(format!("{key} must be an object")) };
-            p.values().try_for_each(|v| check_schema(v, depth + 1))?;
+            p.values().try_for_each(|v| check_schema(root, v, depth + 1))?;
         }
     }
     for key in ["items", "additionalProperties", "not", "contains"] {
         if let Some(v) = o.get(key) {
-            check_schema(v, depth + 1)?;
+            check_schema(root, v, depth + 1)?;
         }
     }
     for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
         if let Some(v) = o.get(key) {
             let Some(a) = v.as_array() else { return bad(format!("{key} must be an array")) };
-            a.iter().try_for_each(|v| check_schema(v, depth + 1))?;
+            a.iter().try_for_each(|v| check_schema(root, v, depth + 1))?;
         }
     }
     if let Some(r) = o.get("required") {
@@ -170,6 +179,11 @@ mod tests {
         let err = |s: Value| output_grammar(&OutputFormat::Schema(s)).unwrap_err().to_string();
         assert!(err(json!({"type": "frobnicate"})).contains("unknown type"));
         assert!(err(json!({"$ref": "https://example.com/s.json"})).contains("local references"));
+        assert!(err(json!({"$ref": "#/nope"})).contains("points at nothing"));
+        assert!(output_grammar(&OutputFormat::Schema(
+            json!({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/a"})
+        ))
+        .is_ok());
         assert!(err(json!({"type": "object", "required": "name"})).contains("required must be an array"));
         assert!(err(json!(["not", "a", "schema"])).contains("must be an object"));
         let mut deep = json!({"type": "string"});
