@@ -1,14 +1,17 @@
 //! Cluster routes: `GET /cluster` (nodes, measured links, instances), `POST /instances` (load a
-//! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs).
+//! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs),
+//! `GET /placements/preview?model=NAME` (the candidate placements, nothing loaded).
 
 use super::ollama::{error, runtime_error};
 use super::util::{model, parse};
 use super::AppState;
 use crate::engine::LayerRange;
 use crate::pipeline::{run_bench, BenchConfig, PipelineError};
+use crate::runtime::validate::{MAX_CONTEXT, MIN_CONTEXT};
 use crate::runtime::{Forced, LoadOptions, ModelRef};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,6 +25,47 @@ pub fn routes() -> Router<AppState> {
         .route("/instances", post(create))
         .route("/instances/{id}", delete(remove))
         .route("/bench", post(bench))
+        .route("/placements/preview", get(preview))
+}
+
+/// `?model=NAME[&ctx=N]`: names only; every parameter checked, a 400 names the one at fault.
+async fn preview(State(state): State<AppState>, q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Response {
+    let Ok(Query(pairs)) = q else {
+        return error(StatusCode::BAD_REQUEST, "query: not a valid query string");
+    };
+    let (mut name, mut ctx) = (None, None);
+    for (k, v) in pairs {
+        let slot_taken = match k.as_str() {
+            "model" => name.replace(v).is_some(),
+            "ctx" => match v.parse::<u32>() {
+                Ok(n) if (MIN_CONTEXT..=MAX_CONTEXT as u32).contains(&n) => ctx.replace(n).is_some(),
+                _ => {
+                    let msg = format!("ctx: must be a number of tokens in [{MIN_CONTEXT}, {MAX_CONTEXT}]");
+                    return error(StatusCode::BAD_REQUEST, msg);
+                }
+            },
+            _ => return error(StatusCode::BAD_REQUEST, format!("{:?}: unknown parameter (model, ctx)", trunc(&k))),
+        };
+        if slot_taken {
+            return error(StatusCode::BAD_REQUEST, format!("{k}: given more than once"));
+        }
+    }
+    let Some(name) = name else {
+        return error(StatusCode::BAD_REQUEST, "model: missing (?model=NAME)");
+    };
+    let m = match model(&name) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    match state.runtime.preview(&m, ctx).await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => runtime_error(e),
+    }
+}
+
+/// At most 64 characters of a caller's text, for an error message.
+fn trunc(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 async fn cluster(State(state): State<AppState>) -> Response {

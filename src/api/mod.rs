@@ -6,6 +6,7 @@
 pub mod access;
 pub mod anthropic;
 pub mod cluster;
+pub mod metrics;
 pub mod ollama;
 pub mod openai;
 mod util;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(anthropic::routes())
         .merge(cluster::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ollama::error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -17,6 +17,7 @@ pub(crate) struct Session {
     /// When the request arrived, and how long it waited for the model to load.
     pub t0: Instant,
     pub load: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Session {
@@ -38,6 +39,7 @@ impl Session {
                 None => {
                     let _ =
                         tx.send(Event::Failed(RuntimeError::Failed { reason: "the model was unloaded".into() })).await;
+                    self.ended("error");
                     return;
                 }
             };
@@ -60,13 +62,18 @@ impl Session {
                         }
                     }
                     let now = Instant::now();
+                    if first.is_none() {
+                        self.metrics.ttft.observe(&[("model", self.instance.name())], now - self.t0);
+                    }
                     first.get_or_insert(now);
+                    self.metrics.generated_tokens.add(&[("model", self.instance.name())], batch.len() as f64);
                     last = Some(now);
                     generated += batch.len();
                     let bytes = match self.instance.vocab.token_bytes(batch, false).await {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Event::Failed(e.into())).await;
+                            self.ended("error");
                             return;
                         }
                     };
@@ -76,12 +83,14 @@ impl Session {
                     }
                     let (out, hit) = stops.push(&text);
                     if !out.is_empty() && tx.send(Event::Text(out)).await.is_err() {
+                        self.ended("cancelled");
                         return; // the caller left
                     }
                     if let Some(s) = hit {
                         let stats = self.stats(started, first, last, cached, generated);
                         let _ =
                             tx.send(Event::Done { finish: Finish::StopSequence, stop_sequence: Some(s), stats }).await;
+                        self.ended("stop_sequence");
                         return;
                     }
                 }
@@ -93,14 +102,21 @@ impl Session {
                     let finish = if length { Finish::Length } else { Finish::Stop };
                     let stats = self.stats(started, first, last, cached, generated);
                     let _ = tx.send(Event::Done { finish, stop_sequence: None, stats }).await;
+                    self.ended(if length { "length" } else { "stop" });
                     return;
                 }
                 SeqEvent::Failed(e) => {
                     let _ = tx.send(Event::Failed(e)).await;
+                    self.ended("error");
                     return;
                 }
             }
         }
+    }
+
+    /// Counts the end of this generation for `/metrics`.
+    fn ended(&self, reason: &str) {
+        self.metrics.finished.inc(&[("model", self.instance.name()), ("reason", reason)]);
     }
 
     fn stats(
