@@ -64,7 +64,9 @@ impl Histogram {
         let v = d.as_secs_f64();
         let key: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let mut s = self.series.lock().unwrap();
-        let e = s.entry(key).or_insert_with(|| HistogramSeries { buckets: vec![0; self.bounds.len()], ..Default::default() });
+        let e = s
+            .entry(key)
+            .or_insert_with(|| HistogramSeries { buckets: vec![0; self.bounds.len()], ..Default::default() });
         if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
             e.buckets[i] += 1;
         }

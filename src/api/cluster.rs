@@ -4,11 +4,12 @@
 
 use super::ollama::{error, runtime_error};
 use super::util::{model, parse};
-use super::AppState;
+use super::{status, AppState};
 use crate::engine::LayerRange;
 use crate::pipeline::{run_bench, BenchConfig, PipelineError};
+use crate::placement::{stage_memory, ModelCost};
 use crate::runtime::validate::{MAX_CONTEXT, MIN_CONTEXT};
-use crate::runtime::{Forced, LoadOptions, ModelRef};
+use crate::runtime::{Field, Forced, LoadOptions, ModelRef};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -18,6 +19,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
+use std::time::SystemTime;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -59,7 +61,8 @@ async fn preview(State(state): State<AppState>, q: Result<Query<Vec<(String, Str
     };
     match state.runtime.preview(&m, ctx).await {
         Ok(p) => axum::Json(p).into_response(),
-        Err(e) => runtime_error(e),
+        // the context is this route's `ctx`
+        Err(e) => error(status(&e), e.message_with(|f| if f == Field::NumCtx { "ctx".into() } else { f.ollama() })),
     }
 }
 
@@ -89,8 +92,23 @@ async fn cluster(State(state): State<AppState>) -> Response {
         .instances()
         .iter()
         .map(|i| {
-            let stages: Vec<_> = i.pipe().stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
-            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx, "recoveries": i.recoveries() })
+            let l = &i.loaded;
+            let stages = i.pipe().stages(&here);
+            let k = stages.len();
+            let cost = ModelCost::from_shape(&l.name, &l.shape);
+            // each stage's memory as the placement estimates it: weights, KV and compute buffers
+            let memory: Vec<u64> = stages
+                .iter()
+                .enumerate()
+                .map(|(j, (_, r))| {
+                    let (w, kv, c) = stage_memory(&cost, r.begin, r.end, j == 0, j + 1 == k, l.n_ctx * l.n_seq, 512);
+                    w + kv + c
+                })
+                .collect();
+            let stages: Vec<_> =
+                stages.into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
+            let expires = i.expires_at().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
+            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": l.n_seq, "context_length": l.n_ctx, "stage_memory_bytes": memory, "size": l.size, "expires_in_seconds": expires, "recoveries": i.recoveries() })
         })
         .collect();
     // stages this node runs for coordinators (itself included)

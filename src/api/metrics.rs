@@ -61,8 +61,18 @@ pub async fn render(rt: &Arc<Runtime>) -> String {
     };
     t.family("exo_queue_depth", "Requests waiting for a sequence.", "gauge", &per(&|i| i.waiting() as f64));
     t.family("exo_active_requests", "Requests being decoded.", "gauge", &per(&|i| i.active() as f64));
-    t.family("exo_instance_stages", "Pipeline stages of each loaded instance.", "gauge", &per(&|i| i.pipe().n_stages() as f64));
-    t.family("exo_recoveries_total", "Pipeline rebuilds after a node failed.", "counter", &per(&|i| i.recoveries().len() as f64));
+    t.family(
+        "exo_instance_stages",
+        "Pipeline stages of each loaded instance.",
+        "gauge",
+        &per(&|i| i.pipe().n_stages() as f64),
+    );
+    t.family(
+        "exo_recoveries_total",
+        "Pipeline rebuilds after a node failed.",
+        "counter",
+        &per(&|i| i.recoveries().len() as f64),
+    );
     let (mut compute, mut decodes, mut rows, mut sent) = (vec![], vec![], vec![], vec![]);
     let here = rt.here();
     for i in &instances {
@@ -78,7 +88,10 @@ pub async fn render(rt: &Arc<Runtime>) -> String {
             compute.push((labels.clone(), s.counters.compute_ns as f64 / 1e9));
             decodes.push((labels.clone(), s.counters.decodes as f64));
             rows.push((labels, s.counters.tokens as f64));
-            sent.push((l(&[("model", i.name().to_string()), ("stage", k.to_string()), ("node", node)]), s.node_data_bytes_sent as f64));
+            sent.push((
+                l(&[("model", i.name().to_string()), ("stage", k.to_string()), ("node", node)]),
+                s.node_data_bytes_sent as f64,
+            ));
         }
     }
     t.family("exo_stage_compute_seconds_total", "Time each stage spent computing batches.", "counter", &compute);
@@ -109,7 +122,12 @@ pub async fn render(rt: &Arc<Runtime>) -> String {
         let link = |f: &dyn Fn(&crate::cluster::PeerStatus) -> Option<f64>| -> Vec<(Labels, f64)> {
             peers.iter().filter_map(|p| Some((l(&[("from", here.clone()), ("to", p.name.clone())]), f(p)?))).collect()
         };
-        t.family("exo_peer_rtt_seconds", "Measured round trip to each peer.", "gauge", &link(&|p| p.rtt_ms.map(|r| r / 1e3)));
+        t.family(
+            "exo_peer_rtt_seconds",
+            "Measured round trip to each peer.",
+            "gauge",
+            &link(&|p| p.rtt_ms.map(|r| r / 1e3)),
+        );
         t.family(
             "exo_peer_bandwidth_bytes_per_second",
             "Measured bandwidth to each peer.",
@@ -118,9 +136,19 @@ pub async fn render(rt: &Arc<Runtime>) -> String {
         );
         let prof = c.profile();
         let me = || l(&[("node", here.clone()), ("backend", prof.backend.clone())]);
-        t.family("exo_node_memory_offered_bytes", "Memory this node offers to the cluster.", "gauge", &[(me(), prof.memory_offered as f64)]);
+        t.family(
+            "exo_node_memory_offered_bytes",
+            "Memory this node offers to the cluster.",
+            "gauge",
+            &[(me(), prof.memory_offered as f64)],
+        );
         if let Some(g) = prof.decode_gbps {
-            t.family("exo_node_decode_gigabytes_per_second", "Measured decode speed (weights read per second).", "gauge", &[(me(), g)]);
+            t.family(
+                "exo_node_decode_gigabytes_per_second",
+                "Measured decode speed (weights read per second).",
+                "gauge",
+                &[(me(), g)],
+            );
         }
     }
     t.finish()

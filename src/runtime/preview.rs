@@ -139,7 +139,11 @@ pub fn candidates(
             "exo: every node, largest memory first, layers in proportion to memory",
             baselines::exo_memory_weighted(cost, &view.cluster, &o).map_err(str_err),
         ),
-        candidate("one-node", "the fastest single node that holds the whole model", one_node(cost, view, &o).map_err(str_err)),
+        candidate(
+            "one-node",
+            "the fastest single node that holds the whole model",
+            one_node(cost, view, &o).map_err(str_err),
+        ),
     ];
     Preview {
         model: key.to_string(),
