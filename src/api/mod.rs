@@ -6,6 +6,7 @@
 pub mod access;
 pub mod anthropic;
 pub mod cluster;
+pub mod dashboard;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(anthropic::routes())
         .merge(cluster::routes())
         .merge(metrics::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { ollama::error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -98,7 +98,7 @@ fn one_node(cost: &ModelCost, view: &View, o: &Options) -> Result<Plan, Placemen
     let mut best: Option<Plan> = None;
     let mut err = None;
     let mut nodes: Vec<_> = view.cluster.nodes.iter().filter(|n| !view.unprofiled.contains(&n.name)).collect();
-    nodes.sort_by(|a, b| b.memory.cmp(&a.memory));
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.memory));
     for n in nodes {
         match placement::evaluate(cost, &view.cluster, o, &[(n.name.clone(), 0, cost.n_layer)]) {
             Ok(p) if best.as_ref().is_none_or(|b| p.tokens_per_second > b.tokens_per_second) => best = Some(p),
