@@ -28,7 +28,7 @@ pub async fn ps(addr: &str) -> anyhow::Result<()> {
             "{:<28} {:>10} {:>8} {:<40} {:<18}",
             i["model"].as_str().unwrap_or("?"),
             crate::placement::units::fmt_bytes(i["size"].as_u64().unwrap_or(0)),
-            i["context_length"],
+            i["context_length"].to_string(),
             stages.join(","),
             until
         );
