@@ -128,6 +128,14 @@ async fn dashboard_in_chromium() {
     };
     let models = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(common::model("tiny-llama"), models.path().join("tiny-llama.gguf")).unwrap();
+    // the chat talks to the real model when it is here (CI has it): real words in the screenshot
+    let chat_model = match common::real::model() {
+        Some(p) => {
+            std::os::unix::fs::symlink(p, models.path().join("smollm2-135m.gguf")).unwrap();
+            "smollm2-135m"
+        }
+        None => "tiny-llama",
+    };
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let names = ["a", "b", "c"];
     let _nodes: Vec<_> = names
@@ -203,14 +211,22 @@ async fn dashboard_in_chromium() {
     assert_eq!(s.js(colored).await, json!(3), "each node's stages in its own colour");
 
     // a chat message: text streams in, then the rates
-    s.until("the model picker", "return document.getElementById('chat-model').value === 'tiny-llama'", limit).await;
-    s.type_into("#chat-input", "Hello there").await;
+    let pick = format!(
+        "const s = document.getElementById('chat-model'); \
+         if (![...s.options].some(o => o.value === '{chat_model}')) return false; s.value = '{chat_model}'; return true"
+    );
+    s.until("the model picker", &pick, limit).await;
+    // greedy: the real model's plain answer
+    s.js("document.getElementById('chat-temp').value = '0'; return true").await;
+    s.type_into("#chat-input", "What is the capital of France?").await;
     s.click("#chat-send").await;
-    s.until("streamed text", "return document.querySelector('#chat-output .answer').textContent.length > 0", limit)
+    // (the real model loads on node a first)
+    let long = Duration::from_secs(60);
+    s.until("streamed text", "return document.querySelector('#chat-output .answer').textContent.length > 0", long)
         .await;
-    s.until("the rates", "return document.getElementById('chat-rates').textContent.includes('generated')", limit).await;
+    s.until("the rates", "return document.getElementById('chat-rates').textContent.includes('generated')", long).await;
     // the stage figures come from the stages themselves
-    let compute = "return [...document.querySelectorAll('.instance[data-model=\"tiny-llama\"] td')].some(td => / s$/.test(td.textContent) && parseFloat(td.textContent) > 0)";
+    let compute = "return [...document.querySelectorAll('.instance td')].some(td => / s$/.test(td.textContent) && parseFloat(td.textContent) > 0)";
     s.until("per-stage compute time", compute, limit).await;
 
     // a placement preview: ours, exo's split, one node, each placeable

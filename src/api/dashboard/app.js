@@ -100,6 +100,7 @@ async function chat(ev) {
   ev.preventDefault();
   const text = $('chat-input').value.trim();
   const model = $('chat-model').value;
+  const temperature = Math.min(2, Math.max(0, parseFloat($('chat-temp').value) || 0));
   if (!text || !model || controller) return;
   $('chat-input').value = '';
   const out = $('chat-output');
@@ -113,7 +114,7 @@ async function chat(ev) {
   let pieces = 0;
   try {
     const r = await api('/api/chat', { method: 'POST', signal: controller.signal,
-      json: { model, messages: [{ role: 'user', content: text }], stream: true, options: { num_predict: 256 } } });
+      json: { model, messages: [{ role: 'user', content: text }], stream: true, options: { num_predict: 256, temperature } } });
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = '';
