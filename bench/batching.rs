@@ -41,7 +41,7 @@ async fn aggregate(rt: &Arc<Runtime>, model: &ModelRef, n: usize, tg: u64, force
                 let (mut first, mut last, mut count) = (None, Instant::now(), 0usize);
                 while let Some(ev) = g.events.recv().await {
                     match ev {
-                        Event::Text(_) => {
+                        Event::Text(_) | Event::Thinking(_) => {
                             first.get_or_insert_with(Instant::now);
                             last = Instant::now();
                         }

@@ -5,6 +5,7 @@
 //! models), `config` (defaults from the environment) and `cli`.
 
 pub mod api;
+pub mod chat;
 pub mod cli;
 pub mod cluster;
 pub mod config;

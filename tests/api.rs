@@ -2,81 +2,17 @@
 
 mod common;
 
+use common::http::{app, call, limits, lines, models_dir, post, sse, store};
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use exo::api::{self, AppState};
 use exo::runtime::{Limits, Runtime};
-use exo::store::Store;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-
-fn store(dir: &Path) -> Store {
-    common::offline_store(dir)
-}
-
-/// A models dir holding tiny-llama (symlinked from the shared generated model).
-fn models_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(common::model("tiny-llama"), d.path().join("tiny-llama.gguf")).unwrap();
-    d
-}
-
-fn app(models: &Path, limits: Limits) -> (Router, Arc<Runtime>) {
-    let runtime = Runtime::new(store(models), limits, None);
-    (api::router(AppState { runtime: runtime.clone() }), runtime)
-}
-
-fn limits() -> Limits {
-    Limits {
-        parallel: 2,
-        queue: 4,
-        default_ctx: 512,
-        keep_alive: Duration::from_secs(300),
-        threads: 2,
-        ..Limits::default()
-    }
-}
-
-async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, String, String) {
-    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
-    let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or(Body::empty())).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
-    (status, ctype, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-async fn post(app: &Router, uri: &str, body: Value) -> (StatusCode, String, String) {
-    call(app, Method::POST, uri, Some(body)).await
-}
-
-fn lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-/// SSE `data:` payloads (and `event:` names).
-fn sse(s: &str) -> Vec<(Option<String>, String)> {
-    s.split("\n\n")
-        .filter(|b| !b.trim().is_empty())
-        .map(|b| {
-            let ev = b.lines().find_map(|l| l.strip_prefix("event: ")).map(str::to_string);
-            let data = b
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or_else(|| panic!("no data in {b:?}"))
-                .to_string();
-            (ev, data)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn root_version_tags_show() {
@@ -95,7 +31,7 @@ async fn root_version_tags_show() {
     assert_eq!(s, StatusCode::OK);
     let v: Value = serde_json::from_str(&body).unwrap();
     let m = &v["models"][0];
-    assert_eq!(m["name"], "tiny-llama");
+    assert_eq!(m["name"], "tiny-llama:latest", "tagged as Ollama lists names");
     assert_eq!(m["details"]["format"], "gguf");
     assert_eq!(m["details"]["family"], "llama");
     assert!(m["size"].as_u64().unwrap() > 0 && m["modified_at"].is_string() && m["digest"].is_string());
@@ -199,7 +135,7 @@ async fn load_on_demand_keep_alive_ps_and_unload() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["done_reason"], "load");
     let (_, _, body) = call(&app, Method::GET, "/api/ps", None).await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["models"][0]["name"], "tiny-llama");
+    assert_eq!(v["models"][0]["name"], "tiny-llama:latest");
     assert!(v["models"][0]["expires_at"].is_string());
     // keep_alive 0: unload now
     let (_, _, body) = post(&app, "/api/chat", json!({ "model": "tiny-llama", "messages": [], "keep_alive": 0 })).await;

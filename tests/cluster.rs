@@ -75,6 +75,8 @@ fn seeded(seed: u32) -> SamplingParams {
         banned: Vec::new(),
         logit_bias: Vec::new(),
         draws: 0,
+        grammar: None,
+        generated: 0,
     }
 }
 
@@ -317,6 +319,7 @@ async fn eight_batched_requests_over_two_nodes_equal_each_alone() {
             while let Some(ev) = g.events.recv().await {
                 match ev {
                     Event::Text(t) => out.push_str(&t),
+                    Event::Thinking(_) => {}
                     Event::Done { .. } => return out,
                     Event::Failed(e) => panic!("{e}"),
                 }

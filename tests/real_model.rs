@@ -71,7 +71,7 @@ async fn answer(chain: &Chain, messages: Vec<ChatMessage>, max_tokens: u32) -> (
 }
 
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage { role: role.into(), content: content.into() }
+    ChatMessage::new(role, content)
 }
 
 #[tokio::test]

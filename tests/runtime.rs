@@ -29,6 +29,7 @@ async fn text(rt: &Arc<Runtime>, r: GenRequest) -> String {
     while let Some(ev) = g.events.recv().await {
         match ev {
             Event::Text(t) => out.push_str(&t),
+            Event::Thinking(t) => panic!("reasoning from a model that has none: {t}"),
             Event::Done { stats, .. } => {
                 assert!(stats.completion_tokens > 0);
                 return out;

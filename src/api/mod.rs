@@ -7,9 +7,14 @@ pub mod access;
 pub mod anthropic;
 pub mod cluster;
 pub mod dashboard;
+mod embed;
 pub mod metrics;
 pub mod ollama;
+mod ollama_chat;
 pub mod openai;
+mod openai_stream;
+mod responses;
+mod tools;
 mod util;
 
 use crate::runtime::{ErrorKind, Runtime, RuntimeError};
@@ -33,10 +38,19 @@ pub fn router(state: AppState) -> Router {
         .merge(ollama::routes())
         .merge(openai::routes())
         .merge(anthropic::routes())
+        .merge(responses::routes())
         .merge(cluster::routes())
+        .merge(embed::routes())
         .merge(metrics::routes())
         .merge(dashboard::routes())
-        .fallback(|| async { ollama::error(StatusCode::NOT_FOUND, "no such route") })
+        .fallback(|uri: axum::http::Uri| async move {
+            // OpenAI clients read errors in OpenAI's shape
+            if uri.path().starts_with("/v1/") {
+                openai::error(StatusCode::NOT_FOUND, format!("no such route: {}", uri.path()))
+            } else {
+                ollama::error(StatusCode::NOT_FOUND, "no such route")
+            }
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

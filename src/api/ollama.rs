@@ -1,6 +1,7 @@
 //! Ollama's API at the root: NDJSON streaming by default, durations in nanoseconds, errors as
 //! `{"error": "..."}`.
 
+use super::ollama_chat::{calls_json, extras, message, no_images, Extras, MessageIn};
 use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
 use super::AppState;
 use crate::engine::{ChatMessage, SamplingParams};
@@ -82,6 +83,8 @@ fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> 
         banned: Vec::new(),
         logit_bias: Vec::new(),
         draws: 0,
+        grammar: None,
+        generated: 0,
     };
     let max = match o.num_predict {
         None | Some(-1) | Some(-2) => None,
@@ -105,6 +108,7 @@ fn final_fields(v: &mut Value, finish: Finish, s: &Stats) {
     v["done_reason"] = json!(match finish {
         Finish::Stop | Finish::StopSequence => "stop",
         Finish::Length => "length",
+        Finish::ToolCalls => "stop",
     });
     v["total_duration"] = json!(ns(s.total));
     v["load_duration"] = json!(ns(s.load));
@@ -126,29 +130,36 @@ struct GenerateReq {
     #[serde(default)]
     options: Options,
     keep_alive: Option<Value>,
+    format: Option<Value>,
+    think: Option<Value>,
+    images: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
 struct ChatReq {
     model: String,
     #[serde(default)]
-    messages: Vec<ChatMessage>,
+    messages: Vec<MessageIn>,
     stream: Option<bool>,
     #[serde(default)]
     options: Options,
     keep_alive: Option<Value>,
+    tools: Option<Value>,
+    format: Option<Value>,
+    think: Option<Value>,
 }
 
 /// `chat`: responses carry `message` instead of `response`.
-async fn run(
-    state: AppState,
-    chat: bool,
-    name: String,
-    input: Option<Input>,
+/// How a chat or generate request wants its answer, besides the prompt.
+struct Ask {
     stream: bool,
     options: Options,
-    ka: Option<Value>,
-) -> Response {
+    keep_alive: Option<Value>,
+    extras: Extras,
+}
+
+async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, ask: Ask) -> Response {
+    let Ask { stream, options, keep_alive: ka, extras: ex } = ask;
     let checked = (|| {
         let m = model(&name)?;
         let ka = ka.as_ref().map(keep_alive).transpose()?;
@@ -189,6 +200,9 @@ async fn run(
     req.max_tokens = max_tokens;
     req.num_ctx = options.num_ctx;
     req.keep_alive = ka;
+    req.tools = ex.tools;
+    req.format = ex.format;
+    req.think = ex.think;
     let mut gen = match rt.generate(req).await {
         Ok(g) => g,
         Err(e) => return runtime_error(e),
@@ -203,12 +217,19 @@ async fn run(
         v
     };
     if !stream {
-        let mut text = String::new();
+        let (mut text, mut thinking) = (String::new(), String::new());
         while let Some(ev) = gen.events.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
-                Event::Done { finish, stats, .. } => {
+                Event::Thinking(t) => thinking.push_str(&t),
+                Event::Done { finish, stats, tool_calls, .. } => {
                     let mut v = piece(&text);
+                    if !thinking.is_empty() {
+                        *think_field(&mut v, chat) = json!(thinking);
+                    }
+                    if chat && !tool_calls.is_empty() {
+                        v["message"]["tool_calls"] = calls_json(&tool_calls);
+                    }
                     final_fields(&mut v, finish, &stats);
                     return axum::Json(v).into_response();
                 }
@@ -222,7 +243,19 @@ async fn run(
         while let Some(ev) = gen.events.recv().await {
             let line = match ev {
                 Event::Text(t) => piece(&t),
-                Event::Done { finish, stats, .. } => {
+                Event::Thinking(t) => {
+                    let mut v = piece("");
+                    *think_field(&mut v, chat) = json!(t);
+                    v
+                }
+                Event::Done { finish, stats, tool_calls, .. } => {
+                    if chat && !tool_calls.is_empty() {
+                        let mut c = piece("");
+                        c["message"]["tool_calls"] = calls_json(&tool_calls);
+                        if tx.send(format!("{c}\n")).await.is_err() {
+                            break;
+                        }
+                    }
                     let mut v = piece("");
                     final_fields(&mut v, finish, &stats);
                     v
@@ -238,6 +271,15 @@ async fn run(
     ndjson(stream_body(rx))
 }
 
+/// Where Ollama puts reasoning: `message.thinking` in chats, `thinking` in generate answers.
+fn think_field(v: &mut Value, chat: bool) -> &mut Value {
+    if chat {
+        &mut v["message"]["thinking"]
+    } else {
+        &mut v["thinking"]
+    }
+}
+
 fn ndjson(body: Body) -> Response {
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
@@ -247,6 +289,10 @@ async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let ex = match no_images(&r.images).and_then(|_| extras(None, r.format.as_ref(), r.think.as_ref())) {
+        Ok(x) => x,
+        Err(e) => return runtime_error(e),
+    };
     let input = if r.prompt.is_empty() {
         None
     } else if r.raw {
@@ -254,12 +300,13 @@ async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
     } else {
         let mut m = Vec::new();
         if let Some(s) = r.system {
-            m.push(ChatMessage { role: "system".into(), content: s });
+            m.push(ChatMessage::new("system", s));
         }
-        m.push(ChatMessage { role: "user".into(), content: r.prompt });
+        m.push(ChatMessage::new("user", r.prompt));
         Some(Input::Messages(m))
     };
-    run(state, false, r.model, input, r.stream.unwrap_or(true), r.options, r.keep_alive).await
+    let ask = Ask { stream: r.stream.unwrap_or(true), options: r.options, keep_alive: r.keep_alive, extras: ex };
+    run(state, false, r.model, input, ask).await
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
@@ -267,8 +314,17 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let input = (!r.messages.is_empty()).then_some(Input::Messages(r.messages));
-    run(state, true, r.model, input, r.stream.unwrap_or(true), r.options, r.keep_alive).await
+    let ex = match extras(r.tools.as_ref(), r.format.as_ref(), r.think.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return runtime_error(e),
+    };
+    let messages = match r.messages.into_iter().map(message).collect::<Result<Vec<_>, _>>() {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    let input = (!messages.is_empty()).then_some(Input::Messages(messages));
+    let ask = Ask { stream: r.stream.unwrap_or(true), options: r.options, keep_alive: r.keep_alive, extras: ex };
+    run(state, true, r.model, input, ask).await
 }
 
 fn param_size(n: u64) -> String {
@@ -280,9 +336,13 @@ fn param_size(n: u64) -> String {
 }
 
 fn digest(m: &LocalModel) -> String {
+    path_digest(m.first(), m.size)
+}
+
+fn path_digest(path: &std::path::Path, size: u64) -> String {
     // cheap identity (path, size, mtime); hashing gigabytes per listing would be too slow
-    let mtime = std::fs::metadata(m.first()).and_then(|x| x.modified()).ok();
-    let key = format!("{}|{}|{mtime:?}", m.first().display(), m.size);
+    let mtime = std::fs::metadata(path).and_then(|x| x.modified()).ok();
+    let key = format!("{}|{size}|{mtime:?}", path.display());
     let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     format!("{h:016x}")
 }
@@ -299,6 +359,15 @@ fn details(shape: Option<&ModelShape>, quant: Option<&str>) -> Value {
     })
 }
 
+/// Names as Ollama lists them: with a tag (`:latest` when the name has none).
+fn tagged(name: &str) -> String {
+    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
 fn shape_of(m: &LocalModel) -> Option<ModelShape> {
     ModelShape::from_files(&ModelFiles::open(m.first()).ok()?).ok()
 }
@@ -310,9 +379,10 @@ async fn tags(State(state): State<AppState>) -> Response {
             .iter()
             .map(|m| {
                 let modified = std::fs::metadata(m.first()).and_then(|x| x.modified()).unwrap_or(SystemTime::now());
+                let name = tagged(&m.name);
                 json!({
-                    "name": m.name,
-                    "model": m.name,
+                    "name": name,
+                    "model": name,
                     "modified_at": rfc3339(modified),
                     "size": m.size,
                     "digest": digest(m),
@@ -371,7 +441,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
         "template": shape.chat_template.clone().unwrap_or_default(),
         "details": details(Some(&shape), m.quant.as_deref()),
         "model_info": info,
-        "capabilities": ["completion"],
+        "capabilities": crate::runtime::capabilities(shape.chat_template.as_deref()),
         "modified_at": rfc3339(modified),
     }))
     .into_response()
@@ -385,10 +455,10 @@ async fn ps(State(state): State<AppState>) -> Response {
         .map(|i| {
             let l = &i.loaded;
             json!({
-                "name": l.name,
-                "model": l.name,
+                "name": tagged(&l.name),
+                "model": tagged(&l.name),
                 "size": l.size,
-                "digest": "",
+                "digest": path_digest(&l.path, l.size),
                 "details": details(Some(&l.shape), l.quant.as_deref()),
                 "expires_at": i.expires_at().map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
                 "size_vram": 0,

@@ -2,9 +2,10 @@
 //! with `data: [DONE]`; errors as `{"error": {"message", "type", ...}}`.
 
 use super::util::{model, parse, random_seed, stream_body, unix_now, TextContent};
-use super::AppState;
+use super::{openai_stream, tools, AppState};
+use crate::chat::ToolCall;
 use crate::engine::{ChatMessage, SamplingParams};
-use crate::runtime::{Event, Finish, GenRequest, Input, RuntimeError, Stats};
+use crate::runtime::{Field, Finish, GenRequest, Input, RuntimeError, Stats};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,11 +19,12 @@ use tokio::sync::mpsc;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model_info))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     let kind = match status {
         StatusCode::NOT_FOUND => "not_found_error",
         StatusCode::SERVICE_UNAVAILABLE => "server_busy",
@@ -33,7 +35,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn runtime_error(e: RuntimeError) -> Response {
+pub(super) fn runtime_error(e: RuntimeError) -> Response {
     error(super::status(&e), e.message_with(|f| f.openai().to_string()))
 }
 
@@ -44,11 +46,41 @@ async fn models(State(state): State<AppState>) -> Response {
     axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
+async fn model_info(State(state): State<AppState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let m = match model(&id) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    let key = m.key();
+    let found = state.runtime.local_models().await.into_iter().any(|l| l.name == id || l.name == key);
+    if !found {
+        return error(StatusCode::NOT_FOUND, format!("The model '{id}' does not exist"));
+    }
+    axum::Json(json!({ "id": id, "object": "model", "created": 0, "owned_by": "exo" })).into_response()
+}
+
 #[derive(Deserialize)]
 struct Message {
     role: String,
     #[serde(default)]
     content: Option<TextContent>,
+    #[serde(default)]
+    tool_calls: Vec<CallIn>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallIn {
+    id: Option<String>,
+    function: FnIn,
+}
+
+#[derive(Deserialize)]
+struct FnIn {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +111,14 @@ struct Common {
     frequency_penalty: Option<f32>,
     /// Token id (as a string) to a bias in [-100, 100].
     logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    n: Option<i64>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    response_format: Option<Value>,
+    /// Reasoning models: "none"/"minimal" turn reasoning off, other levels on.
+    reasoning_effort: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,13 +129,25 @@ struct ChatReq {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
 struct CompletionReq {
-    prompt: String,
+    prompt: Prompt,
     #[serde(flatten)]
     common: Common,
 }
 
 fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
+    if c.logprobs.as_ref().is_some_and(|l| l != &Value::Bool(false) && !l.is_null())
+        || c.top_logprobs.as_ref().is_some_and(|v| !v.is_null())
+    {
+        return Err(RuntimeError::field(Field::Logprobs, "logprobs are not supported by this server yet"));
+    }
     let max = match c.max_completion_tokens.or(c.max_tokens) {
         None => None,
         Some(n) if n > 0 => Some(n as u64),
@@ -115,6 +167,8 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
         banned: Vec::new(),
         logit_bias: Vec::new(),
         draws: 0,
+        grammar: None,
+        generated: 0,
     };
     let mut logit_bias = Vec::new();
     for (k, v) in c.logit_bias.iter().flatten() {
@@ -132,113 +186,105 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
     let mut r = GenRequest::new(model(&c.model)?, input, sampling);
     r.stop = stop;
     r.max_tokens = max;
+    r.tools = tools::function_tools(c.tools.as_ref())?;
+    r.tool_choice = tools::openai_choice(c.tool_choice.as_ref())?;
+    r.format = tools::openai_format(c.response_format.as_ref())?;
+    r.think = match c.reasoning_effort.as_deref() {
+        None => None,
+        Some("none" | "minimal") => Some(false),
+        Some("low" | "medium" | "high") => Some(true),
+        Some(o) => {
+            return Err(RuntimeError::field(
+                Field::Think,
+                format!("reasoning_effort {o:?} is not one of none, minimal, low, medium, high"),
+            ))
+        }
+    };
     Ok(r)
 }
 
-fn finish_reason(f: Finish) -> &'static str {
+/// Most choices one request may ask for (`n`, times the prompts of a completion).
+pub const MAX_CHOICES: usize = 16;
+
+pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop | Finish::StopSequence => "stop",
         Finish::Length => "length",
+        Finish::ToolCalls => "tool_calls",
     }
 }
 
-fn usage(s: &Stats) -> Value {
+pub(super) fn usage(s: &Stats) -> Value {
     json!({ "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens, "total_tokens": s.prompt_tokens + s.completion_tokens })
 }
 
-fn sse(rx: mpsc::Receiver<String>) -> Response {
+pub(super) fn sse(rx: mpsc::Receiver<String>) -> Response {
     ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], stream_body(rx))
         .into_response()
 }
 
-async fn serve(state: AppState, c: Common, input: Input, chat: bool) -> Response {
-    let req = match request(&c, input) {
-        Ok(r) => r,
-        Err(e) => return runtime_error(e),
-    };
-    let mut gen = match state.runtime.generate(req).await {
-        Ok(g) => g,
-        Err(e) => return runtime_error(e),
-    };
-    let id = format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, super::util::random_seed());
-    let created = unix_now();
-    let model = c.model.clone();
-    let (object, chunk_object) =
-        if chat { ("chat.completion", "chat.completion.chunk") } else { ("text_completion", "text_completion") };
-    if !c.stream {
-        let mut text = String::new();
-        while let Some(ev) = gen.events.recv().await {
-            match ev {
-                Event::Text(t) => text.push_str(&t),
-                Event::Done { finish, stats, .. } => {
-                    let choice = if chat {
-                        json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(finish), "logprobs": null })
-                    } else {
-                        json!({ "index": 0, "text": text, "finish_reason": finish_reason(finish), "logprobs": null })
-                    };
-                    return axum::Json(json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage(&stats) }))
-                        .into_response();
-                }
-                Event::Failed(e) => return runtime_error(e),
-            }
+/// Starts one generation per input (`n` times each, seeds apart) and answers with their choices.
+async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Response {
+    let n = match c.n.unwrap_or(1) {
+        n if n >= 1 && (n as usize).saturating_mul(inputs.len()) <= MAX_CHOICES => n as usize,
+        n => {
+            return runtime_error(RuntimeError::field(
+                Field::N,
+                format!("{n} choices for {} prompt(s); 1 to {MAX_CHOICES} choices in all", inputs.len()),
+            ))
         }
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result");
-    }
-    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (tx, rx) = mpsc::channel::<String>(32);
-    tokio::spawn(async move {
-        let chunk = |choice: Value, usage: Value| {
-            let mut v =
-                json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [choice] });
-            if include_usage {
-                v["usage"] = usage;
-            }
-            format!("data: {v}\n\n")
+    };
+    let mut reqs = Vec::new();
+    for input in &inputs {
+        let base = match request(&c, input.clone()) {
+            Ok(r) => r,
+            Err(e) => return runtime_error(e),
         };
-        if chat {
-            let first = chunk(
-                json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }),
-                Value::Null,
-            );
-            if tx.send(first).await.is_err() {
-                return;
-            }
+        for k in 0..n {
+            let mut r = base.clone();
+            r.sampling.seed = base.sampling.seed.wrapping_add(k as u32);
+            reqs.push(r);
         }
-        while let Some(ev) = gen.events.recv().await {
-            let out = match ev {
-                Event::Text(t) => {
-                    let choice = if chat {
-                        json!({ "index": 0, "delta": { "content": t }, "finish_reason": null })
-                    } else {
-                        json!({ "index": 0, "text": t, "finish_reason": null })
-                    };
-                    chunk(choice, Value::Null)
-                }
-                Event::Done { finish, stats, .. } => {
-                    let choice = if chat {
-                        json!({ "index": 0, "delta": {}, "finish_reason": finish_reason(finish) })
-                    } else {
-                        json!({ "index": 0, "text": "", "finish_reason": finish_reason(finish) })
-                    };
-                    let mut s = chunk(choice, Value::Null);
-                    if include_usage {
-                        let v = json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [], "usage": usage(&stats) });
-                        s.push_str(&format!("data: {v}\n\n"));
-                    }
-                    s.push_str("data: [DONE]\n\n");
-                    s
-                }
-                Event::Failed(e) => {
-                    let m = e.message_with(|f| f.openai().to_string());
-                    format!("data: {}\n\n", json!({ "error": { "message": m, "type": "server_error" } }))
-                }
-            };
-            if tx.send(out).await.is_err() {
-                return; // client left: dropping `gen` cancels
-            }
+    }
+    let mut gens = Vec::new();
+    for r in reqs {
+        match state.runtime.generate(r).await {
+            Ok(g) => gens.push(g),
+            Err(e) => return runtime_error(e),
         }
-    });
-    sse(rx)
+    }
+    let head = openai_stream::Head {
+        id: format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, super::util::random_seed()),
+        created: unix_now(),
+        model: c.model.clone(),
+        chat,
+        n,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    };
+    if c.stream {
+        openai_stream::stream(head, gens)
+    } else {
+        openai_stream::collect(head, gens).await
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn message(m: Message) -> Result<ChatMessage, Response> {
+    let bad = |e: String| error(StatusCode::BAD_REQUEST, e);
+    let content = m.content.map(TextContent::text).transpose().map_err(bad)?.unwrap_or_default();
+    let role = if m.role == "developer" { "system".to_string() } else { m.role };
+    let mut out = ChatMessage::new(role, content);
+    for (i, c) in m.tool_calls.into_iter().enumerate() {
+        let arguments = tools::arguments(&c.function.arguments).map_err(runtime_error)?;
+        out.tool_calls.push(ToolCall {
+            id: c.id.unwrap_or_else(|| format!("call_{i}")),
+            name: c.function.name,
+            arguments,
+        });
+    }
+    out.tool_call_id = m.tool_call_id;
+    out.name = m.name;
+    Ok(out)
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
@@ -247,18 +293,16 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if r.messages.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "messages must not be empty");
+        return error(StatusCode::BAD_REQUEST, "messages: must not be empty");
     }
     let mut messages = Vec::new();
     for m in r.messages {
-        let content = match m.content.map(TextContent::text).transpose() {
-            Ok(c) => c.unwrap_or_default(),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        };
-        let role = if m.role == "developer" { "system".to_string() } else { m.role };
-        messages.push(ChatMessage { role, content });
+        match message(m) {
+            Ok(m) => messages.push(m),
+            Err(r) => return r,
+        }
     }
-    serve(state, r.common, Input::Messages(messages), true).await
+    serve(state, r.common, vec![Input::Messages(messages)], true).await
 }
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
@@ -266,5 +310,16 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    serve(state, r.common, Input::Raw(r.prompt), false).await
+    let prompts = match r.prompt {
+        Prompt::One(p) => vec![p],
+        Prompt::Many(v) if v.is_empty() => return error(StatusCode::BAD_REQUEST, "prompt: must not be empty"),
+        Prompt::Many(v) => v,
+    };
+    if prompts.len() > MAX_CHOICES {
+        return error(StatusCode::BAD_REQUEST, format!("prompt: {} prompts; at most {MAX_CHOICES}", prompts.len()));
+    }
+    if r.common.tools.is_some() {
+        return error(StatusCode::BAD_REQUEST, "tools: only chat completions take tools");
+    }
+    serve(state, r.common, prompts.into_iter().map(Input::Raw).collect(), false).await
 }

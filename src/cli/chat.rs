@@ -80,7 +80,7 @@ pub trait Backend {
 pub async fn run(b: &mut impl Backend, a: &RunArgs) -> anyhow::Result<()> {
     let mut params = Params::from_args(a);
     if let Some(p) = read_prompt(a)? {
-        turn(b, &[ChatMessage { role: "user".into(), content: p }], &params, a.verbose).await?;
+        turn(b, &[ChatMessage::new("user", p)], &params, a.verbose).await?;
         return Ok(());
     }
     let mut history: Vec<ChatMessage> = Vec::new();
@@ -116,9 +116,9 @@ pub async fn run(b: &mut impl Backend, a: &RunArgs) -> anyhow::Result<()> {
             outln!("Unknown command '{line}'. Type /? for help");
             continue;
         }
-        history.push(ChatMessage { role: "user".into(), content: line.to_string() });
+        history.push(ChatMessage::new("user", line.to_string()));
         let reply = turn(b, &history, &params, a.verbose).await?;
-        history.push(ChatMessage { role: "assistant".into(), content: reply });
+        history.push(ChatMessage::new("assistant", reply));
         outln!();
     }
 }

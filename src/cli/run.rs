@@ -221,6 +221,7 @@ impl Backend for LocalBackend {
         let mut io_err = None;
         while let Some(ev) = gen.events.recv().await {
             match ev {
+                Event::Thinking(_) => {}
                 Event::Text(t) => {
                     if io_err.is_none() {
                         io_err = out(&t).err();

@@ -3,9 +3,11 @@
 //! stage samples and answers here. KV and sampler operations go to every stage.
 
 use super::host::{LoadedMsg, SeqOpMsg, UnloadMsg};
-use super::ClusterNode;
+use super::{Answer, ClusterNode};
 use crate::engine::{ContextParams, LayerRange, ModelWindow, SamplingParams, StageHandle, StageInfo, StageSpec, Token};
-use crate::pipeline::{NodeReport, Pending, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk};
+use crate::pipeline::{
+    NodeReport, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk,
+};
 use crate::transport::{BatchMsg, Conn, Kind, LoadRefusal, LoadStage, SeqOp, TransportError};
 use std::path::Path;
 use std::sync::Arc;
@@ -172,8 +174,8 @@ impl Watch {
     async fn answer(
         &self,
         request: u64,
-        mut rx: oneshot::Receiver<Result<Vec<Token>, String>>,
-    ) -> Result<Vec<Token>, PipelineError> {
+        mut rx: oneshot::Receiver<Result<Answer, String>>,
+    ) -> Result<Answer, PipelineError> {
         let last = self.stages.len() - 1;
         let started = std::time::Instant::now();
         // a stage's connection closing (its node died) is noticed at once; a hung node by its
@@ -226,6 +228,36 @@ impl Watch {
     }
 }
 
+impl ClusterChain {
+    /// Sends a batch to the first stage; the last one answers `request` here.
+    async fn send(
+        &self,
+        c: TokenChunk,
+        sample: bool,
+        kind: Kind,
+    ) -> Result<(Watch, u64, oneshot::Receiver<Result<Answer, String>>), PipelineError> {
+        let request = self.node.new_request();
+        let rx = self.node.wait_tokens(request);
+        let msg = BatchMsg {
+            instance: self.instance,
+            stage: 0,
+            sample,
+            pos: c.pos,
+            seq: c.seq,
+            output: c.output,
+            tokens: c.tokens,
+            hidden: vec![],
+            reply_to: self.node.peer_addr().to_string(),
+        };
+        if let Err(e) = self.conns[0].send(kind, request, msg.encode()).await {
+            self.node.forget(request);
+            return Err(remote(0, &self.stages[0], e));
+        }
+        let watch = Watch { node: self.node.clone(), stages: self.stages.clone(), conns: self.conns.clone() };
+        Ok((watch, request, rx))
+    }
+}
+
 impl Pipeline for ClusterChain {
     fn info(&self) -> &StageInfo {
         &self.info
@@ -240,25 +272,25 @@ impl Pipeline for ClusterChain {
     }
 
     async fn submit(&self, c: TokenChunk, sample: bool) -> Result<Pending, PipelineError> {
-        let request = self.node.new_request();
-        let rx = self.node.wait_tokens(request);
-        let msg = BatchMsg {
-            instance: self.instance,
-            stage: 0,
-            sample,
-            pos: c.pos,
-            seq: c.seq,
-            output: c.output,
-            tokens: c.tokens,
-            hidden: vec![],
-            reply_to: self.node.peer_addr().to_string(),
-        };
-        if let Err(e) = self.conns[0].send(Kind::Forward, request, msg.encode()).await {
-            self.node.forget(request);
-            return Err(remote(0, &self.stages[0], e));
-        }
-        let watch = Watch { node: self.node.clone(), stages: self.stages.clone(), conns: self.conns.clone() };
-        Ok(Box::pin(async move { watch.answer(request, rx).await }))
+        let (watch, request, rx) = self.send(c, sample, Kind::Forward).await?;
+        let last = self.stages.len() - 1;
+        Ok(Box::pin(async move {
+            match watch.answer(request, rx).await? {
+                Answer::Tokens(t) => Ok(t),
+                Answer::Embedding(_) => Err(PipelineError::Protocol { index: last, what: "an embedding" }),
+            }
+        }))
+    }
+
+    async fn embed(&self, c: TokenChunk) -> Result<PendingEmbedding, PipelineError> {
+        let (watch, request, rx) = self.send(c, false, Kind::EmbedForward).await?;
+        let last = self.stages.len() - 1;
+        Ok(Box::pin(async move {
+            match watch.answer(request, rx).await? {
+                Answer::Embedding(v) => Ok(v),
+                Answer::Tokens(_) => Err(PipelineError::Protocol { index: last, what: "tokens for an embedding" }),
+            }
+        }))
     }
 
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {

@@ -6,7 +6,7 @@ use super::ClusterNode;
 use crate::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use crate::pipeline::StageReport;
 use crate::store::Resolved;
-use crate::transport::{BatchMsg, Conn, Incoming, Kind, LoadRefusal, LoadStage, SeqOp, MAX_PAYLOAD};
+use crate::transport::{BatchMsg, Conn, EmbeddingMsg, Incoming, Kind, LoadRefusal, LoadStage, SeqOp, MAX_PAYLOAD};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -79,6 +79,8 @@ enum Job {
     /// `_queued`: the frame's share of the node's byte budget, held until the batch is done.
     Forward {
         msg: BatchMsg,
+        /// An embedding batch (`Kind::EmbedForward`): the last stage answers an embedding.
+        embed: bool,
         request: u64,
         _queued: tokio::sync::OwnedSemaphorePermit,
     },
@@ -130,7 +132,8 @@ pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
         Kind::Hello | Kind::Welcome => j::<crate::transport::Hello>(b),
         Kind::LoadStage => j::<LoadStage>(b),
         Kind::Loaded => j::<LoadedMsg>(b),
-        Kind::Forward => BatchMsg::decode(b).map(drop).map_err(|e| e.to_string()),
+        Kind::Forward | Kind::EmbedForward => BatchMsg::decode(b).map(drop).map_err(|e| e.to_string()),
+        Kind::Embedding => EmbeddingMsg::decode(b).map(drop).map_err(|e| e.to_string()),
         Kind::Tokens => decode_tokens(b).map(drop),
         Kind::SeqOp => j::<SeqOpMsg>(b),
         Kind::Unload => j::<UnloadMsg>(b),
@@ -171,7 +174,8 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
                 let _ = conn.send(reply.0, f.request, reply.1).await;
             });
         }
-        Kind::Forward => {
+        Kind::Forward | Kind::EmbedForward => {
+            let embed = kind == Kind::EmbedForward;
             let msg = match BatchMsg::decode(&f.payload) {
                 Ok(m) => m,
                 Err(e) => {
@@ -183,8 +187,8 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
             match worker {
                 Some(w) => {
                     let reply_to = msg.reply_to.clone();
-                    if w.send(Job::Forward { msg, request: f.request, _queued: queued }).await.is_err() {
-                        reply(node, &reply_to, f.request, Err("the stage was unloaded".into())).await;
+                    if w.send(Job::Forward { msg, embed, request: f.request, _queued: queued }).await.is_err() {
+                        answer(node, &reply_to, f.request, embed, "the stage was unloaded".into()).await;
                     }
                 }
                 None => {
@@ -192,7 +196,7 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
                         "node {} holds no stage {} of instance {}",
                         node.hello.node_name, msg.stage, msg.instance
                     );
-                    reply(node, &msg.reply_to, f.request, Err(e)).await;
+                    answer(node, &msg.reply_to, f.request, embed, e).await;
                 }
             }
         }
@@ -326,7 +330,7 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
     while let Some(job) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
         match job {
-            Job::Forward { msg, request, .. } => {
+            Job::Forward { msg, embed, request, .. } => {
                 let input = if msg.hidden.is_empty() {
                     BatchInput::Tokens(msg.tokens.clone())
                 } else {
@@ -334,23 +338,29 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                 };
                 let batch = Batch { input, pos: msg.pos.clone(), seq: msg.seq.clone(), output: msg.output.clone() };
                 let last = ls.next.is_none();
-                match stage.decode(batch, false, msg.sample && last).await {
+                let out =
+                    if embed { stage.embed(batch).await } else { stage.decode(batch, false, msg.sample && last).await };
+                match out {
                     Ok(DecodeOutput::Hidden(h)) => {
                         let next = ls.next.as_deref().expect("a non-last stage has a next hop");
                         let out = BatchMsg { stage: msg.stage + 1, tokens: vec![], hidden: h, ..msg.clone() };
                         let sent = match n.conn(next).await {
-                            Ok(c) => c.send(Kind::Forward, request, out.encode()).await.map_err(|e| e.to_string()),
+                            Ok(c) => {
+                                let kind = if embed { Kind::EmbedForward } else { Kind::Forward };
+                                c.send(kind, request, out.encode()).await.map_err(|e| e.to_string())
+                            }
                             Err(e) => Err(e.to_string()),
                         };
                         if let Err(e) = sent {
                             let e = format!("stage {} cannot reach the next stage at {next}: {e}", ls.index);
-                            reply(&n, &msg.reply_to, request, Err(e)).await;
+                            answer(&n, &msg.reply_to, request, embed, e).await;
                         }
                     }
                     Ok(DecodeOutput::Last { tokens, .. }) => reply(&n, &msg.reply_to, request, Ok(tokens)).await,
+                    Ok(DecodeOutput::Embedding(v)) => reply_embedding(&n, &msg.reply_to, request, Ok(v)).await,
                     Err(e) => {
                         let e = format!("stage {} on {}: {e}", ls.index, n.hello.node_name);
-                        reply(&n, &msg.reply_to, request, Err(e)).await;
+                        answer(&n, &msg.reply_to, request, embed, e).await;
                     }
                 }
             }
@@ -377,6 +387,24 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                 };
             }
         }
+    }
+}
+
+/// An error answered in the shape the coordinator waits for: tokens, or an embedding.
+async fn answer(node: &ClusterNode, to: &str, request: u64, embed: bool, e: String) {
+    if embed {
+        reply_embedding(node, to, request, Err(e)).await
+    } else {
+        reply(node, to, request, Err(e)).await
+    }
+}
+
+async fn reply_embedding(node: &ClusterNode, to: &str, request: u64, r: Result<Vec<f32>, String>) {
+    match node.conn(to).await {
+        Ok(c) => {
+            let _ = c.send(Kind::Embedding, request, EmbeddingMsg(r).encode()).await;
+        }
+        Err(e) => tracing::warn!(%to, "cannot answer the coordinator: {e}"),
     }
 }
 

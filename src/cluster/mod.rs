@@ -67,7 +67,15 @@ pub struct PeerStatus {
 }
 
 /// Who waits for the tokens (or the error) of a batch, by request id.
-type TokenWaiter = oneshot::Sender<Result<Vec<i32>, String>>;
+type TokenWaiter = oneshot::Sender<Result<Answer, String>>;
+
+/// What the last stage answers a batch with.
+#[derive(Debug)]
+pub(super) enum Answer {
+    Tokens(Vec<i32>),
+    /// To an embedding batch (`Kind::EmbedForward`).
+    Embedding(Vec<f32>),
+}
 
 struct PeerState {
     hello: Hello,
@@ -391,7 +399,7 @@ impl ClusterNode {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Vec<i32>, String>> {
+    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Answer, String>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(request, tx);
         rx
@@ -551,13 +559,22 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
                 let p = serde_json::to_vec(&*n.profile.lock().unwrap()).expect("serializes");
                 let _ = inc.conn.send(Kind::Pong, inc.frame.request, p).await;
             }
-            Kind::Tokens => {
-                let r = host::decode_tokens(&inc.frame.payload);
+            Kind::Tokens | Kind::Embedding => {
+                let r = if kind == Kind::Tokens {
+                    host::decode_tokens(&inc.frame.payload).map(Answer::Tokens)
+                } else {
+                    match crate::transport::EmbeddingMsg::decode(&inc.frame.payload) {
+                        Ok(m) => m.0.map(Answer::Embedding),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
                 if let Some(w) = n.waiters.lock().unwrap().remove(&inc.frame.request) {
                     let _ = w.send(r);
                 }
             }
-            Kind::LoadStage | Kind::Forward | Kind::SeqOp | Kind::Unload => host::handle(&n, kind, inc).await,
+            Kind::LoadStage | Kind::Forward | Kind::EmbedForward | Kind::SeqOp | Kind::Unload => {
+                host::handle(&n, kind, inc).await
+            }
             Kind::Bye => {
                 let id = inc.conn.peer().node_id.clone();
                 n.departed.lock().unwrap().insert(id.clone());

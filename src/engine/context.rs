@@ -86,6 +86,9 @@ impl Context {
         cp.n_threads_batch = p.n_threads;
         // one KV pool shared by all sequences, as a server wants
         cp.kv_unified = true;
+        // embeddings (switched on per batch, see `set_embeddings`) come back per token; the
+        // pooling happens in `pooling`, across batches, whatever the model's own pooling type
+        cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
         cp.no_perf = true;
         log::clear_errors();
         // SAFETY: model.ptr is a live model that outlives the context (the stage drops the context first).
@@ -148,6 +151,22 @@ impl Context {
         let p = unsafe { sys::llama_get_logits_ith(self.ptr, i as i32) };
         // SAFETY: n_vocab floats at p, valid until the next decode (borrow of self).
         (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p, n_vocab) })
+    }
+
+    /// While on, decodes output every row's final hidden state (after the output norm) as well
+    /// as logits. Only the last stage has them; switched on for one embedding batch at a time,
+    /// on the stage thread, so no generation batch ever sees it on.
+    pub fn set_embeddings(&mut self, on: bool) {
+        // SAFETY: live context; the flag is read by the next decode only.
+        unsafe { sys::llama_set_embeddings(self.ptr, on) }
+    }
+
+    /// The embedding of batch row `i` of the last decode (made with embeddings on).
+    pub fn embeddings(&self, i: usize, n_embd_out: usize) -> Option<&[f32]> {
+        // SAFETY: live context; returns NULL (after logging) for rows without an embedding.
+        let p = unsafe { sys::llama_get_embeddings_ith(self.ptr, i as i32) };
+        // SAFETY: n_embd_out floats at p, valid until the next decode (borrow of self).
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p, n_embd_out) })
     }
 
     fn memory(&self) -> sys::llama_memory_t {

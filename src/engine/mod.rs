@@ -7,14 +7,18 @@ mod context;
 mod cpu_budget;
 mod detok;
 mod ffi;
+mod grammar;
 mod log;
 mod model;
+mod pooling;
 mod sampler;
 mod stage;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;
+pub use grammar::{json_schema_to_grammar, MAX_GRAMMAR};
 pub use model::{Device, LayerRange, ModelWindow};
+pub use pooling::{normalize, Pooling};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 
@@ -60,6 +64,8 @@ pub enum EngineError {
     Tokenize { reason: String },
     #[error("chat template: {reason}")]
     Template { reason: String },
+    #[error("grammar: {reason}")]
+    Grammar { reason: String },
     #[error("invalid sampling parameters: {reason}")]
     Sampling { reason: String },
     #[error("no ggml device named {name:?} (this build has: {})", available.join(", "))]

@@ -156,6 +156,42 @@ impl Model {
         unsafe { sys::llama_model_n_embd(self.ptr) as usize }
     }
 
+    /// Width of the embeddings the last layer outputs (n_embd for most models).
+    pub fn n_embd_out(&self) -> usize {
+        // SAFETY: ptr is a live model.
+        let n = unsafe { sys::llama_model_n_embd_out(self.ptr) };
+        if n > 0 {
+            return n as usize;
+        }
+        // a vocabulary-only model has no hyperparameters: read them from the header
+        let arch = self.meta("general.architecture").unwrap_or_default();
+        ["embedding_length_out", "embedding_length"]
+            .iter()
+            .find_map(|k| self.meta(&format!("{arch}.{k}"))?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A GGUF metadata value as a string (numbers are formatted), if the key exists.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let key = std::ffi::CString::new(key).ok()?;
+        let mut buf = vec![0u8; 256];
+        // SAFETY: key is NUL-terminated; buf has buf.len() writable bytes; returns the length
+        // written (without the NUL) or -1 when the key is missing.
+        let n = unsafe {
+            sys::llama_model_meta_val_str(self.ptr, key.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len())
+        };
+        (n >= 0).then(|| {
+            buf.truncate((n as usize).min(buf.len().saturating_sub(1)));
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    }
+
+    /// How the model's embeddings are pooled (GGUF `{arch}.pooling_type`).
+    pub fn pooling(&self) -> super::Pooling {
+        let arch = self.meta("general.architecture").unwrap_or_default();
+        super::Pooling::from_gguf(self.meta(&format!("{arch}.pooling_type")).and_then(|v| v.trim().parse().ok()))
+    }
+
     pub fn n_vocab(&self) -> usize {
         // SAFETY: vocab() is valid while the model lives.
         unsafe { sys::llama_vocab_n_tokens(self.vocab()) as usize }
@@ -176,6 +212,12 @@ impl Model {
         let v = self.vocab();
         // SAFETY: every id is in [0, n_vocab).
         (0..self.n_vocab() as Token).filter(|&t| unsafe { sys::llama_vocab_is_eog(v, t) }).collect()
+    }
+
+    pub fn eos(&self) -> Option<Token> {
+        // SAFETY: vocab() is valid.
+        let t = unsafe { sys::llama_vocab_eos(self.vocab()) };
+        (t >= 0).then_some(t)
     }
 
     pub fn bos(&self) -> Option<Token> {

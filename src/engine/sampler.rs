@@ -1,6 +1,7 @@
 //! Sampling on the last stage through llama.cpp's samplers (via llama-cpp-2): repetition
 //! penalty, top-k, top-p, min-p, temperature, then a seeded draw (or greedy at temperature 0).
 
+use super::grammar::Grammar;
 use super::{EngineError, Token};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
@@ -34,6 +35,12 @@ pub struct SamplingParams {
     /// Random draws this sequence has already taken: a sequence rebuilt after a node failure
     /// resumes its seeded random stream where it was, so its text continues as if uninterrupted.
     pub draws: u32,
+    /// GBNF the output must match (structured outputs, forced tool calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    /// How many tokens at the end of the history this sequence generated itself (a rebuilt
+    /// sequence's grammar is advanced past them).
+    pub generated: u32,
 }
 
 /// Most draws a sampler may skip ahead (a context never holds more tokens).
@@ -53,6 +60,8 @@ impl Default for SamplingParams {
             banned: Vec::new(),
             logit_bias: Vec::new(),
             draws: 0,
+            grammar: None,
+            generated: 0,
         }
     }
 }
@@ -91,8 +100,13 @@ impl SamplingParams {
         if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
             return bad(format!("the bias {b} of token {t} is outside [-100, 100]"));
         }
-        if self.draws > MAX_DRAWS {
-            return bad(format!("draws {} is more than {MAX_DRAWS}", self.draws));
+        if self.draws > MAX_DRAWS || self.generated > MAX_DRAWS {
+            return bad(format!("draws {} / generated {} is more than {MAX_DRAWS}", self.draws, self.generated));
+        }
+        if let Some(g) = &self.grammar {
+            if g.len() > super::MAX_GRAMMAR {
+                return bad(format!("a grammar of {} bytes; at most {}", g.len(), super::MAX_GRAMMAR));
+            }
         }
         Ok(())
     }
@@ -101,11 +115,30 @@ impl SamplingParams {
 /// One sequence's sampler chain (it keeps the penalty history, so one per sequence).
 pub(super) struct Sampler {
     chain: LlamaSampler,
+    grammar: Option<Grammar>,
+    /// Scratch row for the grammar's masking.
+    masked: Vec<f32>,
 }
 
 impl Sampler {
-    pub fn new(p: &SamplingParams, n_vocab: usize, history: &[Token]) -> Result<Sampler, EngineError> {
+    /// `vocab` (of the stage's loaded model, which outlives the sampler) is needed for a grammar.
+    pub fn new(
+        p: &SamplingParams,
+        n_vocab: usize,
+        history: &[Token],
+        vocab: Option<*const llama_cpp_sys_2::llama_vocab>,
+    ) -> Result<Sampler, EngineError> {
         p.validate()?;
+        let grammar = match (&p.grammar, vocab) {
+            (None, _) => None,
+            (Some(g), Some(v)) => {
+                let mut g = Grammar::new(v, g)?;
+                let ours = history.len().saturating_sub(p.generated as usize);
+                history[ours..].iter().for_each(|&t| g.accept(t));
+                Some(g)
+            }
+            (Some(_), None) => return Err(EngineError::Grammar { reason: "no vocabulary for the grammar".into() }),
+        };
         let mut s = Vec::new();
         if !p.banned.is_empty() || !p.logit_bias.is_empty() {
             let outside = |t: Token| t < 0 || t as usize >= n_vocab;
@@ -149,11 +182,23 @@ impl Sampler {
         }
         let mut chain = LlamaSampler::chain_simple(s);
         chain.accept_many(history.iter().map(|&t| LlamaToken(t)));
-        Ok(Sampler { chain })
+        Ok(Sampler { chain, grammar, masked: Vec::new() })
     }
 
     /// Picks the next token from one row of logits and records it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> Result<Token, EngineError> {
+        let logits = match &mut self.grammar {
+            Some(g) => {
+                self.masked.clear();
+                self.masked.extend_from_slice(logits);
+                g.constrain(&mut self.masked);
+                if self.masked.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    return Err(EngineError::Grammar { reason: "no token can continue the grammar".into() });
+                }
+                &self.masked[..]
+            }
+            None => logits,
+        };
         let data = logits.iter().enumerate().map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0));
         let mut arr = LlamaTokenDataArray::from_iter(data, false);
         arr.apply_sampler(&mut self.chain);
@@ -161,6 +206,9 @@ impl Sampler {
             .selected_token()
             .ok_or_else(|| EngineError::Sampling { reason: "the sampler chain selected no token".into() })?;
         self.chain.accept(t);
+        if let Some(g) = &mut self.grammar {
+            g.accept(t.0);
+        }
         Ok(t.0)
     }
 }
@@ -172,17 +220,17 @@ mod tests {
     #[test]
     fn banned_tokens_are_never_sampled() {
         let logits = [0.0, 1.0, 9.0, 5.0, 0.5];
-        let mut free = Sampler::new(&SamplingParams::greedy(), 5, &[]).unwrap();
+        let mut free = Sampler::new(&SamplingParams::greedy(), 5, &[], None).unwrap();
         assert_eq!(free.sample(&logits).unwrap(), 2);
         let banned = SamplingParams { banned: vec![2], ..SamplingParams::greedy() };
-        let mut s = Sampler::new(&banned, 5, &[]).unwrap();
+        let mut s = Sampler::new(&banned, 5, &[], None).unwrap();
         assert_eq!(s.sample(&logits).unwrap(), 3);
         // also at a temperature: the banned token keeps probability zero
         let warm = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 7, ..banned.clone() };
-        let mut s = Sampler::new(&warm, 5, &[]).unwrap();
+        let mut s = Sampler::new(&warm, 5, &[], None).unwrap();
         assert!((0..200).all(|_| s.sample(&logits).unwrap() != 2));
         let outside = SamplingParams { banned: vec![5], ..SamplingParams::greedy() };
-        assert!(Sampler::new(&outside, 5, &[]).is_err());
+        assert!(Sampler::new(&outside, 5, &[], None).is_err());
     }
 
     #[test]
@@ -196,12 +244,12 @@ mod tests {
             seed: 9,
             ..Default::default()
         };
-        let mut whole = Sampler::new(&p, 50, &[]).unwrap();
+        let mut whole = Sampler::new(&p, 50, &[], None).unwrap();
         let all: Vec<Token> = (0..40).map(|_| whole.sample(&logits).unwrap()).collect();
-        let mut resumed = Sampler::new(&SamplingParams { draws: 25, ..p.clone() }, 50, &all[..25]).unwrap();
+        let mut resumed = Sampler::new(&SamplingParams { draws: 25, ..p.clone() }, 50, &all[..25], None).unwrap();
         let rest: Vec<Token> = (0..15).map(|_| resumed.sample(&logits).unwrap()).collect();
         assert_eq!(rest, all[25..]);
-        let mut fresh = Sampler::new(&p, 50, &all[..25]).unwrap();
+        let mut fresh = Sampler::new(&p, 50, &all[..25], None).unwrap();
         let other: Vec<Token> = (0..15).map(|_| fresh.sample(&logits).unwrap()).collect();
         assert_ne!(other, all[25..], "without the skipped draws the stream restarts");
     }

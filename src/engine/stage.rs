@@ -5,7 +5,7 @@ use super::batch::RawBatch;
 use super::context::{Context, ContextParams};
 use super::model::{LayerRange, Model, ModelWindow};
 use super::sampler::{Sampler, SamplingParams};
-use super::{log, EngineError, Token};
+use super::{log, EngineError, Pooling, Token};
 use crate::gguf::ModelShape;
 use llama_cpp_sys_2 as sys;
 use serde::{Deserialize, Serialize};
@@ -31,12 +31,17 @@ pub struct StageInfo {
     pub range: LayerRange,
     pub n_layer: u32,
     pub n_embd: usize,
+    /// Width of the last layer's embeddings (see [`DecodeOutput::Embedding`]).
+    pub n_embd_out: usize,
+    /// How embeddings of this model are pooled.
+    pub pooling: Pooling,
     pub n_vocab: usize,
     pub n_ctx: u32,
     pub n_ctx_train: u32,
     pub context: ContextParams,
     pub eog_tokens: Vec<Token>,
     pub bos: Option<Token>,
+    pub eos: Option<Token>,
     pub chat_template: Option<String>,
     pub shape: ModelShape,
     /// What the layers compute on: "CPU", or the ggml device name(s) ("Vulkan0", "CUDA0").
@@ -88,13 +93,12 @@ pub enum DecodeOutput {
     /// Last stage: per output row (in batch order) its logits if asked for, and its sampled
     /// token if sampling was asked for.
     Last { logits: Vec<Vec<f32>>, tokens: Vec<Token> },
+    /// Last stage of an embedding batch: the sum of the output rows' embeddings (`n_embd_out`
+    /// floats; see [`super::Pooling`]).
+    Embedding(Vec<f32>),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+pub use crate::chat::ChatMessage;
 
 enum Cmd {
     /// Decodes on this stage, then hands the hidden state straight to `next[0]` (which gets
@@ -105,6 +109,8 @@ enum Cmd {
         batch: Batch,
         want_logits: bool,
         sample: bool,
+        /// An embedding batch: the last stage answers [`DecodeOutput::Embedding`].
+        embed: bool,
         next: Vec<StageHandle>,
         reply: oneshot::Sender<Result<DecodeOutput, EngineError>>,
     },
@@ -236,7 +242,33 @@ impl StageHandle {
 
     /// Runs one batch through this stage's layers.
     pub async fn decode(&self, batch: Batch, want_logits: bool, sample: bool) -> Result<DecodeOutput, EngineError> {
-        self.call(|reply| Cmd::Decode { batch, want_logits, sample, next: Vec::new(), reply }).await?
+        self.call(|reply| Cmd::Decode { batch, want_logits, sample, embed: false, next: Vec::new(), reply }).await?
+    }
+
+    /// Runs an embedding batch through this stage (see [`StageHandle::embed_through`]).
+    pub async fn embed(&self, batch: Batch) -> Result<DecodeOutput, EngineError> {
+        self.call(|reply| Cmd::Decode {
+            batch,
+            want_logits: false,
+            sample: false,
+            embed: true,
+            next: Vec::new(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Like [`StageHandle::decode_through`] for an embedding batch: the last stage answers the
+    /// sum of the embeddings of the batch's output rows.
+    pub async fn embed_through(
+        &self,
+        batch: Batch,
+        next: Vec<StageHandle>,
+    ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Decode { batch, want_logits: false, sample: false, embed: true, next, reply };
+        self.tx.send(cmd).await.map_err(|_| EngineError::StageGone)?;
+        Ok(rx)
     }
 
     /// Queues one batch for this stage and then `next` in order (each stage thread hands the
@@ -252,7 +284,7 @@ impl StageHandle {
     ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Decode { batch, want_logits, sample, next, reply })
+            .send(Cmd::Decode { batch, want_logits, sample, embed: false, next, reply })
             .await
             .map_err(|_| EngineError::StageGone)?;
         Ok(rx)
@@ -328,12 +360,15 @@ impl Stage {
             range: model.range,
             n_layer: model.n_layer,
             n_embd: model.n_embd(),
+            n_embd_out: model.n_embd_out(),
+            pooling: model.pooling(),
             n_vocab: model.n_vocab(),
             n_ctx: ctx.as_ref().map_or(spec.context.n_ctx, |c| c.n_ctx()),
             n_ctx_train: model.n_ctx_train(),
             context: spec.context,
             eog_tokens: model.eog_tokens(),
             bos: model.bos(),
+            eos: model.eos(),
             chat_template: model.chat_template(),
             shape: model.shape.clone(),
             device: model.device.clone(),
@@ -349,10 +384,10 @@ impl Stage {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
-                Cmd::Decode { mut batch, want_logits, sample, next, reply } => {
+                Cmd::Decode { mut batch, want_logits, sample, embed, next, reply } => {
                     let (rows, t0) = (batch.len() as u64, Instant::now());
                     let end = next.is_empty();
-                    let out = self.decode(&batch, want_logits && end, sample && end);
+                    let out = self.decode(&batch, want_logits && end, sample && end, embed && end);
                     let took = t0.elapsed();
                     counters.compute_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
                     if let (Some(bytes), 1, true) = (self.cpu_stream_bytes, rows, out.is_ok()) {
@@ -363,7 +398,7 @@ impl Stage {
                     match (out, next.split_first()) {
                         (Ok(DecodeOutput::Hidden(h)), Some((head, rest))) => {
                             batch.input = BatchInput::Hidden(h);
-                            let cmd = Cmd::Decode { batch, want_logits, sample, next: rest.to_vec(), reply };
+                            let cmd = Cmd::Decode { batch, want_logits, sample, embed, next: rest.to_vec(), reply };
                             // a plain thread, never inside the async runtime: blocking is fine, and
                             // the chain has no cycle, so the last stage always drains
                             if let Err(e) = head.tx.blocking_send(cmd) {
@@ -372,7 +407,7 @@ impl Stage {
                                 }
                             }
                         }
-                        (Ok(DecodeOutput::Last { .. }), Some(_)) => {
+                        (Ok(DecodeOutput::Last { .. } | DecodeOutput::Embedding(_)), Some(_)) => {
                             let _ = reply.send(Err(EngineError::InvalidBatch {
                                 reason: "the last stage of the model was given a successor".into(),
                             }));
@@ -383,7 +418,7 @@ impl Stage {
                     }
                 }
                 Cmd::SetSampler { seq, params, history, reply } => {
-                    let r = Sampler::new(&params, self.info.n_vocab, &history).map(|s| {
+                    let r = Sampler::new(&params, self.info.n_vocab, &history, Some(self.model.vocab())).map(|s| {
                         self.samplers.insert(seq, s);
                     });
                     let _ = reply.send(r);
@@ -422,7 +457,13 @@ impl Stage {
         tracing::debug!(range = %self.info.range, "stage unloaded");
     }
 
-    fn decode(&mut self, batch: &Batch, want_logits: bool, sample: bool) -> Result<DecodeOutput, EngineError> {
+    fn decode(
+        &mut self,
+        batch: &Batch,
+        want_logits: bool,
+        sample: bool,
+        embed: bool,
+    ) -> Result<DecodeOutput, EngineError> {
         let info = &self.info;
         let n = batch.len();
         if n > info.context.n_batch as usize {
@@ -452,6 +493,9 @@ impl Stage {
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(EngineError::InvalidBatch { reason: "this stage holds only the vocabulary".into() });
         };
+        if embed && self.info.is_last() {
+            return embed_rows(ctx, &raw, &self.model, batch, &self.info);
+        }
         ctx.decode(&raw, &self.model)?;
         let ctx = &*ctx;
         if !self.info.is_last() {
@@ -526,4 +570,30 @@ impl Stage {
         }
         Err(EngineError::Template { reason: "output size changed between calls".into() })
     }
+}
+
+/// Decodes an embedding batch on the last stage and adds up the embeddings of its output rows.
+/// Embeddings are on for this one decode only (the stage thread runs one batch at a time).
+fn embed_rows(
+    ctx: &mut Context,
+    raw: &RawBatch,
+    model: &Model,
+    batch: &Batch,
+    info: &StageInfo,
+) -> Result<DecodeOutput, EngineError> {
+    ctx.set_embeddings(true);
+    let r = ctx.decode(raw, model);
+    ctx.set_embeddings(false);
+    r?;
+    let mut sum = vec![0f64; info.n_embd_out];
+    for i in (0..batch.len()).filter(|&i| batch.output[i]) {
+        let row = ctx.embeddings(i, info.n_embd_out).ok_or_else(|| EngineError::Decode {
+            begin: info.range.begin,
+            end: info.range.end,
+            code: 0,
+            reason: format!("no embedding for row {i}"),
+        })?;
+        sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
+    }
+    Ok(DecodeOutput::Embedding(sum.into_iter().map(|x| x as f32).collect()))
 }

@@ -103,12 +103,16 @@ impl Chain {
         want_logits: bool,
         sample: bool,
     ) -> Result<oneshot::Receiver<Result<DecodeOutput, EngineError>>, PipelineError> {
+        let batch = self.batch(c);
+        Ok(self.stages[0].decode_through(batch, self.stages[1..].to_vec(), want_logits, sample).await?)
+    }
+
+    fn batch(&self, c: super::TokenChunk) -> Batch {
         let rows = c.pos.len() as u64;
         let n_embd = self.info().n_embd as u64;
         // what would cross a network: one hidden row per token per cut
         self.handed.fetch_add(4 * n_embd * rows * (self.stages.len() as u64 - 1), Ordering::Relaxed);
-        let batch = Batch { input: BatchInput::Tokens(c.tokens), pos: c.pos, seq: c.seq, output: c.output };
-        Ok(self.stages[0].decode_through(batch, self.stages[1..].to_vec(), want_logits, sample).await?)
+        Batch { input: BatchInput::Tokens(c.tokens), pos: c.pos, seq: c.seq, output: c.output }
     }
 
     async fn answer(
@@ -118,6 +122,7 @@ impl Chain {
         match rx.await.map_err(|_| EngineError::StageGone)?? {
             DecodeOutput::Last { logits, tokens } => Ok((logits, tokens)),
             DecodeOutput::Hidden(_) => Err(PipelineError::Protocol { index: n_stages - 1, what: "hidden states" }),
+            DecodeOutput::Embedding(_) => Err(PipelineError::Protocol { index: n_stages - 1, what: "an embedding" }),
         }
     }
 
@@ -164,6 +169,18 @@ impl super::Pipeline for Chain {
         let rx = self.queue(chunk, false, sample).await?;
         let n = self.stages.len();
         Ok(Box::pin(async move { Chain::answer(rx, n).await.map(|(_, tokens)| tokens) }))
+    }
+
+    async fn embed(&self, chunk: super::TokenChunk) -> Result<super::PendingEmbedding, PipelineError> {
+        let batch = self.batch(chunk);
+        let rx = self.stages[0].embed_through(batch, self.stages[1..].to_vec()).await?;
+        let last = self.stages.len() - 1;
+        Ok(Box::pin(async move {
+            match rx.await.map_err(|_| EngineError::StageGone)?? {
+                DecodeOutput::Embedding(v) => Ok(v),
+                _ => Err(PipelineError::Protocol { index: last, what: "no embedding" }),
+            }
+        }))
     }
 
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {

@@ -3,10 +3,12 @@
 
 mod bench;
 mod chain;
+mod embed;
 mod generate;
 
 pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
 pub use chain::{Chain, LOCAL};
+pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 
 use crate::engine::{LayerRange, SamplingParams, StageCounters, StageHandle, StageInfo, Token};
@@ -17,6 +19,9 @@ use std::pin::Pin;
 /// The answer to a submitted batch: the tokens sampled at its output rows (empty when it was
 /// not sampled).
 pub type Pending = Pin<Box<dyn Future<Output = Result<Vec<Token>, PipelineError>> + Send>>;
+
+/// The answer to a submitted embedding batch: the sum of the embeddings of its output rows.
+pub type PendingEmbedding = Pin<Box<dyn Future<Output = Result<Vec<f32>, PipelineError>> + Send>>;
 
 /// Token ids for one decode call, with the positions, sequences and output rows every stage uses.
 #[derive(Clone, Debug)]
@@ -66,6 +71,10 @@ pub trait Pipeline: Send + Sync {
     /// k+1 works on an earlier one. With `sample`, the last stage samples at the output rows
     /// with each row's sequence sampler.
     fn submit(&self, chunk: TokenChunk, sample: bool) -> impl Future<Output = Result<Pending, PipelineError>> + Send;
+    /// Queues one embedding batch (in order with [`Pipeline::submit`]ted ones): every stage
+    /// decodes it as usual and the last one answers the sum of the final embeddings (after the
+    /// output norm) of the output rows, `n_embd_out` floats.
+    fn embed(&self, chunk: TokenChunk) -> impl Future<Output = Result<PendingEmbedding, PipelineError>> + Send;
     /// Decodes the chunks in order (stages may work on consecutive chunks at once) and returns
     /// the tokens sampled at the output rows of the last chunk.
     fn run(&self, chunks: Vec<TokenChunk>) -> impl Future<Output = Result<Vec<Token>, PipelineError>> + Send {

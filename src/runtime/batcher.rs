@@ -303,6 +303,7 @@ impl Batcher {
         let mut params = job.req.sampling.clone();
         // a rebuilt sequence resumes its random stream after the draws it took
         params.draws = if params.temperature > 0.0 { job.generated } else { 0 };
+        params.generated = job.generated;
         self.tasks.spawn(async move {
             let keep = async {
                 let mut keep = keep;

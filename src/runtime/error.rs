@@ -18,6 +18,18 @@ pub enum Field {
     KeepAlive,
     Stop,
     LogitBias,
+    Messages,
+    Tools,
+    ToolChoice,
+    Format,
+    Think,
+    N,
+    Logprobs,
+    Images,
+    /// Embeddings: the texts or token ids to embed.
+    Input,
+    /// Embeddings: how many components to keep.
+    Dimensions,
 }
 
 impl Field {
@@ -36,13 +48,35 @@ impl Field {
             Field::KeepAlive => "keep_alive",
             Field::Stop => "stop",
             Field::LogitBias => "logit_bias",
+            Field::Messages => "messages",
+            Field::Tools => "tools",
+            Field::ToolChoice => "tool_choice",
+            Field::Format => "format",
+            Field::Think => "think",
+            Field::N => "n",
+            Field::Logprobs => "logprobs",
+            Field::Images => "images",
+            Field::Input => "input",
+            Field::Dimensions => "dimensions",
         }
     }
 
     /// As Ollama's API names it (sampling settings live under `options`).
     pub fn ollama(self) -> String {
         match self {
-            Field::Model | Field::Prompt | Field::KeepAlive => self.generic().to_string(),
+            Field::Model
+            | Field::Prompt
+            | Field::KeepAlive
+            | Field::Messages
+            | Field::Tools
+            | Field::ToolChoice
+            | Field::Format
+            | Field::Think
+            | Field::N
+            | Field::Logprobs
+            | Field::Images
+            | Field::Input
+            | Field::Dimensions => self.generic().to_string(),
             Field::MaxTokens => "options.num_predict".into(),
             f => format!("options.{}", f.generic()),
         }
@@ -52,6 +86,8 @@ impl Field {
     pub fn openai(self) -> &'static str {
         match self {
             Field::RepeatPenalty => "frequency_penalty",
+            Field::Format => "response_format",
+            Field::Think => "reasoning_effort",
             f => f.generic(),
         }
     }

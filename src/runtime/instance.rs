@@ -8,7 +8,7 @@ use super::request::KeepAlive;
 use crate::cluster::ClusterChain;
 use crate::engine::{LayerRange, SamplingParams, StageHandle, StageInfo, Token};
 use crate::gguf::ModelShape;
-use crate::pipeline::{Chain, Pending, Pipeline, PipelineError, PipelineReport, TokenChunk};
+use crate::pipeline::{Chain, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, TokenChunk};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +79,12 @@ impl Pipeline for Pipe {
             Pipe::Cluster(c) => c.submit(chunk, sample).await,
         }
     }
+    async fn embed(&self, chunk: TokenChunk) -> Result<PendingEmbedding, PipelineError> {
+        match self {
+            Pipe::Local(c) => c.embed(chunk).await,
+            Pipe::Cluster(c) => c.embed(chunk).await,
+        }
+    }
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
         match self {
             Pipe::Local(c) => Pipeline::seq_rm(c, seq, p0, p1).await,
@@ -125,6 +131,8 @@ pub struct Instance {
     keep_alive: Mutex<KeepAlive>,
     /// When this instance was made (placement changes replace the instance).
     pub created: SystemTime,
+    /// The chat template and tool format, read once ([`super::chat`]).
+    pub(crate) formatter: tokio::sync::OnceCell<Arc<super::chat::Formatter>>,
 }
 
 impl Instance {
@@ -160,6 +168,7 @@ impl Instance {
             last_used: Mutex::new(Instant::now()),
             keep_alive: Mutex::new(keep_alive),
             created: SystemTime::now(),
+            formatter: Default::default(),
         })
     }
 

@@ -5,6 +5,8 @@
 //! own event stream ([`Generation`]). Errors are one typed [`RuntimeError`]; the APIs map it once.
 
 mod batcher;
+mod chat;
+mod embed;
 pub mod error;
 mod heal;
 mod instance;
@@ -14,10 +16,13 @@ mod recovery;
 mod registry;
 pub mod request;
 mod session;
+mod thinking;
 pub mod validate;
 
+pub use chat::capabilities;
 pub use recovery::RecoveryRecord;
 
+pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use error::{ErrorKind, Field, RuntimeError};
 pub use instance::{Instance, Loaded, Pipe};
 pub use policy::Forced;
@@ -25,7 +30,7 @@ pub use request::{Event, Finish, GenRequest, Generation, Input, KeepAlive, Model
 pub use session::StopMatcher;
 
 use crate::cluster::ClusterNode;
-use crate::engine::{StageHandle, Token};
+use crate::engine::StageHandle;
 use crate::gguf::ModelShape;
 use crate::store::{LocalModel, PullProgress, Store};
 use registry::Registry;
@@ -211,7 +216,8 @@ impl Runtime {
         if let Some(k) = req.keep_alive {
             inst.set_keep_alive(k);
         }
-        let prompt = self.prompt(&inst, &req.input).await?;
+        let prepared = chat::prepare(&inst, &req).await?;
+        let prompt = inst.vocab.tokenize(&prepared.text, true, true).await?;
         let n_ctx = inst.loaded.n_ctx;
         if prompt.is_empty() {
             return Err(RuntimeError::field(Field::Prompt, "the prompt is empty"));
@@ -220,6 +226,7 @@ impl Runtime {
             return Err(RuntimeError::PromptTooLong { prompt: prompt.len(), n_ctx });
         }
         let mut sampling = req.sampling.clone();
+        sampling.grammar = prepared.grammar;
         sampling.repeat_last_n = validate::repeat_last_n(sampling.repeat_last_n, n_ctx)?;
         let n_vocab = inst.vocab.info().n_vocab;
         if let Some((t, _)) = sampling.logit_bias.iter().find(|(t, _)| *t < 0 || *t as usize >= n_vocab) {
@@ -243,22 +250,17 @@ impl Runtime {
         self.metrics.requests.inc(&labels);
         self.metrics.prompt_tokens.add(&labels, prompt_tokens as f64);
         let (tx, rx) = mpsc::channel(64);
+        let special = prepared.parse.is_some();
         let metrics = self.metrics.clone();
-        let session = session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, metrics };
+        let session =
+            session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, special, metrics };
         tokio::spawn(session.run(seq_rx, tx));
-        Ok(Generation { model: inst.name().to_string(), prompt_tokens, events: rx })
-    }
-
-    /// The request's text as the model reads it: the chat template applied, or as is.
-    async fn prompt(&self, inst: &Instance, input: &Input) -> Result<Vec<Token>, RuntimeError> {
-        let vocab = &inst.vocab;
-        let text = match input {
-            Input::Messages(m) if vocab.info().chat_template.is_some() => vocab.apply_template(m.clone(), true).await?,
-            // no template: plain concatenation, as llama.cpp's server does
-            Input::Messages(m) => m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
-            Input::Raw(t) => t.clone(),
+        let events = match (prepared.parse, prepared.split_thinking) {
+            (Some(format), _) => chat::parse_output(rx, format),
+            (None, Some(opened)) => thinking::split(rx, opened),
+            (None, None) => rx,
         };
-        Ok(vocab.tokenize(&text, true, true).await?)
+        Ok(Generation { model: inst.name().to_string(), prompt_tokens, events })
     }
 
     /// A sequence of `model`'s instance for the caller alone (waits for a free one).

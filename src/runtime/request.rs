@@ -2,6 +2,7 @@
 //! and the CLI translate into, and its event stream.
 
 use super::error::{Field, RuntimeError};
+use crate::chat::{OutputFormat, Tool, ToolCall, ToolChoice};
 use crate::engine::{ChatMessage, SamplingParams};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +119,13 @@ pub struct GenRequest {
     pub keep_alive: Option<KeepAlive>,
     /// Keep generating past end-of-generation tokens (benchmarks, `exo run --ignore-eos`).
     pub ignore_eos: bool,
+    /// Functions the model may call (chat input only).
+    pub tools: Vec<Tool>,
+    pub tool_choice: ToolChoice,
+    /// Structured output: the text must be JSON (of a schema).
+    pub format: Option<OutputFormat>,
+    /// Reasoning on or off for templates that support it (None: the template's default).
+    pub think: Option<bool>,
 }
 
 impl GenRequest {
@@ -131,6 +139,10 @@ impl GenRequest {
             num_ctx: None,
             keep_alive: None,
             ignore_eos: false,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            format: None,
+            think: None,
         }
     }
 }
@@ -143,6 +155,8 @@ pub enum Finish {
     StopSequence,
     /// max_tokens, the server's cap, or the context is full.
     Length,
+    /// The model called tools ([`Event::Done`]'s `tool_calls`).
+    ToolCalls,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -160,10 +174,15 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub enum Event {
     Text(String),
+    /// Reasoning, apart from the answer (a reasoning model asked to think).
+    Thinking(String),
     Done {
         finish: Finish,
         stop_sequence: Option<String>,
         stats: Stats,
+        /// Calls parsed from the output when the request offered tools (the text events then
+        /// carry only what the model said besides them).
+        tool_calls: Vec<ToolCall>,
     },
     /// Failed after the response had started.
     Failed(RuntimeError),

@@ -17,6 +17,8 @@ pub(crate) struct Session {
     /// When the request arrived, and how long it waited for the model to load.
     pub t0: Instant,
     pub load: Duration,
+    /// Special tokens as text (their markers delimit tool calls and channels).
+    pub special: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -69,7 +71,7 @@ impl Session {
                     self.metrics.generated_tokens.add(&[("model", self.instance.name())], batch.len() as f64);
                     last = Some(now);
                     generated += batch.len();
-                    let bytes = match self.instance.vocab.token_bytes(batch, false).await {
+                    let bytes = match self.instance.vocab.token_bytes(batch, self.special).await {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Event::Failed(e.into())).await;
@@ -88,8 +90,14 @@ impl Session {
                     }
                     if let Some(s) = hit {
                         let stats = self.stats(started, first, last, cached, generated);
-                        let _ =
-                            tx.send(Event::Done { finish: Finish::StopSequence, stop_sequence: Some(s), stats }).await;
+                        let _ = tx
+                            .send(Event::Done {
+                                finish: Finish::StopSequence,
+                                stop_sequence: Some(s),
+                                stats,
+                                tool_calls: vec![],
+                            })
+                            .await;
                         self.ended("stop_sequence");
                         return;
                     }
@@ -101,7 +109,7 @@ impl Session {
                     }
                     let finish = if length { Finish::Length } else { Finish::Stop };
                     let stats = self.stats(started, first, last, cached, generated);
-                    let _ = tx.send(Event::Done { finish, stop_sequence: None, stats }).await;
+                    let _ = tx.send(Event::Done { finish, stop_sequence: None, stats, tool_calls: vec![] }).await;
                     self.ended(if length { "length" } else { "stop" });
                     return;
                 }

@@ -21,9 +21,19 @@ pub const EOS: &str = "<|end_of_text|>";
 pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
 
-/// ChatML, which llama.cpp's built-in template support recognises.
-pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + \
-message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+/// ChatML (which llama.cpp's built-in template support recognises), with tools shown and called
+/// the Hermes way (`<tool_call>{json}</tool_call>`, answers in `<tool_response>`), as Qwen2.5's
+/// template does: without tools it renders plain ChatML.
+pub const CHAT_TEMPLATE: &str = "{%- if tools %}{{ '<|im_start|>system\\n' }}\
+{%- if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}\
+{{- 'You may call functions. Their signatures:\\n<tools>\\n' }}{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}\
+{{- '</tools>\\nTo call one, reply with <tool_call>{\"name\": <name>, \"arguments\": <object>}</tool_call>.<|im_end|>\\n' }}{% endif %}\
+{%- for message in messages %}{% if not (tools and loop.first and message['role'] == 'system') %}\
+{%- if message.tool_calls %}{{ '<|im_start|>assistant\\n' }}{% for c in message.tool_calls %}\
+{{- '<tool_call>\\n' }}{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}{{ '\\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\\n' }}\
+{%- elif message['role'] == 'tool' %}{{ '<|im_start|>user\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}\
+{%- else %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endif %}{% endif %}{% endfor %}\
+{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 pub struct Vocab {
     pub tokens: Vec<String>,

@@ -87,6 +87,8 @@ pub struct ModelSpec {
     /// change little under rounding (see `tiny-llama-calm`).
     pub layer_std: f32,
     pub seed: u64,
+    /// `{arch}.pooling_type` for embeddings (llama.cpp's values; None: not written).
+    pub pooling_type: Option<u32>,
 }
 
 /// Names accepted by [`preset`] (and `exo dev make-model --preset`).
@@ -114,6 +116,7 @@ pub fn preset(name: &str) -> Option<ModelSpec> {
         weight_type: WeightType::F32,
         layer_std: 0.05,
         seed: 42,
+        pooling_type: None,
     };
     Some(match name {
         "tiny-llama" => tiny(Arch::Llama, false),
@@ -170,6 +173,7 @@ pub fn real_shape(name: &str, weight_type: WeightType) -> Option<ModelSpec> {
         weight_type,
         layer_std: 0.05,
         seed: 0,
+        pooling_type: None,
     };
     Some(match name {
         "llama-3.1-8b" => ModelSpec { n_layer: 32, n_embd: 4096, n_head: 32, n_ff: 14336, ..base },
@@ -208,6 +212,9 @@ fn build(spec: &ModelSpec) -> (GgufWriter, f32) {
     w.set("general.name", s(&spec.name));
     w.set("general.file_type", Value::U32(spec.weight_type.file_type()));
     w.set(&format!("{a}.context_length"), Value::U32(spec.context_length));
+    if let Some(p) = spec.pooling_type {
+        w.set(&format!("{a}.pooling_type"), Value::U32(p));
+    }
     w.set(&format!("{a}.embedding_length"), Value::U32(spec.n_embd));
     w.set(&format!("{a}.block_count"), Value::U32(spec.n_layer));
     w.set(&format!("{a}.feed_forward_length"), Value::U32(spec.n_ff));

@@ -27,6 +27,12 @@ pub enum Kind {
     Handshake = 15,
     /// The answer to a handshake from another cluster: the responder's preamble.
     OtherCluster = 16,
+    // embeddings (see `EmbeddingMsg` below)
+    /// A [`BatchMsg`] of an embedding request: decoded like a `Forward`, but its last stage
+    /// answers an [`EmbeddingMsg`] instead of sampling.
+    EmbedForward = 17,
+    /// The last stage's answer to an `EmbedForward`.
+    Embedding = 18,
 }
 
 impl Kind {
@@ -49,6 +55,8 @@ impl Kind {
             14 => Bye,
             15 => Handshake,
             16 => OtherCluster,
+            17 => EmbedForward,
+            18 => Embedding,
             _ => return None,
         })
     }
@@ -175,6 +183,58 @@ impl BatchMsg {
     }
 }
 
+// ---- embeddings -------------------------------------------------------------------------------
+
+/// The last stage's answer to an embedding batch: the sum of the embeddings of its output rows,
+/// or why it failed. Binary: a tag byte (0: floats, 1: error text), a u32 count, then that many
+/// f32 (little-endian) or UTF-8 bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingMsg(pub Result<Vec<f32>, String>);
+
+/// Widest embedding a peer may send (far above any model's width).
+pub const MAX_EMBEDDING: usize = 1 << 20;
+
+impl EmbeddingMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(5 + self.0.as_ref().map_or_else(|e| e.len(), |v| v.len() * 4));
+        match &self.0 {
+            Ok(v) => {
+                b.push(0);
+                b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+            Err(e) => {
+                b.push(1);
+                b.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                b.extend_from_slice(e.as_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<EmbeddingMsg, TransportError> {
+        let bad = |d: &str| TransportError::Malformed { what: "embedding", detail: d.to_string() };
+        let mut r = Reader { b, at: 0 };
+        let tag = r.u8().ok_or_else(|| bad("short header"))?;
+        let n = r.u32().ok_or_else(|| bad("short header"))? as usize;
+        let rest = b.len() - r.at;
+        match tag {
+            0 => {
+                // checked against the bytes present before anything is allocated
+                if n > MAX_EMBEDDING || n * 4 != rest {
+                    return Err(bad(&format!("declares {n} floats but carries {rest} bytes")));
+                }
+                Ok(EmbeddingMsg(Ok((0..n).map(|_| f32::from_le_bytes(r.get().expect("length checked"))).collect())))
+            }
+            1 if n == rest => {
+                Ok(EmbeddingMsg(Err(String::from_utf8(r.take(n).to_vec()).map_err(|_| bad("error is not UTF-8"))?)))
+            }
+            1 => Err(bad(&format!("declares {n} bytes of error text but carries {rest}"))),
+            t => Err(bad(&format!("unknown tag {t}"))),
+        }
+    }
+}
+
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
@@ -235,5 +295,20 @@ mod tests {
         let mut huge = b.clone();
         huge[13..17].copy_from_slice(&u32::MAX.to_le_bytes()); // n
         assert!(BatchMsg::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn embedding_roundtrip_and_corruption() {
+        for m in [EmbeddingMsg(Ok(vec![0.5, -1.25, f32::MIN_POSITIVE])), EmbeddingMsg(Err("no stage".into()))] {
+            let b = m.encode();
+            assert_eq!(EmbeddingMsg::decode(&b).unwrap(), m);
+            assert!(EmbeddingMsg::decode(&b[..b.len() - 1]).is_err());
+            assert!(EmbeddingMsg::decode(&b[..3]).is_err());
+        }
+        let mut huge = EmbeddingMsg(Ok(vec![1.0])).encode();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(EmbeddingMsg::decode(&huge).is_err());
+        assert!(EmbeddingMsg::decode(&[7, 0, 0, 0, 0]).is_err());
+        assert!(EmbeddingMsg::decode(&[1, 1, 0, 0, 0, 0xff]).is_err());
     }
 }

@@ -12,7 +12,7 @@ pub use frame::{
     decode_header, encode_header, read_frame, read_frame_capped, write_frame, Frame, Header, HEADER_LEN, MAGIC,
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
-pub use message::{BatchMsg, Kind, LoadRefusal, LoadStage, SeqOp};
+pub use message::{BatchMsg, EmbeddingMsg, Kind, LoadRefusal, LoadStage, SeqOp, MAX_EMBEDDING};
 pub use noise::{Security, NOISE_PARAMS};
 
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ opts = {"num_predict": 8, "temperature": 0, "seed": 1}
 @check("ollama list")
 def _():
     names = [m.model for m in oc.list().models]
-    assert model in names, names
+    assert f"{model}:latest" in names, names  # tagged, as Ollama lists names
 
 
 @check("ollama show")
@@ -83,7 +83,7 @@ def _():
 @check("ollama ps")
 def _():
     names = [m.model for m in oc.ps().models]
-    assert model in names, names
+    assert f"{model}:latest" in names, names
 
 
 @check("ollama pull")

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: generated models, cached per build.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod hub;
 pub mod load;
 pub mod nodes;

@@ -75,6 +75,8 @@ pub fn seeded() -> SamplingParams {
         banned: vec![],
         logit_bias: vec![],
         draws: 0,
+        grammar: None,
+        generated: 0,
     }
 }
 

@@ -1,0 +1,98 @@
+//! Ollama's chat extras: messages with tool calls and tool results, `tools`, `format`, `think`,
+//! and `images` refused (no vision yet).
+
+use super::tools;
+use crate::engine::ChatMessage;
+use crate::runtime::RuntimeError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Deserialize)]
+pub(super) struct MessageIn {
+    role: String,
+    #[serde(default)]
+    content: String,
+    images: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_calls: Vec<CallIn>,
+    tool_name: Option<String>,
+    tool_call_id: Option<String>,
+    thinking: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallIn {
+    id: Option<String>,
+    function: FnIn,
+}
+
+#[derive(Deserialize)]
+struct FnIn {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// What a chat or generate request asks for besides the prompt.
+#[derive(Default)]
+pub(super) struct Extras {
+    pub tools: Vec<crate::chat::Tool>,
+    pub format: Option<crate::chat::OutputFormat>,
+    pub think: Option<bool>,
+}
+
+pub(super) fn extras(
+    tools_v: Option<&Value>,
+    format: Option<&Value>,
+    think: Option<&Value>,
+) -> Result<Extras, RuntimeError> {
+    let think = match think {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        // gpt-oss levels: reasoning is on at any level
+        Some(Value::String(s)) if ["low", "medium", "high"].contains(&s.as_str()) => Some(true),
+        Some(o) => {
+            return Err(RuntimeError::field(
+                crate::runtime::Field::Think,
+                format!("{o} is not true, false, low, medium or high"),
+            ))
+        }
+    };
+    Ok(Extras { tools: tools::function_tools(tools_v)?, format: tools::ollama_format(format)?, think })
+}
+
+pub(super) fn no_images(images: &Option<Vec<Value>>) -> Result<(), RuntimeError> {
+    match images {
+        Some(i) if !i.is_empty() => Err(RuntimeError::field(
+            crate::runtime::Field::Images,
+            "images are not supported: exo serves text models only (no vision yet)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn message(m: MessageIn) -> Result<ChatMessage, RuntimeError> {
+    no_images(&m.images)?;
+    let mut out = ChatMessage::new(m.role, m.content);
+    for (i, c) in m.tool_calls.into_iter().enumerate() {
+        let arguments = tools::arguments(&c.function.arguments)?;
+        out.tool_calls.push(crate::chat::ToolCall {
+            id: c.id.unwrap_or_else(|| format!("call_{i}")),
+            name: c.function.name,
+            arguments,
+        });
+    }
+    out.tool_call_id = m.tool_call_id;
+    out.name = m.tool_name;
+    out.thinking = m.thinking;
+    Ok(out)
+}
+
+/// Tool calls as Ollama writes them.
+pub(super) fn calls_json(calls: &[crate::chat::ToolCall]) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({ "id": c.id, "function": { "index": i, "name": c.name, "arguments": c.arguments } }))
+        .collect()
+}
