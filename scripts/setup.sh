@@ -24,8 +24,9 @@ Linux)
         SUDO=""
         if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
         pkgs=(build-essential cmake libclang-dev clang patch git pkg-config ca-certificates iproute2 curl
-              python3 python3-venv python3-pip)
-        # cmake builds llama.cpp; libclang-dev feeds bindgen; patch applies ggml-patches/
+              python3 python3-venv python3-pip chromium chromium-driver)
+        # cmake builds llama.cpp; libclang-dev feeds bindgen; patch applies ggml-patches/;
+        # chromium and its driver run the dashboard in tests/dashboard.rs
         if [ "$vulkan" = 1 ]; then pkgs+=(mesa-vulkan-drivers glslc libvulkan-dev spirv-headers); fi
         # the Node clients (tests/clients/js) need node >= 20; Debian 12's nodejs is 18, which
         # openai-node 6 no longer supports (it runs there, but unsupported): a newer node on PATH wins

@@ -14,6 +14,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod placement;

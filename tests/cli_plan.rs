@@ -37,6 +37,8 @@ fn plan(args: &[&str]) -> Output {
         .arg("plan")
         .args(args)
         .env("EXO_MODELS_DIRS", "/nonexistent")
+        // no node there, whatever runs on this machine
+        .env("EXO_API_ADDR", "127.0.0.1:1")
         .output()
         .unwrap()
 }
@@ -110,7 +112,13 @@ fn bad_cluster_files_name_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("node[1].memory") && err.contains("lots"), "{err}");
+    // without --cluster: the live cluster, which needs a running node (none here)
     let out = plan(&[m.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--cluster") && err.contains("exo serve"), "{err}");
+    // what only a described cluster can do
+    let out = plan(&[m.to_str().unwrap(), "--split", "0:40,40:80"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --cluster"));
 }

@@ -53,9 +53,11 @@ pub fn apply(router: Router, access: &Access) -> Router {
     r
 }
 
-/// Routes anyone may call: a liveness probe and the version (what clients check first).
+/// Routes anyone may call: a liveness probe and the version (what clients check first), and the
+/// dashboard's static page and assets (they hold no data; the page asks for the key).
 fn is_public(method: &Method, path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD) && (path == "/" || path == "/api/version")
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/" || path == "/api/version" || crate::api::dashboard::is_asset(path))
 }
 
 /// The key a client presented: `Authorization: Bearer KEY` (OpenAI's SDK, Ollama clients with

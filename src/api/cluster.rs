@@ -1,20 +1,25 @@
 //! Cluster routes: `GET /cluster` (nodes, measured links, instances), `POST /instances` (load a
-//! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs).
+//! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs),
+//! `GET /placements/preview?model=NAME` (the candidate placements, nothing loaded).
 
 use super::ollama::{error, runtime_error};
 use super::util::{model, parse};
-use super::AppState;
+use super::{status, AppState};
 use crate::engine::LayerRange;
 use crate::pipeline::{run_bench, BenchConfig, PipelineError};
-use crate::runtime::{Forced, LoadOptions, ModelRef};
+use crate::placement::{stage_memory, ModelCost};
+use crate::runtime::validate::{MAX_CONTEXT, MIN_CONTEXT};
+use crate::runtime::{Field, Forced, LoadOptions, ModelRef};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
+use std::time::SystemTime;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -22,6 +27,48 @@ pub fn routes() -> Router<AppState> {
         .route("/instances", post(create))
         .route("/instances/{id}", delete(remove))
         .route("/bench", post(bench))
+        .route("/placements/preview", get(preview))
+}
+
+/// `?model=NAME[&ctx=N]`: names only; every parameter checked, a 400 names the one at fault.
+async fn preview(State(state): State<AppState>, q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Response {
+    let Ok(Query(pairs)) = q else {
+        return error(StatusCode::BAD_REQUEST, "query: not a valid query string");
+    };
+    let (mut name, mut ctx) = (None, None);
+    for (k, v) in pairs {
+        let slot_taken = match k.as_str() {
+            "model" => name.replace(v).is_some(),
+            "ctx" => match v.parse::<u32>() {
+                Ok(n) if (MIN_CONTEXT..=MAX_CONTEXT as u32).contains(&n) => ctx.replace(n).is_some(),
+                _ => {
+                    let msg = format!("ctx: must be a number of tokens in [{MIN_CONTEXT}, {MAX_CONTEXT}]");
+                    return error(StatusCode::BAD_REQUEST, msg);
+                }
+            },
+            _ => return error(StatusCode::BAD_REQUEST, format!("{:?}: unknown parameter (model, ctx)", trunc(&k))),
+        };
+        if slot_taken {
+            return error(StatusCode::BAD_REQUEST, format!("{k}: given more than once"));
+        }
+    }
+    let Some(name) = name else {
+        return error(StatusCode::BAD_REQUEST, "model: missing (?model=NAME)");
+    };
+    let m = match model(&name) {
+        Ok(m) => m,
+        Err(e) => return runtime_error(e),
+    };
+    match state.runtime.preview(&m, ctx).await {
+        Ok(p) => axum::Json(p).into_response(),
+        // the context is this route's `ctx`
+        Err(e) => error(status(&e), e.message_with(|f| if f == Field::NumCtx { "ctx".into() } else { f.ollama() })),
+    }
+}
+
+/// At most 64 characters of a caller's text, for an error message.
+fn trunc(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 async fn cluster(State(state): State<AppState>) -> Response {
@@ -45,8 +92,23 @@ async fn cluster(State(state): State<AppState>) -> Response {
         .instances()
         .iter()
         .map(|i| {
-            let stages: Vec<_> = i.pipe().stages(&here).into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
-            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": i.loaded.n_seq, "context_length": i.loaded.n_ctx, "recoveries": i.recoveries() })
+            let l = &i.loaded;
+            let stages = i.pipe().stages(&here);
+            let k = stages.len();
+            let cost = ModelCost::from_shape(&l.name, &l.shape);
+            // each stage's memory as the placement estimates it: weights, KV and compute buffers
+            let memory: Vec<u64> = stages
+                .iter()
+                .enumerate()
+                .map(|(j, (_, r))| {
+                    let (w, kv, c) = stage_memory(&cost, r.begin, r.end, j == 0, j + 1 == k, l.n_ctx * l.n_seq, 512);
+                    w + kv + c
+                })
+                .collect();
+            let stages: Vec<_> =
+                stages.into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
+            let expires = i.expires_at().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
+            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": l.n_seq, "context_length": l.n_ctx, "stage_memory_bytes": memory, "size": l.size, "expires_in_seconds": expires, "recoveries": i.recoveries() })
         })
         .collect();
     // stages this node runs for coordinators (itself included)

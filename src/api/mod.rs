@@ -6,7 +6,9 @@
 pub mod access;
 pub mod anthropic;
 pub mod cluster;
+pub mod dashboard;
 mod embed;
+pub mod metrics;
 pub mod ollama;
 mod ollama_chat;
 pub mod openai;
@@ -39,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .merge(responses::routes())
         .merge(cluster::routes())
         .merge(embed::routes())
+        .merge(metrics::routes())
+        .merge(dashboard::routes())
         .fallback(|uri: axum::http::Uri| async move {
             // OpenAI clients read errors in OpenAI's shape
             if uri.path().starts_with("/v1/") {

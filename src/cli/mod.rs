@@ -18,6 +18,7 @@ mod dev;
 mod models;
 mod plan;
 mod progress;
+mod ps;
 mod remote;
 mod run;
 mod scenarios;
@@ -64,8 +65,15 @@ enum Command {
         #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
         api_addr: String,
     },
-    /// Preview a placement: which node runs which layers, memory and predicted speed.
+    /// Preview a placement: which node runs which layers, memory and predicted speed (for the
+    /// running node's cluster, or a described one with --cluster).
     Plan(plan::PlanArgs),
+    /// Models the running node has loaded: size, context, which node runs which layers, and
+    /// until when they stay loaded.
+    Ps {
+        #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
+        api_addr: String,
+    },
     /// Measure prompt and generation speed (like llama-bench), per stage and per node.
     Bench(bench::BenchArgs),
     /// Developer tools (test-model generation).
@@ -129,6 +137,11 @@ pub fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(remote::cluster(&api_addr))),
+        Some(Command::Ps { api_addr }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(ps::ps(&api_addr))),
         Some(Command::Pull(a)) => models::pull(a),
         Some(Command::List(a)) => models::list(a),
         Some(Command::Rm(a)) => models::rm(a),

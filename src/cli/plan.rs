@@ -1,4 +1,6 @@
-//! `exo plan MODEL --cluster FILE`: a placement preview (PRODUCT.md §1, §4).
+//! `exo plan MODEL --cluster FILE`: a placement preview (PRODUCT.md §1, §4) for a described
+//! cluster; without `--cluster`, for the live cluster of the running node (EXO_API_ADDR), whose
+//! `GET /placements/preview` prices its own placement next to exo's split and one node.
 
 use super::UsageError;
 use crate::gguf::{ModelFiles, ModelShape};
@@ -15,9 +17,10 @@ pub struct PlanArgs {
     /// Plan for a hypothetical cluster described in this TOML file.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
-    /// Context length the KV cache is sized for.
-    #[arg(long, default_value_t = 4096)]
-    pub ctx: u32,
+    /// Context length the KV cache is sized for (default: 4096 with --cluster; the node's
+    /// default context for the live cluster).
+    #[arg(long)]
+    pub ctx: Option<u32>,
     /// Prompt length for the time-to-first-token prediction.
     #[arg(long, default_value_t = 512)]
     pub prompt_len: u32,
@@ -37,10 +40,7 @@ pub struct PlanArgs {
 
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let Some(cluster_path) = &a.cluster else {
-        return Err(UsageError(
-            "exo plan needs --cluster FILE.toml for now: planning for the live cluster arrives with `exo serve`".into(),
-        )
-        .into());
+        return live(&a);
     };
     let text = std::fs::read_to_string(cluster_path).with_context(|| format!("reading {}", cluster_path.display()))?;
     let cluster =
@@ -58,7 +58,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         }
     };
     let opts = Options {
-        ctx: a.ctx,
+        ctx: a.ctx.unwrap_or(4096),
         prompt_len: a.prompt_len,
         required: a.require.clone(),
         max_stages: a.max_stages,
@@ -177,4 +177,94 @@ fn print_table(m: &ModelCost, o: &Options, p: &Plan) {
         o.prompt_len,
         p.ttft
     );
+}
+
+/// The running node's preview of MODEL (a name, or a file by its model name), printed.
+fn live(a: &PlanArgs) -> anyhow::Result<()> {
+    if a.split.is_some() || !a.require.is_empty() || a.max_stages.is_some() {
+        return Err(UsageError(
+            "--split, --require and --max-stages need --cluster FILE.toml; for the live cluster exo plan shows the candidates"
+                .into(),
+        )
+        .into());
+    }
+    let addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let v: serde_json::Value = rt.block_on(async {
+        let base = super::remote::running_node(&addr).await.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no exo node is running at {addr}: start one with `exo serve`, or plan for a described cluster with --cluster FILE.toml"
+            )
+        })?;
+        let name = super::remote::name_for_node(&a.model);
+        let mut q = vec![("model", name)];
+        q.extend(a.ctx.map(|c| ("ctx", c.to_string())));
+        let r = super::http().build()?.get(format!("{base}/placements/preview")).query(&q).send().await?;
+        if !r.status().is_success() {
+            return Err(super::remote::error_of(r).await);
+        }
+        Ok::<_, anyhow::Error>(r.json().await?)
+    })?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_candidates(&v);
+    }
+    let ours = v["candidates"].as_array().and_then(|c| c.first());
+    match ours {
+        Some(c) if c["fits"] == true => Ok(()),
+        Some(c) => Err(anyhow::anyhow!("{}", c["error"].as_str().unwrap_or("it does not fit"))),
+        None => Err(anyhow::anyhow!("the node sent no candidates")),
+    }
+}
+
+fn print_candidates(v: &serde_json::Value) {
+    let bytes = |x: &serde_json::Value| fmt_bytes(x.as_u64().unwrap_or(0));
+    outln!(
+        "{}: {} layers, {} of weights{}; context {} x {} sequences; nodes: {}",
+        v["model"].as_str().unwrap_or("?"),
+        v["n_layer"],
+        bytes(&v["weight_bytes"]),
+        if v["local"] == true { "" } else { " (not on the node yet)" },
+        v["context_per_sequence"],
+        v["sequences"],
+        v["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    for c in v["candidates"].as_array().cloned().unwrap_or_default() {
+        outln!();
+        let name = c["strategy"].as_str().unwrap_or("?");
+        if c["fits"] != true {
+            outln!("{name}: does not fit: {}", c["error"].as_str().unwrap_or("?"));
+            continue;
+        }
+        outln!(
+            "{name}: {:.2} tokens/s predicted, time to first token {:.2} s ({})",
+            c["predicted_decode_tokens_per_second"].as_f64().unwrap_or(0.0),
+            c["predicted_ttft_seconds"].as_f64().unwrap_or(0.0),
+            c["description"].as_str().unwrap_or("")
+        );
+        outln!(
+            "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>11}",
+            "NODE",
+            "LAYERS",
+            "WEIGHTS",
+            "KV",
+            "MEMORY USED/OFFERED",
+            "TIME SHARE"
+        );
+        for s in c["stages"].as_array().cloned().unwrap_or_default() {
+            outln!(
+                "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>10.1}%",
+                s["node"].as_str().unwrap_or("?"),
+                format!("{}:{}", s["begin"], s["end"]),
+                bytes(&s["weight_bytes"]),
+                bytes(&s["kv_bytes"]),
+                format!("{} / {}", bytes(&s["memory_bytes"]), bytes(&s["offered_bytes"])),
+                100.0 * s["time_share"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
 }

@@ -249,6 +249,11 @@ impl ClusterNode {
         open + self.retired_data_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Inference data sent on the open connection to each peer address (since it opened).
+    pub async fn data_bytes_by_addr(&self) -> Vec<(String, u64)> {
+        self.conns.lock().await.iter().map(|(a, c)| (a.clone(), c.data_bytes_sent())).collect()
+    }
+
     /// The connection to `addr`, opened (with the handshake) if needed.
     pub async fn conn(&self, addr: &str) -> Result<Conn, TransportError> {
         if let Some(c) = self.conns.lock().await.get(addr) {

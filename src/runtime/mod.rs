@@ -11,6 +11,7 @@ pub mod error;
 mod heal;
 mod instance;
 pub mod policy;
+pub mod preview;
 mod recovery;
 mod registry;
 pub mod request;
@@ -93,6 +94,8 @@ pub struct Runtime {
     shutdown: Arc<AtomicBool>,
     /// Loads started since this runtime began (each one shared by every request that waits).
     loads: std::sync::atomic::AtomicU64,
+    /// What `/metrics` reports: incremented where requests, tokens and loads happen.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A sequence of an instance lent to a caller that drives the pipeline itself (`exo bench`):
@@ -113,6 +116,7 @@ impl Runtime {
             registry: Registry::default(),
             shutdown: Arc::default(),
             loads: Default::default(),
+            metrics: Arc::default(),
         });
         // the reaper: unload what outlived its keep_alive
         let weak = Arc::downgrade(&rt);
@@ -155,6 +159,10 @@ impl Runtime {
     /// Loads started so far (concurrent first requests for a model share one).
     pub fn loads_started(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Loaded instances, by name.
@@ -238,9 +246,14 @@ impl Runtime {
             lease: false,
             events: seq_tx,
         })?;
+        let labels = [("model", inst.name())];
+        self.metrics.requests.inc(&labels);
+        self.metrics.prompt_tokens.add(&labels, prompt_tokens as f64);
         let (tx, rx) = mpsc::channel(64);
         let special = prepared.parse.is_some();
-        let session = session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, special };
+        let metrics = self.metrics.clone();
+        let session =
+            session::Session { instance: inst.clone(), stop: req.stop, prompt_tokens, t0, load, special, metrics };
         tokio::spawn(session.run(seq_rx, tx));
         let events = match (prepared.parse, prepared.split_thinking) {
             (Some(format), _) => chat::parse_output(rx, format),

@@ -178,14 +178,29 @@ pub fn decide(
     forced: Option<&Forced>,
 ) -> Result<Decision, RuntimeError> {
     let cost = ModelCost::from_shape(model, shape);
+    decide_cost(model, &cost, view, n_ctx_seq, asked_ctx, max_seq, n_batch, forced)
+}
+
+/// [`decide`] for a model known by its cost alone (a catalog model not on this node yet).
+#[allow(clippy::too_many_arguments)]
+pub fn decide_cost(
+    model: &str,
+    cost: &ModelCost,
+    view: &View,
+    n_ctx_seq: u32,
+    asked_ctx: bool,
+    max_seq: u32,
+    n_batch: u32,
+    forced: Option<&Forced>,
+) -> Result<Decision, RuntimeError> {
     let mut n_seq = max_seq.max(1);
     loop {
-        match try_place(&cost, view, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
+        match try_place(cost, view, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
             Ok(plan) => return Ok(Decision { n_seq, n_ctx_seq, plan }),
             Err(e) if memory_error(&e) && n_seq > 1 => n_seq /= 2,
             Err(e) if memory_error(&e) => {
                 let small = n_ctx_seq.min(256);
-                if asked_ctx && small < n_ctx_seq && try_place(&cost, view, forced, small, n_batch).is_ok() {
+                if asked_ctx && small < n_ctx_seq && try_place(cost, view, forced, small, n_batch).is_ok() {
                     return Err(RuntimeError::field(
                         Field::NumCtx,
                         format!("a context of {n_ctx_seq} tokens does not fit in the memory offered: {e}"),

@@ -247,6 +247,7 @@ async fn load(
         local_memory,
     };
     tracing::info!(model = key, n_ctx = loaded.n_ctx, n_seq = loaded.n_seq, secs = t.elapsed().as_secs_f64(), "loaded");
+    rt.metrics.load.observe(&[("model", key)], t.elapsed());
     // a cluster pipeline can be rebuilt over the nodes left when one fails; one the placement
     // search chose moves when the cluster offers a clearly faster placement
     let fixed = heal::Fixed {

@@ -19,6 +19,7 @@ pub(crate) struct Session {
     pub load: Duration,
     /// Special tokens as text (their markers delimit tool calls and channels).
     pub special: bool,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Session {
@@ -40,6 +41,7 @@ impl Session {
                 None => {
                     let _ =
                         tx.send(Event::Failed(RuntimeError::Failed { reason: "the model was unloaded".into() })).await;
+                    self.ended("error");
                     return;
                 }
             };
@@ -62,13 +64,18 @@ impl Session {
                         }
                     }
                     let now = Instant::now();
+                    if first.is_none() {
+                        self.metrics.ttft.observe(&[("model", self.instance.name())], now - self.t0);
+                    }
                     first.get_or_insert(now);
+                    self.metrics.generated_tokens.add(&[("model", self.instance.name())], batch.len() as f64);
                     last = Some(now);
                     generated += batch.len();
                     let bytes = match self.instance.vocab.token_bytes(batch, self.special).await {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Event::Failed(e.into())).await;
+                            self.ended("error");
                             return;
                         }
                     };
@@ -78,6 +85,7 @@ impl Session {
                     }
                     let (out, hit) = stops.push(&text);
                     if !out.is_empty() && tx.send(Event::Text(out)).await.is_err() {
+                        self.ended("cancelled");
                         return; // the caller left
                     }
                     if let Some(s) = hit {
@@ -90,6 +98,7 @@ impl Session {
                                 tool_calls: vec![],
                             })
                             .await;
+                        self.ended("stop_sequence");
                         return;
                     }
                 }
@@ -101,14 +110,21 @@ impl Session {
                     let finish = if length { Finish::Length } else { Finish::Stop };
                     let stats = self.stats(started, first, last, cached, generated);
                     let _ = tx.send(Event::Done { finish, stop_sequence: None, stats, tool_calls: vec![] }).await;
+                    self.ended(if length { "length" } else { "stop" });
                     return;
                 }
                 SeqEvent::Failed(e) => {
                     let _ = tx.send(Event::Failed(e)).await;
+                    self.ended("error");
                     return;
                 }
             }
         }
+    }
+
+    /// Counts the end of this generation for `/metrics`.
+    fn ended(&self, reason: &str) {
+        self.metrics.finished.inc(&[("model", self.instance.name()), ("reason", reason)]);
     }
 
     fn stats(
