@@ -398,6 +398,16 @@ async fn pull_streams_progress_and_delete_removes() {
     assert_eq!(ls.last().unwrap()["status"], "success");
     let (_, _, body) = call(&app, Method::GET, "/api/tags", None).await;
     assert!(body.contains("hf.co/org/Tiny-GGUF:q8_0"), "{body}");
+    // the download is listed as a finished transfer (the dashboard's panel)
+    let (_, _, body) = call(&app, Method::GET, "/cluster", None).await;
+    let t = serde_json::from_str::<Value>(&body).unwrap()["transfers"][0].clone();
+    let size = std::fs::metadata(common::model("tiny-qwen2")).unwrap().len();
+    assert_eq!(
+        (t["kind"].as_str(), t["state"].as_str(), t["source"].as_str()),
+        (Some("download"), Some("done"), Some("org/Tiny-GGUF")),
+        "{t}"
+    );
+    assert_eq!((t["done_bytes"].as_u64(), t["total_bytes"].as_u64()), (Some(size), Some(size)), "{t}");
     let (s, _, _) = post(&app, "/api/pull", json!({ "model": "hf.co/org/Nothing-GGUF", "stream": false })).await;
     assert!(s.is_client_error() || s.is_server_error());
     let (s, _, body) =

@@ -113,7 +113,9 @@ async fn cluster(State(state): State<AppState>) -> Response {
         .collect();
     // stages this node runs for coordinators (itself included)
     let hosted = rt.cluster().map(|c| c.hosted()).unwrap_or_default();
-    axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances, "hosted_stages": hosted }))
+    // downloads and window fetches of this node, running and recent
+    let transfers = rt.store().transfers.list();
+    axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances, "hosted_stages": hosted, "transfers": transfers }))
         .into_response()
 }
 

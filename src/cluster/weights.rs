@@ -166,14 +166,21 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
         let (model, from) = (ls.model.clone(), src.name());
         // a line every 2 s: a window of a big model takes minutes
         let shown = std::sync::Mutex::new(std::time::Instant::now());
+        let handle = Arc::new(node.store.transfers.start("window", &ls.model, &from, 0));
+        let recorded = handle.clone();
         let progress: fetch::OnProgress = Arc::new(move |done, total| {
+            recorded.progress(done, total);
             let mut shown = shown.lock().unwrap();
             if shown.elapsed() >= Duration::from_secs(2) {
                 *shown = std::time::Instant::now();
                 tracing::info!(model = %model, from = %from, done, total, "fetching the window");
             }
         });
-        match fetch::fetch_window(&dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await {
+        let fetched = fetch::fetch_window(&dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await;
+        if let Ok(h) = Arc::try_unwrap(handle) {
+            h.finish(fetched.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        match fetched {
             Ok((path, done)) => {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 if size != ls.model_size {

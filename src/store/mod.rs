@@ -11,11 +11,13 @@ mod hub;
 mod local;
 mod local_names;
 pub mod partial;
+mod transfers;
 
 pub use catalog::{Card, Known};
 pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
 pub use local::{quant_from_name, LocalModel, Location};
 pub use local_names::model_name;
+pub use transfers::{Shown, Transfer, TransferHandle, Transfers};
 
 use hub::Hub;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,8 @@ pub struct Store {
     /// Disk bytes partial models may take (EXO_PARTIAL_BUDGET_GB); least recently used go first.
     pub partial_budget: Option<u64>,
     free_space: FreeSpace,
+    /// Downloads and window fetches, running and recent (shared by every clone).
+    pub transfers: Transfers,
 }
 
 fn truthy(v: &str) -> bool {
@@ -120,6 +124,7 @@ impl Store {
                 .filter(|g| g.is_finite() && *g >= 0.0)
                 .map(|g| (g * 1e9) as u64),
             free_space: Arc::new(|p: &Path| fs4::available_space(p)),
+            transfers: Transfers::default(),
         }
     }
 
@@ -319,9 +324,15 @@ impl Store {
         };
         let remote = hub.describe(&r.repo, &files).await?;
         let dir = self.choose_dir(name, &r.repo, &remote)?;
-        progress.planned(remote.iter().map(|f| f.size).sum(), remote.len());
+        let total = remote.iter().map(|f| f.size).sum();
+        progress.planned(total, remote.len());
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        let paths = hub.download(&dir, &r.repo, &remote, progress).await?;
+        let shown = Arc::new(Shown { inner: progress, handle: self.transfers.start("download", name, &r.repo, total) });
+        let result = hub.download(&dir, &r.repo, &remote, shown.clone()).await;
+        if let Ok(s) = Arc::try_unwrap(shown) {
+            s.handle.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        let paths = result?;
         Ok(LocalModel {
             name: name.into(),
             size: remote.iter().map(|f| f.size).sum(),

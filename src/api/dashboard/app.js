@@ -47,6 +47,17 @@ async function poll() {
   }
 }
 
+/// A download or window fetch: what, from where, how far, how fast.
+function transferRow(t) {
+  const pct = t.total_bytes ? Math.min(100, (100 * t.done_bytes) / t.total_bytes) : 0;
+  const rate = t.seconds > 0 ? ` · ${bytes(t.done_bytes / t.seconds)}/s` : '';
+  const what = `${t.kind === 'window' ? 'layers of' : 'download of'} ${t.model} from ${t.source}`;
+  const state = t.state === 'failed' ? `failed: ${t.error || ''}` : t.state;
+  return el('li', { class: `transfer ${t.state}` },
+    el('div', {}, `${what}: ${bytes(t.done_bytes)} of ${bytes(t.total_bytes)} (${pct.toFixed(0)}%)${rate} · ${state}`),
+    el('div', { class: 'bar' }, el('i', { style: `width:${pct}%` })));
+}
+
 function draw(cluster, status) {
   const names = (cluster.nodes || []).map((n) => n.name);
   $('here').textContent = status.node;
@@ -68,6 +79,8 @@ function draw(cluster, status) {
       if (!seenRecoveries.has(k)) { seenRecoveries.add(k); event(`${i.model}: recovered: ${JSON.stringify(r)}`, 'recovery'); }
     }
   }
+  $('transfers').replaceChildren(...((cluster.transfers || []).length ? cluster.transfers.map(transferRow)
+    : [el('li', { class: 'muted' }, 'none')]));
   // the model pickers: local models and loaded ones
   const models = [...new Set([...status.local_models, ...insts.map((i) => i.model)])].sort();
   const sel = $('chat-model');

@@ -1,0 +1,184 @@
+//! Model bytes on the move: hub downloads and windows fetched from peers, running and the last
+//! few finished, with progress (what `/cluster` and the dashboard show).
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A pull's progress, reported to its caller and recorded as a transfer.
+pub struct Shown {
+    pub inner: std::sync::Arc<dyn super::PullProgress>,
+    pub handle: TransferHandle,
+}
+
+impl super::PullProgress for Shown {
+    fn planned(&self, total_bytes: u64, files: usize) {
+        self.inner.planned(total_bytes, files)
+    }
+    fn file_started(&self, file: &str, size: u64) {
+        self.inner.file_started(file, size)
+    }
+    fn advanced(&self, n: u64) {
+        self.handle.advance(n);
+        self.inner.advanced(n)
+    }
+    fn file_done(&self, file: &str) {
+        self.inner.file_done(file)
+    }
+    fn note(&self, msg: &str) {
+        self.inner.note(msg)
+    }
+}
+
+/// Finished transfers kept for display.
+const KEEP_FINISHED: usize = 16;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Transfer {
+    pub id: u64,
+    /// "download" (from the hub) or "window" (layers from a peer).
+    pub kind: &'static str,
+    pub model: String,
+    /// Where the bytes come from (the hub's repository, or a peer's address).
+    pub source: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// "running", "done" or "failed".
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub started_unix_ms: u64,
+    pub seconds: f64,
+    #[serde(skip)]
+    t0: Instant,
+}
+
+/// Shared by every clone of a [`super::Store`].
+#[derive(Clone, Default)]
+pub struct Transfers(Arc<Mutex<(u64, VecDeque<Transfer>)>>);
+
+impl Transfers {
+    pub fn start(&self, kind: &'static str, model: &str, source: &str, total_bytes: u64) -> TransferHandle {
+        let mut g = self.0.lock().unwrap();
+        g.0 += 1;
+        let id = g.0;
+        let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        g.1.push_back(Transfer {
+            id,
+            kind,
+            model: model.to_string(),
+            source: source.to_string(),
+            done_bytes: 0,
+            total_bytes,
+            state: "running",
+            error: None,
+            started_unix_ms,
+            seconds: 0.0,
+            t0: Instant::now(),
+        });
+        // drop the oldest finished ones beyond what is shown
+        while g.1.iter().filter(|t| t.state != "running").count() > KEEP_FINISHED {
+            let Some(i) = g.1.iter().position(|t| t.state != "running") else { break };
+            g.1.remove(i);
+        }
+        TransferHandle { transfers: self.clone(), id, open: true }
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<Transfer> {
+        let g = self.0.lock().unwrap();
+        g.1.iter()
+            .rev()
+            .map(|t| {
+                let mut t = t.clone();
+                if t.state == "running" {
+                    t.seconds = t.t0.elapsed().as_secs_f64();
+                }
+                t
+            })
+            .collect()
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut Transfer)) {
+        if let Some(t) = self.0.lock().unwrap().1.iter_mut().find(|t| t.id == id) {
+            f(t)
+        }
+    }
+}
+
+/// One running transfer; dropped unfinished, it is marked failed ("stopped").
+pub struct TransferHandle {
+    transfers: Transfers,
+    id: u64,
+    open: bool,
+}
+
+impl TransferHandle {
+    pub fn progress(&self, done_bytes: u64, total_bytes: u64) {
+        self.transfers.update(self.id, |t| {
+            t.done_bytes = done_bytes;
+            t.total_bytes = total_bytes.max(done_bytes);
+        });
+    }
+
+    pub fn advance(&self, n: u64) {
+        self.transfers.update(self.id, |t| {
+            t.done_bytes += n;
+            t.total_bytes = t.total_bytes.max(t.done_bytes);
+        });
+    }
+
+    pub fn finish(mut self, result: Result<(), String>) {
+        self.close(result);
+    }
+
+    fn close(&mut self, result: Result<(), String>) {
+        if !std::mem::replace(&mut self.open, false) {
+            return;
+        }
+        self.transfers.update(self.id, |t| {
+            t.seconds = t.t0.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => {
+                    t.state = "done";
+                    t.done_bytes = t.total_bytes.max(t.done_bytes);
+                }
+                Err(e) => {
+                    t.state = "failed";
+                    t.error = Some(e);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for TransferHandle {
+    fn drop(&mut self) {
+        self.close(Err("stopped".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_finish_and_bounded_history() {
+        let t = Transfers::default();
+        let a = t.start("download", "m", "org/m", 100);
+        a.advance(30);
+        a.advance(20);
+        assert_eq!((t.list()[0].done_bytes, t.list()[0].state), (50, "running"));
+        a.finish(Ok(()));
+        assert_eq!((t.list()[0].done_bytes, t.list()[0].state), (100, "done"));
+        drop(t.start("window", "m", "127.0.0.1:1", 10)); // dropped unfinished
+        assert_eq!((t.list()[0].state, t.list()[0].error.as_deref()), ("failed", Some("stopped")));
+        for _ in 0..40 {
+            t.start("window", "m", "p", 1).finish(Err("x".into()));
+        }
+        let running = t.start("window", "m", "p", 1);
+        assert_eq!(t.list().len(), KEEP_FINISHED + 1);
+        assert_eq!(t.list()[0].state, "running");
+        running.progress(1, 1);
+    }
+}
