@@ -106,6 +106,7 @@ fn tool_formats_and_capabilities_are_read_from_the_templates() {
         ("qwen3", Some(F::Hermes)),
         ("mistral-nemo", Some(F::Mistral)),
         ("gpt-oss", Some(F::Harmony)),
+        ("deepseek-r1-distill-qwen", Some(F::DeepSeek)),
         ("gemma3", None),
         ("smollm2", None),
     ];

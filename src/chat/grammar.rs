@@ -44,7 +44,7 @@ pub fn tool_grammar(format: ToolFormat, tools: &[Tool], choice: &ToolChoice) -> 
         check_schema(&t.parameters, &t.parameters, 0)
             .map_err(|e| ChatError::BadTool { name: t.name.clone(), reason: e.to_string() })?;
     }
-    if format == ToolFormat::Harmony {
+    if matches!(format, ToolFormat::Harmony | ToolFormat::DeepSeek) {
         // the name is outside the JSON: one tool per grammar
         let [t] = chosen.as_slice() else {
             return Err(ChatError::Schema {
@@ -53,8 +53,18 @@ pub fn tool_grammar(format: ToolFormat, tools: &[Tool], choice: &ToolChoice) -> 
             });
         };
         let args = rename_root(&convert(&t.parameters)?, "args");
-        let head = gbnf_literal(&format!("<|channel|>commentary to=functions.{} <|constrain|>json<|message|>", t.name));
-        return Ok(Some(format!("root ::= {head} args\n{args}")));
+        use super::tools::{DS_CALL, DS_CALLS, DS_CALLS_END, DS_END, DS_SEP};
+        let (head, tail) = match format {
+            ToolFormat::Harmony => {
+                (format!("<|channel|>commentary to=functions.{} <|constrain|>json<|message|>", t.name), String::new())
+            }
+            _ => (
+                format!("{DS_CALLS}{DS_CALL}function{DS_SEP}{}\n```json\n", t.name),
+                format!("\n```{DS_END}{DS_CALLS_END}"),
+            ),
+        };
+        let tail = if tail.is_empty() { String::new() } else { format!(" {}", gbnf_literal(&tail)) };
+        return Ok(Some(format!("root ::= {} args{tail}\n{args}", gbnf_literal(&head))));
     }
     let key = format.arguments_key();
     let calls: Vec<Value> = chosen
@@ -212,5 +222,7 @@ mod tests {
         ));
         let g = tool_grammar(ToolFormat::Harmony, &tools, &ToolChoice::Named("get_weather".into())).unwrap().unwrap();
         assert!(g.contains("to=functions.get_weather") && g.contains("args ::="), "{g}");
+        let g = tool_grammar(ToolFormat::DeepSeek, &tools, &ToolChoice::Named("get_weather".into())).unwrap().unwrap();
+        assert!(g.contains("tool▁sep｜>get_weather") && g.contains("tool▁calls▁end") && g.contains("args ::="), "{g}");
     }
 }

@@ -1,8 +1,9 @@
 //! Tool calls in generated text, in the formats models are trained on: Hermes/Qwen
 //! (`<tool_call>{json}</tool_call>`), Llama 3.x (a bare JSON object, or after `<|python_tag|>`),
 //! Mistral (`[TOOL_CALLS][{...}]`, or `[TOOL_CALLS]name[ARGS]{...}`) and gpt-oss's harmony
-//! (`<|channel|>commentary to=functions.name ... <|message|>{json}<|call|>`). Which one a model
-//! uses is read from its chat template.
+//! (`<|channel|>commentary to=functions.name ... <|message|>{json}<|call|>`) and DeepSeek's
+//! (`<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + a fenced JSON block). Which one a model uses
+//! is read from its chat template.
 
 use super::ToolCall;
 use serde_json::Value;
@@ -13,6 +14,7 @@ pub enum ToolFormat {
     Llama3,
     Mistral,
     Harmony,
+    DeepSeek,
     /// The template shows tools but in no format we know: JSON objects with name and arguments.
     Generic,
 }
@@ -29,6 +31,8 @@ impl ToolFormat {
             ToolFormat::Mistral
         } else if template.contains("<|channel|>") {
             ToolFormat::Harmony
+        } else if template.contains(DS_CALL) {
+            ToolFormat::DeepSeek
         } else if template.contains("<|python_tag|>") || template.contains("<|start_header_id|>") {
             ToolFormat::Llama3
         } else {
@@ -52,6 +56,7 @@ pub fn parse_tool_calls(format: ToolFormat, text: &str) -> (String, Vec<ToolCall
         ToolFormat::Hermes => tagged(text, "<tool_call>", "</tool_call>"),
         ToolFormat::Mistral => mistral(text),
         ToolFormat::Harmony => harmony(text),
+        ToolFormat::DeepSeek => deepseek(text),
         ToolFormat::Llama3 | ToolFormat::Generic => {
             let t = text.trim_start();
             let t = t.strip_prefix("<|python_tag|>").unwrap_or(t);
@@ -150,6 +155,30 @@ fn mistral(text: &str) -> (String, Vec<(String, Value)>) {
     (before.to_string(), calls)
 }
 
+pub(super) const DS_CALL: &str = "<｜tool▁call▁begin｜>";
+pub(super) const DS_SEP: &str = "<｜tool▁sep｜>";
+pub(super) const DS_END: &str = "<｜tool▁call▁end｜>";
+pub(super) const DS_CALLS: &str = "<｜tool▁calls▁begin｜>";
+pub(super) const DS_CALLS_END: &str = "<｜tool▁calls▁end｜>";
+
+/// DeepSeek: `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\n{...}\n```<｜tool▁call▁end｜>`,
+/// inside `<｜tool▁calls▁begin｜>…<｜tool▁calls▁end｜>`.
+fn deepseek(text: &str) -> (String, Vec<(String, Value)>) {
+    let Some(first) = text.find(DS_CALLS).or_else(|| text.find(DS_CALL)) else { return (text.to_string(), Vec::new()) };
+    let mut calls = Vec::new();
+    for part in text[first..].split(DS_CALL).skip(1) {
+        let body = part.split(DS_END).next().unwrap_or(part);
+        let Some((_, rest)) = body.split_once(DS_SEP) else { return (text.to_string(), Vec::new()) };
+        let (name, args) = rest.split_once('\n').unwrap_or((rest, ""));
+        let args = args.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
+        match serde_json::from_str::<Value>(args) {
+            Ok(a @ Value::Object(_)) if !name.trim().is_empty() => calls.push((name.trim().to_string(), a)),
+            _ => return (text.to_string(), Vec::new()),
+        }
+    }
+    (text[..first].to_string(), calls)
+}
+
 /// Harmony: calls on the commentary channel; the answer is the final channel's message.
 fn harmony(text: &str) -> (String, Vec<(String, Value)>) {
     let mut calls = Vec::new();
@@ -234,6 +263,18 @@ mod tests {
             ),
             "Hi!"
         );
+    }
+
+    #[test]
+    fn deepseek() {
+        let ds = "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"location\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+        let (t, c) = parse_tool_calls(ToolFormat::DeepSeek, ds);
+        assert_eq!((t.as_str(), names(&c)), ("Checking.", vec![("get_weather", &json!({"location": "Paris"}))]));
+        let (t, c) = parse_tool_calls(
+            ToolFormat::DeepSeek,
+            "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\nnot json\n```",
+        );
+        assert!(c.is_empty() && t.contains("not json"));
     }
 
     #[test]
