@@ -14,23 +14,10 @@ pub(super) struct MessageIn {
     content: String,
     images: Option<Vec<Value>>,
     #[serde(default)]
-    tool_calls: Vec<CallIn>,
+    tool_calls: Vec<tools::CallIn>,
     tool_name: Option<String>,
     tool_call_id: Option<String>,
     thinking: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CallIn {
-    id: Option<String>,
-    function: FnIn,
-}
-
-#[derive(Deserialize)]
-struct FnIn {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
 }
 
 /// What a chat or generate request asks for besides the prompt.
@@ -74,14 +61,7 @@ pub(super) fn no_images(images: &Option<Vec<Value>>) -> Result<(), RuntimeError>
 pub(super) fn message(m: MessageIn) -> Result<ChatMessage, RuntimeError> {
     no_images(&m.images)?;
     let mut out = ChatMessage::new(m.role, m.content);
-    for (i, c) in m.tool_calls.into_iter().enumerate() {
-        let arguments = tools::arguments(&c.function.arguments)?;
-        out.tool_calls.push(crate::chat::ToolCall {
-            id: c.id.unwrap_or_else(|| format!("call_{i}")),
-            name: c.function.name,
-            arguments,
-        });
-    }
+    out.tool_calls = tools::calls_in(m.tool_calls)?;
     out.tool_call_id = m.tool_call_id;
     out.name = m.tool_name;
     out.thinking = m.thinking;

@@ -3,7 +3,6 @@
 
 use super::util::{model, parse, random_seed, stream_body, unix_now, TextContent};
 use super::{openai_stream, tools, AppState};
-use crate::chat::ToolCall;
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::runtime::{Field, Finish, GenRequest, Input, RuntimeError, Stats};
 use axum::body::Bytes;
@@ -65,22 +64,9 @@ struct Message {
     #[serde(default)]
     content: Option<TextContent>,
     #[serde(default)]
-    tool_calls: Vec<CallIn>,
+    tool_calls: Vec<tools::CallIn>,
     tool_call_id: Option<String>,
     name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CallIn {
-    id: Option<String>,
-    function: FnIn,
-}
-
-#[derive(Deserialize)]
-struct FnIn {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
 }
 
 #[derive(Deserialize)]
@@ -274,14 +260,7 @@ fn message(m: Message) -> Result<ChatMessage, Response> {
     let content = m.content.map(TextContent::text).transpose().map_err(bad)?.unwrap_or_default();
     let role = if m.role == "developer" { "system".to_string() } else { m.role };
     let mut out = ChatMessage::new(role, content);
-    for (i, c) in m.tool_calls.into_iter().enumerate() {
-        let arguments = tools::arguments(&c.function.arguments).map_err(runtime_error)?;
-        out.tool_calls.push(ToolCall {
-            id: c.id.unwrap_or_else(|| format!("call_{i}")),
-            name: c.function.name,
-            arguments,
-        });
-    }
+    out.tool_calls = tools::calls_in(m.tool_calls).map_err(runtime_error)?;
     out.tool_call_id = m.tool_call_id;
     out.name = m.name;
     Ok(out)

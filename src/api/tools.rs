@@ -151,6 +151,36 @@ pub fn openai_format(v: Option<&Value>) -> Result<Option<OutputFormat>, RuntimeE
     }
 }
 
+/// A tool call of an earlier turn as OpenAI and Ollama send it: `{id?, function: {name,
+/// arguments}}`, arguments an object or (OpenAI) a JSON string of one.
+#[derive(Deserialize)]
+pub struct CallIn {
+    id: Option<String>,
+    function: FnIn,
+}
+
+#[derive(Deserialize)]
+struct FnIn {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// Earlier calls, checked; ids made up (`call_N`) where the client gave none.
+pub fn calls_in(calls: Vec<CallIn>) -> Result<Vec<ToolCall>, RuntimeError> {
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(ToolCall {
+                id: c.id.unwrap_or_else(|| format!("call_{i}")),
+                arguments: arguments(&c.function.arguments)?,
+                name: c.function.name,
+            })
+        })
+        .collect()
+}
+
 /// Arguments as they arrive in earlier turns: an object, or (OpenAI) a JSON string of one.
 pub fn arguments(v: &Value) -> Result<Value, RuntimeError> {
     match v {

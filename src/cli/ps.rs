@@ -13,13 +13,6 @@ pub async fn ps(addr: &str) -> anyhow::Result<()> {
     let v: Value = r.json().await?;
     outln!("{:<28} {:>10} {:>8} {:<40} {:<18}", "NAME", "SIZE", "CONTEXT", "STAGES", "UNTIL");
     for i in v["instances"].as_array().cloned().unwrap_or_default() {
-        let stages: Vec<String> = i["stages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| format!("{}={}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
-            .collect();
         let until = match i["expires_in_seconds"].as_u64() {
             None => "Forever".to_string(),
             Some(s) => format!("{} from now", human(s)),
@@ -29,7 +22,7 @@ pub async fn ps(addr: &str) -> anyhow::Result<()> {
             i["model"].as_str().unwrap_or("?"),
             crate::placement::units::fmt_bytes(i["size"].as_u64().unwrap_or(0)),
             i["context_length"].to_string(),
-            stages.join(","),
+            super::remote::stages_text(&i, ","),
             until
         );
     }

@@ -58,14 +58,7 @@ pub async fn cluster(addr: &str) -> anyhow::Result<()> {
         }
     }
     for i in v["instances"].as_array().cloned().unwrap_or_default() {
-        let stages: Vec<String> = i["stages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| format!("{}={}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
-            .collect();
-        outln!("instance {}: {}", i["model"].as_str().unwrap_or("?"), stages.join(", "));
+        outln!("instance {}: {}", i["model"].as_str().unwrap_or("?"), stages_text(&i, ", "));
     }
     Ok(())
 }
@@ -232,4 +225,14 @@ pub fn named_split(stages: &[crate::placement::ForcedStage]) -> Result<Value, Us
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Value::Array)
+}
+
+/// An instance's stages as `node=begin:end` joined by `sep` (from `/cluster`).
+pub(super) fn stages_text(instance: &Value, sep: &str) -> String {
+    let stages = instance["stages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    stages
+        .iter()
+        .map(|s| format!("{}={}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
