@@ -256,7 +256,7 @@ async fn chat_errors_name_their_field() {
     let models = models_dir();
     let (app, _rt) = app(models.path(), limits());
     let ask = json!([{ "role": "user", "content": "Hi" }]);
-    let cases: Vec<(&str, Value, &str)> = vec![
+    let mut cases: Vec<(&str, Value, &str)> = vec![
         ("/v1/chat/completions", json!({ "model": "tiny-llama", "messages": ask, "tools": "nope" }), "tools"),
         (
             "/v1/chat/completions",
@@ -333,6 +333,13 @@ async fn chat_errors_name_their_field() {
             "response_format",
         ),
     ];
+    // a schema whose grammar would be huge is refused before anything is admitted
+    let huge: Vec<String> = (0..20_000).map(|i| format!("choice-number-{i:08}")).collect();
+    cases.push((
+        "/api/generate",
+        json!({ "model": "tiny-llama", "prompt": "Hi", "raw": true, "format": { "enum": huge } }),
+        "format",
+    ));
     for (uri, body, field) in cases {
         let (s, _, b) = post(&app, uri, body.clone()).await;
         assert!(s.is_client_error(), "{uri} {body}: {s} {b}");

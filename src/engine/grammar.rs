@@ -19,6 +19,8 @@ pub fn json_schema_to_grammar(schema: &serde_json::Value) -> Result<String, Engi
 /// One sequence's grammar state.
 pub(super) struct Grammar {
     ptr: NonNull<sys::llama_sampler>,
+    /// The candidates array, reused for every token (a vocabulary's worth of entries).
+    data: Vec<sys::llama_token_data>,
 }
 
 // SAFETY: the sampler is only used from the stage thread that owns it; llama.cpp samplers hold no
@@ -36,7 +38,7 @@ impl Grammar {
         // SAFETY: vocab belongs to the stage's loaded model, which outlives this sampler (both are
         // owned by the stage thread, samplers dropped first); the strings are NUL-terminated.
         let p = unsafe { sys::llama_rs_sampler_init_grammar(vocab, g.as_ptr(), root.as_ptr()) };
-        NonNull::new(p).map(|ptr| Grammar { ptr }).ok_or_else(|| EngineError::Grammar {
+        NonNull::new(p).map(|ptr| Grammar { ptr, data: Vec::new() }).ok_or_else(|| EngineError::Grammar {
             reason: Some(super::log::take_errors())
                 .filter(|e| !e.is_empty())
                 .unwrap_or_else(|| "llama.cpp refused the grammar".into()),
@@ -45,17 +47,19 @@ impl Grammar {
 
     /// Sets the logits of tokens the grammar does not allow next to -inf.
     pub fn constrain(&mut self, logits: &mut [f32]) {
-        let mut data: Vec<sys::llama_token_data> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &logit)| sys::llama_token_data { id: i as Token, logit, p: 0.0 })
-            .collect();
+        let data = &mut self.data;
+        data.clear();
+        data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
+            id: i as Token,
+            logit,
+            p: 0.0,
+        }));
         let mut arr =
             sys::llama_token_data_array { data: data.as_mut_ptr(), size: data.len(), selected: -1, sorted: false };
         // SAFETY: arr points at `data`, alive and exclusively borrowed for the call; the grammar
         // sampler only rewrites logits in place (it does not resize or reorder).
         unsafe { sys::llama_sampler_apply(self.ptr.as_ptr(), &mut arr) };
-        for d in &data {
+        for d in data.iter() {
             logits[d.id as usize] = d.logit;
         }
     }

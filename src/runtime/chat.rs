@@ -81,6 +81,20 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) async fn prepare(inst: &Instance, req: &GenRequest) -> Result<Prepared, RuntimeError> {
+    let p = prepare_unchecked(inst, req).await?;
+    // checked here, not first on the last stage after the request was admitted
+    if let Some(g) = p.grammar.as_ref().filter(|g| g.len() > crate::engine::MAX_GRAMMAR) {
+        let field = if req.format.is_some() { Field::Format } else { Field::Tools };
+        let max = crate::engine::MAX_GRAMMAR;
+        return Err(RuntimeError::field(
+            field,
+            format!("its grammar takes {} bytes, more than the {max} allowed; simplify the schema", g.len()),
+        ));
+    }
+    Ok(p)
+}
+
+async fn prepare_unchecked(inst: &Instance, req: &GenRequest) -> Result<Prepared, RuntimeError> {
     let f = inst.formatter().await;
     let tools_err = |e: ChatError| match e {
         ChatError::UnknownTool { .. } => RuntimeError::field(Field::ToolChoice, e.to_string()),
