@@ -228,6 +228,12 @@ async fn nodes_without_the_model_fetch_their_windows_from_the_node_that_has_it()
     let window = want_bytes(&model, 0, 4);
     assert!(pb.allocated().abs_diff(window) <= window / 20 + (1 << 20), "b holds {} for {window}", pb.allocated());
     assert!(pb.has_window(0, 4));
+    // the others learn what b holds from its pongs: a has the whole file, b a window
+    wait_for(&http, &format!("{api}/cluster"), |v| {
+        let held = |n: &str| v["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap()["held"].clone();
+        held("b")[0]["windows"] == json!([[0, 4]]) && held("b")[0]["whole"] == false && held("a")[0]["whole"] == true
+    })
+    .await;
 
     // 3 nodes: c gets the last stage (head) from a; b grows its file to 0..6
     place(

@@ -75,7 +75,7 @@ async fn cluster(State(state): State<AppState>) -> Response {
     let rt = &state.runtime;
     let (me, peers) = match rt.cluster() {
         Some(c) => (
-            json!({ "node_id": c.hello.node_id, "name": c.hello.node_name, "address": c.hello.peer_addr, "namespace": c.hello.namespace, "self": true, "profile": c.profile(), "key": c.key_fingerprint(), "cluster_key_id": c.key_id().to_string() }),
+            json!({ "node_id": c.hello.node_id, "name": c.hello.node_name, "address": c.hello.peer_addr, "namespace": c.hello.namespace, "self": true, "profile": c.profile(), "held": c.held_here(), "key": c.key_fingerprint(), "cluster_key_id": c.key_id().to_string() }),
             c.peers(),
         ),
         None => (json!({ "name": "local", "self": true }), vec![]),
@@ -84,7 +84,7 @@ async fn cluster(State(state): State<AppState>) -> Response {
     let mut nodes = vec![me];
     let mut links = Vec::new();
     for p in &peers {
-        nodes.push(json!({ "node_id": p.node_id, "name": p.name, "address": p.address, "self": false, "last_seen_ms_ago": p.last_seen_ms_ago, "profile": p.profile, "key": p.key }));
+        nodes.push(json!({ "node_id": p.node_id, "name": p.name, "address": p.address, "self": false, "last_seen_ms_ago": p.last_seen_ms_ago, "profile": p.profile, "held": p.held, "key": p.key }));
         links
             .push(json!({ "from": here, "to": p.name, "rtt_ms": p.rtt_ms, "bandwidth_bytes_per_second": p.bandwidth }));
     }

@@ -137,7 +137,7 @@ pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
         Kind::Tokens => decode_tokens(b).map(drop),
         Kind::SeqOp => j::<SeqOpMsg>(b),
         Kind::Unload => j::<UnloadMsg>(b),
-        Kind::Pong => j::<crate::profile::Profile>(b),
+        Kind::Pong => j::<super::holdings::Pong>(b),
         Kind::Error => j::<LoadRefusal>(b),
         Kind::WeightsAsk => j::<crate::transport::WeightsAsk>(b),
         Kind::WeightsMeta => j::<crate::transport::WeightsMeta>(b),

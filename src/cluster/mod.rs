@@ -3,6 +3,7 @@
 //! and coordinates pipelines whose stages run on other nodes ([`ClusterChain`]).
 
 mod coordinator;
+pub mod holdings;
 mod host;
 mod limits;
 mod weights;
@@ -63,6 +64,10 @@ pub struct PeerStatus {
     pub bandwidth: Option<f64>,
     pub last_seen_ms_ago: u64,
     pub profile: Option<Profile>,
+    /// Models it holds, as its last pong said.
+    pub held: Vec<holdings::Held>,
+    /// The links it measured to its own peers, as its last pong said.
+    pub links: Vec<holdings::LinkFigure>,
     /// First 8 bytes of the node's Noise static key, in hex (its identity on the wire).
     pub key: String,
 }
@@ -85,6 +90,8 @@ struct PeerState {
     rtt: Option<Duration>,
     bandwidth: Option<f64>,
     profile: Option<Profile>,
+    held: Vec<holdings::Held>,
+    links: Vec<holdings::LinkFigure>,
 }
 
 impl PeerState {
@@ -122,6 +129,8 @@ pub struct ClusterNode {
     profile: Mutex<Profile>,
     /// The decode probe's figure (or EXO_DECODE_GBPS); the profile refines it.
     probe: Mutex<Option<f64>>,
+    /// What this node's store holds (what its pongs tell).
+    held: Mutex<Vec<holdings::Held>>,
     memory_limit: Option<u64>,
     discovery: Mutex<Option<crate::discovery::Discovery>>,
 }
@@ -157,6 +166,7 @@ impl ClusterNode {
             host: host::Host::default(),
             profile: Mutex::new(profile::snapshot(cfg.memory_limit, cfg.decode_gbps)),
             probe: Mutex::new(cfg.decode_gbps),
+            held: Mutex::new(vec![]),
             memory_limit: cfg.memory_limit,
             discovery: Mutex::new(None),
         });
@@ -291,6 +301,8 @@ impl ClusterNode {
             rtt: None,
             bandwidth: None,
             profile: None,
+            held: vec![],
+            links: vec![],
         });
         e.conn = c.clone();
         e.last_seen = Instant::now();
@@ -324,6 +336,8 @@ impl ClusterNode {
                 bandwidth: p.bandwidth,
                 last_seen_ms_ago: p.last_seen.elapsed().as_millis() as u64,
                 profile: p.profile.clone(),
+                held: p.held.clone(),
+                links: p.links.clone(),
                 key: p.conn.peer_key(),
             })
             .collect();
@@ -474,7 +488,11 @@ async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<String>) {
         if beat % 4 == 1 {
             // memory and the refined decode speed, fresh for the pongs
             let n2 = n.clone();
-            let _ = tokio::task::spawn_blocking(move || n2.profile()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                n2.profile();
+                n2.refresh_held();
+            })
+            .await;
         }
         // static peers that are down are dialed in the background, one attempt at a time each
         for addr in &statics {
@@ -529,8 +547,14 @@ async fn ping(node: std::sync::Weak<ClusterNode>, id: String, c: Conn, bulk: boo
         if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {
             p.last_seen = Instant::now();
             p.rtt = Some(rtt);
-            // a pong carries the peer's profile
-            p.profile = serde_json::from_slice(&f.payload).ok();
+            // a pong carries the peer's profile, what it holds and what it measured
+            match serde_json::from_slice::<holdings::Pong>(&f.payload) {
+                Ok(pong) => {
+                    let pong = pong.bounded();
+                    (p.profile, p.held, p.links) = (Some(pong.profile), pong.held, pong.links);
+                }
+                Err(_) => p.profile = None,
+            }
         }
     }
     if bulk {
@@ -557,7 +581,7 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
         n.note_peer(&inc.conn);
         match kind {
             Kind::Ping => {
-                let p = serde_json::to_vec(&*n.profile.lock().unwrap()).expect("serializes");
+                let p = serde_json::to_vec(&n.pong()).expect("serializes");
                 let _ = inc.conn.send(Kind::Pong, inc.frame.request, p).await;
             }
             Kind::Tokens | Kind::Embedding => {

@@ -193,8 +193,12 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
                 }
                 tracing::info!(model = %ls.model, from = %src.name(), bytes = done.bytes, repaired = done.repaired,
                     seconds = format!("{:.2}", t.elapsed().as_secs_f64()), range = %ls.range, "window in place");
-                let (store, keep) = (node.store.clone(), path.clone());
-                let _ = tokio::task::spawn_blocking(move || store.evict_partials(&keep)).await;
+                let (n, keep) = (node.clone(), path.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    n.store.evict_partials(&keep);
+                    n.refresh_held();
+                })
+                .await;
                 return Ok(path);
             }
             Err(e) => last = e.to_string(),
