@@ -158,6 +158,7 @@ async fn write_seeds() {
         next: Some("127.0.0.1:2".into()),
         index: 0,
         sources: vec![],
+        hub: None,
     };
     let profile = serde_json::to_vec(&exo::profile::snapshot(None, Some(10.0))).unwrap();
     let refusal = serde_json::to_vec(&exo::transport::LoadRefusal::Limit {

@@ -38,8 +38,8 @@ impl RangeSource for FileSource {
         let g = GgufFile::open(&self.path).unwrap();
         Box::pin(async move { Ok(FileInfo { size: g.file_size, data_offset: g.data_offset }) })
     }
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<String, String>> {
-        Box::pin(async move { hash_range(&self.path, start, end).map_err(|e| e.to_string()) })
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
+        Box::pin(async move { hash_range(&self.path, start, end).map(Some).map_err(|e| e.to_string()) })
     }
     fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {

@@ -22,6 +22,15 @@ pub struct StagePlacement {
     pub range: LayerRange,
 }
 
+/// Where stage nodes that lack the model get their windows: the nodes holding it whole (this one
+/// too when `here`), fastest first for each stage node, then the hub file when there is one.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// This node holds the whole file (it resolved the model to it).
+    pub here: bool,
+    pub hub: Option<crate::store::HubFile>,
+}
+
 pub struct ClusterChain {
     node: Arc<ClusterNode>,
     instance: u64,
@@ -52,8 +61,8 @@ fn remote(i: usize, st: &StagePlacement, reason: impl std::fmt::Display) -> Pipe
 }
 
 impl ClusterChain {
-    /// Asks every stage's node to load its window of `model` (resolved here to `path`, `size`
-    /// bytes); the coordinator itself loads only the vocabulary.
+    /// Asks every stage's node to load its window of `model` (resolved here to the whole file
+    /// `path`, `size` bytes); the coordinator itself loads only the vocabulary.
     pub async fn load(
         node: Arc<ClusterNode>,
         model: &str,
@@ -61,6 +70,21 @@ impl ClusterChain {
         size: u64,
         stages: Vec<StagePlacement>,
         context: ContextParams,
+    ) -> Result<ClusterChain, PipelineError> {
+        let origin = Origin { here: true, hub: None };
+        ClusterChain::load_from(node, model, path, size, stages, context, origin).await
+    }
+
+    /// [`ClusterChain::load`] where `path` may be a header-only partial (this node lacks the
+    /// model) and stages fetch their windows as `origin` says.
+    pub async fn load_from(
+        node: Arc<ClusterNode>,
+        model: &str,
+        path: &Path,
+        size: u64,
+        stages: Vec<StagePlacement>,
+        context: ContextParams,
+        origin: Origin,
     ) -> Result<ClusterChain, PipelineError> {
         let window = ModelWindow { vocab_only: true, ..ModelWindow::full(path) };
         let vocab = tokio::task::spawn_blocking(move || StageHandle::load(StageSpec { window, context }))
@@ -85,6 +109,13 @@ impl ClusterChain {
         for (i, st) in stages.iter().enumerate() {
             conns.push(node.conn(&st.addr).await.map_err(|e| remote(i, st, e))?);
         }
+        let mut holders = node.holders(model, Some(size));
+        let me = (node.hello.node_name.clone(), node.hello.peer_addr.clone());
+        if origin.here && !holders.contains(&me) {
+            // a file outside the scanned dirs (a CLI path) is not in this node's holdings
+            holders.insert(0, me.clone());
+        }
+        let peers = node.peers();
         // every stage loads at once; if one cannot, the others are unloaded again
         let mut loads = tokio::task::JoinSet::new();
         for (i, st) in stages.iter().enumerate() {
@@ -98,9 +129,8 @@ impl ClusterChain {
                 n_seq_max: context.n_seq_max,
                 next: stages.get(i + 1).map(|s| s.addr.clone()),
                 index: i,
-                // this node holds the whole model (it resolved it): stage nodes without it
-                // fetch their windows from here
-                sources: vec![node.hello.peer_addr.clone()],
+                sources: super::weights::sources_for(&me.0, &peers, &st.node, &holders),
+                hub: origin.hub.clone(),
             };
             let (conn, st) = (conns[i].clone(), st.clone());
             loads.spawn(async move {

@@ -8,9 +8,10 @@ mod host;
 mod limits;
 mod weights;
 
-pub use coordinator::{ClusterChain, StagePlacement};
+pub use coordinator::{ClusterChain, Origin, StagePlacement};
 pub use host::decode_payload;
 pub use host::HostedStage;
+pub use weights::{sources_for, PeerSource};
 
 use crate::profile::{self, Profile};
 use crate::store::Store;

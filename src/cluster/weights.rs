@@ -2,7 +2,7 @@
 //! (by name, never by path), and fetching a stage's window from such a peer into a partial model
 //! when this node lacks the model.
 
-use super::ClusterNode;
+use super::{ClusterNode, PeerStatus};
 use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource};
 use crate::store::Resolved;
 use crate::transport::{Conn, Incoming, Kind, LoadRefusal, LoadStage, WeightsAsk, WeightsMeta, MAX_WEIGHTS_READ};
@@ -114,10 +114,10 @@ impl RangeSource for PeerSource {
         })
     }
 
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<String, String>> {
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
         Box::pin(async move {
             match self.meta(WeightsAsk::Hash { model: self.model.clone(), start, end }).await? {
-                WeightsMeta::Hash { sha256 } if sha256.len() == 64 => Ok(sha256),
+                WeightsMeta::Hash { sha256 } if sha256.len() == 64 => Ok(Some(sha256)),
                 other => Err(format!("unexpected answer {other:?}")),
             }
         })
@@ -130,86 +130,179 @@ impl RangeSource for PeerSource {
     }
 }
 
+/// Most sources a load request may name (each is tried in turn).
+const MAX_SOURCES: usize = 16;
+
+/// The peer addresses of `holders` (nodes holding the model whole: name, address), fastest
+/// first as seen from node `to`: by the bandwidth `to` measured to each, else the one each
+/// measured to `to`; holders with no figure keep their order, after the measured ones. `me` is
+/// this node's name, `peers` what it knows of the others.
+pub fn sources_for(me: &str, peers: &[PeerStatus], to: &str, holders: &[(String, String)]) -> Vec<String> {
+    let status = |name: &str| peers.iter().find(|p| p.name == name);
+    // bytes/s of the link from `a` to `b` as `a` measured it
+    let measured = |a: &str, b: &str| -> Option<f64> {
+        if a == me {
+            return status(b)?.bandwidth;
+        }
+        status(a)?.links.iter().find(|l| l.name == b)?.bandwidth
+    };
+    let mut v: Vec<(f64, &(String, String))> = holders
+        .iter()
+        .filter(|(name, _)| name != to)
+        .map(|h| (measured(to, &h.0).or_else(|| measured(&h.0, to)).filter(|b| b.is_finite()).unwrap_or(0.0), h))
+        .collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    v.into_iter().map(|(_, h)| h.1.clone()).collect()
+}
+
+/// A window of `ls.model` kept from before, verified (needs no source).
+async fn kept(node: &Arc<ClusterNode>, ls: &LoadStage) -> Option<PathBuf> {
+    let (store, model, size) = (node.store.clone(), ls.model.clone(), ls.model_size);
+    let (begin, end) = (ls.range.begin, ls.range.end);
+    tokio::task::spawn_blocking(move || {
+        let mut p = store.partial_window(&model, size, begin, end)?;
+        p.verify().ok().filter(|bad| bad.is_empty())?;
+        Some(p.path)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// A partial model of `ls.model` holding this stage's window: one already here (verified), or
-/// fetched from the first source that answers.
+/// fetched from the first source that answers (the peers in the order given, then the hub with
+/// this node's own endpoint and token).
 pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<PathBuf, LoadRefusal> {
     let me = node.hello.node_name.clone();
     let no_model = || LoadRefusal::NoModel { node: me.clone(), model: ls.model.clone() };
-    let failed = |detail: String| LoadRefusal::Failed { node: me.clone(), detail };
     let Some(dir) = node.store.partial_dir().map(PathBuf::from) else { return Err(no_model()) };
-    let (begin, end) = (ls.range.begin, ls.range.end);
-    let sources: Vec<&String> = ls.sources.iter().filter(|a| **a != node.hello.peer_addr).collect();
-    if sources.is_empty() {
-        // a window kept from before needs no source
-        let (store, model, size) = (node.store.clone(), ls.model.clone(), ls.model_size);
-        let here = tokio::task::spawn_blocking(move || {
-            let mut p = store.partial_window(&model, size, begin, end)?;
-            p.verify().ok().filter(|bad| bad.is_empty())?;
-            Some(p.path)
-        })
-        .await
-        .ok()
-        .flatten();
-        return here.ok_or_else(no_model);
+    // a window kept from before needs no source (and no round trip to one)
+    if let Some(path) = kept(node, ls).await {
+        return Ok(path);
     }
-    let mut last = String::new();
-    for addr in sources {
+    let peers: Vec<&String> = ls.sources.iter().filter(|a| **a != node.hello.peer_addr).take(MAX_SOURCES).collect();
+    if peers.is_empty() && ls.hub.is_none() {
+        return Err(no_model());
+    }
+    let mut tried = Vec::new();
+    for addr in peers {
         let conn = match node.conn(addr).await {
             Ok(c) => c,
             Err(e) => {
-                last = format!("{addr}: {e}");
+                tried.push(format!("node at {addr}: {e}"));
                 continue;
             }
         };
         let src = Arc::new(PeerSource { conn, model: ls.model.clone() });
-        let t = std::time::Instant::now();
-        let (model, from) = (ls.model.clone(), src.name());
-        // a line every 2 s: a window of a big model takes minutes
-        let shown = std::sync::Mutex::new(std::time::Instant::now());
-        let handle = Arc::new(node.store.transfers.start("window", &ls.model, &from, 0));
-        let recorded = handle.clone();
-        let progress: fetch::OnProgress = Arc::new(move |done, total| {
-            recorded.progress(done, total);
-            let mut shown = shown.lock().unwrap();
-            if shown.elapsed() >= Duration::from_secs(2) {
-                *shown = std::time::Instant::now();
-                tracing::info!(model = %model, from = %from, done, total, "fetching the window");
-            }
-        });
-        let fetched = fetch::fetch_window(&dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await;
-        if let Ok(h) = Arc::try_unwrap(handle) {
-            h.finish(fetched.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        }
-        match fetched {
-            Ok((path, done)) => {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                if size != ls.model_size {
-                    return Err(LoadRefusal::ModelSize {
-                        node: me,
-                        model: ls.model.clone(),
-                        here: size,
-                        theirs: ls.model_size,
-                    });
-                }
-                tracing::info!(model = %ls.model, from = %src.name(), bytes = done.bytes, repaired = done.repaired,
-                    seconds = format!("{:.2}", t.elapsed().as_secs_f64()), range = %ls.range, "window in place");
-                let (n, keep) = (node.clone(), path.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    n.store.evict_partials(&keep);
-                    n.refresh_held();
-                })
-                .await;
-                return Ok(path);
-            }
-            Err(e) => last = e.to_string(),
+        match fetch_from(node, ls, &dir, src).await? {
+            Ok(path) => return Ok(path),
+            Err(e) => tried.push(e),
         }
     }
-    Err(failed(format!("does not have model {:?} and cannot fetch its window: {last}", ls.model)))
+    match &ls.hub {
+        Some(h) if h.size != ls.model_size => {
+            tried.push(format!("the hub: its file has {} bytes, the coordinator's {}", h.size, ls.model_size))
+        }
+        Some(h) => match node.store.hub_range(h).await {
+            Ok(src) => match fetch_from(node, ls, &dir, Arc::new(src)).await? {
+                Ok(path) => return Ok(path),
+                Err(e) => tried.push(e),
+            },
+            Err(e) => tried.push(format!("the hub: {e}")),
+        },
+        None => tried.push("the hub: the coordinator named no hub file".into()),
+    }
+    Err(LoadRefusal::Unobtainable { node: me, model: ls.model.clone(), tried })
+}
+
+/// Fetches the window from `src`: `Ok(Err(why))` when this source failed (the next one is
+/// tried), `Err` when the load must be refused.
+async fn fetch_from(
+    node: &Arc<ClusterNode>,
+    ls: &LoadStage,
+    dir: &std::path::Path,
+    src: Arc<dyn RangeSource>,
+) -> Result<Result<PathBuf, String>, LoadRefusal> {
+    let t = std::time::Instant::now();
+    let (model, from) = (ls.model.clone(), src.name());
+    // a line every 2 s: a window of a big model takes minutes
+    let shown = std::sync::Mutex::new(std::time::Instant::now());
+    let handle = Arc::new(node.store.transfers.start("window", &ls.model, &from, 0));
+    let recorded = handle.clone();
+    let progress: fetch::OnProgress = Arc::new(move |done, total| {
+        recorded.progress(done, total);
+        let mut shown = shown.lock().unwrap();
+        if shown.elapsed() >= Duration::from_secs(2) {
+            *shown = std::time::Instant::now();
+            tracing::info!(model = %model, from = %from, done, total, "fetching the window");
+        }
+    });
+    let (begin, end) = (ls.range.begin, ls.range.end);
+    let fetched = fetch::fetch_window(dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await;
+    if let Ok(h) = Arc::try_unwrap(handle) {
+        h.finish(fetched.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    }
+    let (path, done) = match fetched {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size != ls.model_size {
+        let me = node.hello.node_name.clone();
+        return Err(LoadRefusal::ModelSize { node: me, model: ls.model.clone(), here: size, theirs: ls.model_size });
+    }
+    tracing::info!(model = %ls.model, from = %src.name(), bytes = done.bytes, repaired = done.repaired,
+        seconds = format!("{:.2}", t.elapsed().as_secs_f64()), range = %ls.range, "window in place");
+    let (n, keep) = (node.clone(), path.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        n.store.evict_partials(&keep);
+        n.refresh_held();
+    })
+    .await;
+    Ok(Ok(path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_ordered_fastest_first_for_the_stage_node() {
+        let link = |name: &str, bw: Option<f64>| crate::cluster::holdings::LinkFigure {
+            node_id: String::new(),
+            name: name.into(),
+            rtt_ms: None,
+            bandwidth: bw,
+        };
+        let peer = |name: &str, bw: Option<f64>, links| PeerStatus {
+            node_id: String::new(),
+            name: name.into(),
+            address: format!("{name}:1"),
+            rtt_ms: None,
+            bandwidth: bw,
+            last_seen_ms_ago: 0,
+            profile: None,
+            held: vec![],
+            links,
+            key: String::new(),
+        };
+        let h = |n: &str| (n.to_string(), format!("{n}:1"));
+        // c measured b faster than a; d measured nothing, but b measured d
+        let peers = vec![
+            peer("b", Some(5e8), vec![link("d", Some(1e6))]),
+            peer("c", Some(1e9), vec![link("a", Some(1e7)), link("b", Some(1e8))]),
+            peer("d", None, vec![]),
+        ];
+        let holders = [h("a"), h("b"), h("d")];
+        assert_eq!(sources_for("a", &peers, "c", &holders), ["b:1", "a:1", "d:1"]);
+        // for this node: its own figures; itself is never its own source
+        assert_eq!(sources_for("a", &peers, "a", &holders), ["b:1", "d:1"]);
+        // for d: what the holders measured to it (b did, a did not)
+        assert_eq!(sources_for("a", &peers, "d", &holders), ["b:1", "a:1"]);
+        // a hostile NaN figure counts as unknown
+        let peers = vec![peer("b", Some(f64::NAN), vec![]), peer("d", Some(1.0), vec![])];
+        assert_eq!(sources_for("a", &peers, "a", &holders), ["d:1", "b:1"]);
+    }
 
     #[test]
     fn serves_only_whole_models_of_its_store_and_bounds_every_read() {

@@ -123,6 +123,27 @@ impl GgufFile {
         Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_offset, file_size })
     }
 
+    /// Parses a header from the first `buf.len()` bytes of a file of `file_size` bytes:
+    /// `Ok(None)` when the header runs past what `buf` holds (read more and try again).
+    pub fn parse_prefix(buf: &[u8], path: &Path, file_size: u64) -> Result<Option<GgufFile>, GgufError> {
+        struct Prefix<'a> {
+            rest: &'a [u8],
+            ran_out: bool,
+        }
+        impl Read for Prefix<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.rest.read(out)?;
+                self.ran_out |= n == 0 && !out.is_empty();
+                Ok(n)
+            }
+        }
+        let mut r = Prefix { rest: buf, ran_out: false };
+        match GgufFile::parse(&mut r, path, file_size) {
+            Err(_) if r.ran_out && (buf.len() as u64) < file_size => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -283,5 +304,18 @@ mod tests {
         b.extend_from_slice(&(60u64 << 20).to_le_bytes()); // a 60 MiB key in a 32-byte file
         let e = GgufFile::parse(&b[..], Path::new("x.gguf"), b.len() as u64).unwrap_err();
         assert!(e.to_string().contains("left in the file"), "{e}");
+    }
+
+    #[test]
+    fn a_prefix_asks_for_more_until_the_header_is_in_it() {
+        let b = one_tensor(2, 68);
+        let (p, size) = (Path::new("x.gguf"), b.len() as u64);
+        for cut in [0, 3, 20, 40] {
+            assert!(GgufFile::parse_prefix(&b[..cut], p, size).unwrap().is_none(), "{cut}");
+        }
+        let g = GgufFile::parse_prefix(&b[..size as usize - 68], p, size).unwrap().unwrap();
+        assert_eq!(g.data_offset, size - 68);
+        // a prefix that is not a GGUF is an error at once, not a request for more
+        assert!(GgufFile::parse_prefix(b"GGUX....", p, size).is_err());
     }
 }

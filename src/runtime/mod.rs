@@ -8,6 +8,7 @@ mod batcher;
 mod chat;
 mod embed;
 pub mod error;
+mod header;
 mod heal;
 mod instance;
 pub mod policy;
@@ -287,9 +288,10 @@ impl Runtime {
 
     /// A model on this node and its header, for `/api/show`.
     pub async fn show(&self, model: &ModelRef) -> Result<(LocalModel, ModelShape), RuntimeError> {
-        let (store, model) = (self.store.clone(), model.clone());
+        // on a cluster, a model this node lacks shows from its header (fetched from a holder or
+        // the hub), as a load would use it
+        let local = header::locate(self, model).await?;
         blocking(move || {
-            let local = registry::resolve_local(&store, &model)?;
             let shape = registry::read_shape(&local)?;
             Ok((local, shape))
         })

@@ -7,11 +7,11 @@ use super::instance::{Instance, Loaded, Pipe};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
 use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
-use crate::cluster::{ClusterChain, StagePlacement};
+use crate::cluster::{ClusterChain, Origin, StagePlacement};
 use crate::engine::{ContextParams, LayerRange, StageHandle};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::pipeline::Chain;
-use crate::store::{LocalModel, Resolved, Store};
+use crate::store::{LocalModel, Location, Resolved, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,9 +208,9 @@ async fn load(
     opts: &LoadOptions,
 ) -> Result<Arc<Instance>, RuntimeError> {
     let t = Instant::now();
-    let (store, m) = (rt.store.clone(), model.clone());
+    // on a cluster, a model this node lacks comes as its header alone (stages fetch windows)
+    let local = super::header::locate(rt, model).await?;
     let (local, shape) = blocking(move || {
-        let local = resolve_local(&store, &m)?;
         let shape = read_shape(&local)?;
         Ok((local, shape))
     })
@@ -344,8 +344,15 @@ pub(super) async fn build(
 ) -> Result<(Pipe, StageHandle), RuntimeError> {
     let path = local.first().to_path_buf();
     let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
+    // only the header here: every stage, one on this node too, fetches its window
+    let header_only = local.location == Location::HeaderOnly;
+    if header_only && local_forced {
+        return Err(RuntimeError::BadPlacement {
+            reason: format!("{key} is not on this node (only its header): stages in this process need the whole file"),
+        });
+    }
     // a named placement runs as named, even when every stage is on this node
-    if local_forced || (opts.forced.is_none() && decision.is_local(view)) {
+    if !header_only && (local_forced || (opts.forced.is_none() && decision.is_local(view))) {
         let ranges: Option<Vec<LayerRange>> = match &opts.forced {
             Some(Forced::Local(r)) => Some(r.clone()),
             _ => None,
@@ -381,12 +388,16 @@ pub(super) async fn build(
         ModelRef::Name(n) => n.clone(),
         ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
     };
-    let chain = ClusterChain::load(node, &name, &path, local.size, stages, context).await.map_err(|e| match e {
-        crate::pipeline::PipelineError::Remote { ref node, .. } => {
-            RuntimeError::NodeLost { model: key.to_string(), node: node.clone(), reason: e.to_string() }
-        }
-        e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
-    })?;
+    let l = local.clone();
+    let origin = Origin { here: !header_only, hub: blocking(move || Ok(super::header::hub_of(&l))).await? };
+    let chain = ClusterChain::load_from(node, &name, &path, local.size, stages, context, origin).await.map_err(
+        |e| match e {
+            crate::pipeline::PipelineError::Remote { ref node, .. } => {
+                RuntimeError::NodeLost { model: key.to_string(), node: node.clone(), reason: e.to_string() }
+            }
+            e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
+        },
+    )?;
     let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
     Ok((Pipe::Cluster(Box::new(chain)), vocab))
 }

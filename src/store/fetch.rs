@@ -1,8 +1,12 @@
-//! Fetching a layer window into a partial model from a source that has the whole file (a peer;
-//! the [`RangeSource`] trait keeps the transfer logic apart from the wire). Chunks are requested
-//! with a bounded number in flight, written at their offsets, hashed in order, and a range is
-//! recorded in the sidecar only once its hash matches the source's: a transfer killed half-way
-//! resumes from the verified ranges, and a range found corrupt is fetched again.
+//! Fetching a layer window into a partial model from a source that has the whole file (a peer,
+//! the hub; the [`RangeSource`] trait keeps the transfer logic apart from the wire). Chunks are
+//! requested with a bounded number in flight, written at their offsets, hashed in order, and a
+//! range is recorded in the sidecar only once its hash matches the source's: a transfer killed
+//! half-way resumes from the verified ranges, and a range found corrupt is fetched again.
+//!
+//! A source without per-range hashes (the hub) has its ranges taken by exact size, hashed here
+//! and marked unverified; once every byte of the file is present it is checked against the
+//! source's SHA-256 of the whole file, and on a mismatch those ranges are dropped.
 
 use super::partial::{self, hex, missing, window_ranges, Partial, Piece};
 use super::StoreError;
@@ -23,6 +27,9 @@ pub const MAX_HEADER: u64 = 1 << 30;
 pub const PIECE: u64 = 64 << 20;
 /// Attempts per range before a mismatch is an error.
 const ATTEMPTS: usize = 2;
+/// When the whole window is present and the rest of the file is at most this (padding, unused
+/// tensors), the rest is fetched too: the assembled file can then be checked whole.
+const SMALL_REST: u64 = 1 << 20;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -39,8 +46,12 @@ pub trait RangeSource: Send + Sync + 'static {
     /// Who it is, for messages.
     fn name(&self) -> String;
     fn info(&self) -> BoxFut<'_, Result<FileInfo, String>>;
-    /// SHA-256 (hex) of `[start, end)`.
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<String, String>>;
+    /// SHA-256 (hex) of `[start, end)`; `None` from a source that has no per-range hashes.
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>>;
+    /// SHA-256 (hex) of the whole file, when the source knows it without reading it.
+    fn whole_sha256(&self) -> Option<String> {
+        None
+    }
     /// `len` (at most [`CHUNK`]) bytes from `start`.
     fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>>;
 }
@@ -51,8 +62,10 @@ pub enum FetchError {
     Source { model: String, source_name: String, reason: String },
     #[error("{model}: bytes {start}..{end} from {source_name} do not match its hash after {ATTEMPTS} attempts")]
     Mismatch { model: String, source_name: String, start: u64, end: u64 },
-    #[error("{model}: no node has it to send and the hub cannot be asked for windows here")]
-    NoSource { model: String },
+    #[error(
+        "{model}: the assembled file's sha256 is {got}, {source_name} says {want}; its unverified ranges were dropped"
+    )]
+    WholeMismatch { model: String, source_name: String, got: String, want: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -69,18 +82,15 @@ pub struct Fetched {
 /// Progress of one fetch: bytes done of bytes to move.
 pub type OnProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
-/// Makes the partial file of `model` under `dir` hold layers `[begin, end)`: what is already
-/// present is verified and kept, the rest comes from `src` in pieces of at most `piece` bytes
-/// (each hashed and recorded on its own; [`PIECE`] normally). Returns the file's path.
-pub async fn fetch_window(
+/// Makes the partial file of `model` under `dir` hold at least the header (`[0, data_offset)`),
+/// from `src`. What is already present is verified first (corrupt ranges are dropped and counted
+/// in `repaired`).
+pub async fn fetch_header(
     dir: &Path,
     model: &str,
-    (begin, end): (u32, u32),
-    src: Arc<dyn RangeSource>,
-    piece: u64,
-    progress: OnProgress,
-) -> Result<(PathBuf, Fetched), FetchError> {
-    let piece = piece.max(1);
+    src: &Arc<dyn RangeSource>,
+    progress: &OnProgress,
+) -> Result<(Partial, FileInfo, Fetched), FetchError> {
     let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
     let info = src.info().await.map_err(err)?;
     if info.data_offset == 0 || info.data_offset > info.size.min(MAX_HEADER) {
@@ -97,11 +107,28 @@ pub async fn fetch_window(
     })
     .await?;
     let mut done = Fetched { bytes: 0, repaired };
-    // the header first: it says where the window's tensors are
     let header = [(0, info.data_offset)];
     for (s, e) in missing(&header, &p.present()) {
-        done.bytes += fetch_range(&mut p, &src, model, (s, e), &progress, (0, e - s)).await?;
+        done.bytes += fetch_range(&mut p, src, model, (s, e), progress, (0, e - s)).await?;
     }
+    Ok((p, info, done))
+}
+
+/// Makes the partial file of `model` under `dir` hold layers `[begin, end)`: what is already
+/// present is verified and kept, the rest comes from `src` in pieces of at most `piece` bytes
+/// (each hashed and recorded on its own; [`PIECE`] normally). Returns the file's path.
+pub async fn fetch_window(
+    dir: &Path,
+    model: &str,
+    (begin, end): (u32, u32),
+    src: Arc<dyn RangeSource>,
+    piece: u64,
+    progress: OnProgress,
+) -> Result<(PathBuf, Fetched), FetchError> {
+    let piece = piece.max(1);
+    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
+    // the header first: it says where the window's tensors are
+    let (mut p, info, mut done) = fetch_header(dir, model, &src, &progress).await?;
     let path = p.path.clone();
     let (pp, b, e) = (path.clone(), begin, end);
     let want = blocking(move || -> Result<(Vec<(u64, u64)>, u32), StoreError> {
@@ -113,11 +140,16 @@ pub async fn fetch_window(
         Ok((window_ranges(&g, shape.n_layer, b, e.min(shape.n_layer)), shape.n_layer))
     })
     .await?;
-    let (want, n_layer) = want;
+    let (mut want, n_layer) = want;
     if begin >= end || end > n_layer {
         return Err(err(format!("layers {begin}..{end} are not within the model's {n_layer}")));
     }
     p.sidecar.n_layer = n_layer;
+    // every layer: the little rest of the file too, so that it can be checked whole
+    let rest: u64 = missing(&[(0, info.size)], &partial::merge(want.clone(), 0)).iter().map(|r| r.1 - r.0).sum();
+    if begin == 0 && end == n_layer && rest <= SMALL_REST {
+        want = vec![(0, info.size)];
+    }
     let todo: Vec<(u64, u64)> = missing(&want, &p.present())
         .into_iter()
         .flat_map(|(s, e)| (s..e).step_by(piece as usize).map(move |a| (a, (a + piece).min(e))))
@@ -128,9 +160,43 @@ pub async fn fetch_window(
         moved += fetch_range(&mut p, &src, model, (s, e), &progress, (moved, total)).await?;
     }
     done.bytes += moved;
-    let mut p2 = p;
-    blocking(move || p2.add_window(begin, end)).await?;
+    let whole = src.whole_sha256();
+    let checked = blocking(move || {
+        let r = check_whole(&mut p, whole.as_deref())?;
+        if r.is_ok() {
+            p.add_window(begin, end)?;
+        }
+        Ok(r)
+    })
+    .await?;
+    if let Err((got, want)) = checked {
+        return Err(FetchError::WholeMismatch { model: model.into(), source_name: src.name(), got, want });
+    }
     Ok((path, done))
+}
+
+/// Once every byte of the file is present, ranges taken without a hash from their source are
+/// checked by the whole file's SHA-256 `want`: on a match they count as verified; on a mismatch
+/// they are dropped and `Err((got, want))` comes back. Blocking (hashes the file).
+fn check_whole(p: &mut Partial, want: Option<&str>) -> Result<Result<(), (String, String)>, StoreError> {
+    if !p.sidecar.pieces.iter().any(|x| x.unverified) || !p.complete() {
+        return Ok(Ok(()));
+    }
+    let Some(want) = want else {
+        tracing::warn!(model = %p.sidecar.model, "assembled from ranges without hashes and no sha256 of the whole file to check");
+        return Ok(Ok(()));
+    };
+    let got = super::sha256_file(&p.path).map_err(|source| StoreError::Io { path: p.path.clone(), source })?;
+    if got.eq_ignore_ascii_case(want) {
+        p.sidecar.pieces.iter_mut().for_each(|x| x.unverified = false);
+        p.save()?;
+        return Ok(Ok(()));
+    }
+    tracing::warn!(model = %p.sidecar.model, %got, %want, "the assembled file does not match its sha256; dropping its unverified ranges");
+    p.sidecar.pieces.retain(|x| !x.unverified);
+    p.sidecar.windows.clear();
+    p.save()?;
+    Ok(Err((got, want.to_string())))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -142,7 +208,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Fetches `[start, end)` in chunks, verifies it against the source's hash (a second attempt
-/// when it does not match), checks what landed on disk and records it. Returns the bytes received.
+/// when it does not match; a source without hashes: by size alone, marked unverified), checks
+/// what landed on disk and records it. Returns the bytes received.
 async fn fetch_range(
     p: &mut Partial,
     src: &Arc<dyn RangeSource>,
@@ -158,22 +225,26 @@ async fn fetch_range(
     });
     let mut received = 0;
     let mut want_hash = None;
+    let mut got = String::new();
     for attempt in 0..ATTEMPTS {
-        let got = download(p, src, start, end, &err, &mut |at| progress(base + at - start, total)).await?;
+        // every chunk is checked for its exact length as it arrives
+        got = download(p, src, start, end, &err, &mut |at| progress(base + at - start, total)).await?;
         received += end - start;
         if let Some(job) = asked.take() {
-            want_hash = Some(job.await.map_err(|e| err(e.to_string()))?.map_err(&err)?);
+            want_hash = job.await.map_err(|e| err(e.to_string()))?.map_err(&err)?;
         }
-        let want = want_hash.as_deref().expect("set above");
-        if got == want {
-            break;
+        match want_hash.as_deref() {
+            None => break,
+            Some(w) if w == got => break,
+            Some(_) => {}
         }
         tracing::warn!(model, start, end, attempt, "a range did not match the source's hash; fetching it again");
         if attempt + 1 == ATTEMPTS {
             return Err(FetchError::Mismatch { model: model.into(), source_name: src.name(), start, end });
         }
     }
-    let want = want_hash.expect("at least one attempt");
+    let unverified = want_hash.is_none();
+    let want = want_hash.unwrap_or(got);
     // what landed on disk is what was hashed
     let pp = p.path.clone();
     let on_disk = blocking(move || {
@@ -184,7 +255,7 @@ async fn fetch_range(
         return Err(FetchError::Mismatch { model: model.into(), source_name: "this node's disk".into(), start, end });
     }
     let mut q = p.clone();
-    let piece = Piece { start, end, sha256: want };
+    let piece = Piece { start, end, sha256: want, unverified };
     *p = blocking(move || q.record(piece).map(|_| q)).await?;
     Ok(received)
 }

@@ -73,7 +73,12 @@ impl Hub {
             .map_err(|e| StoreError::Hub { what: "cannot set up the hub client".into(), reason: e.to_string() })
     }
 
-    fn url(&self, repo: &str, file: &str) -> String {
+    /// The client downloads use (the token, the user agent), for ranged reads.
+    pub(super) fn client(&self) -> Result<reqwest::Client, StoreError> {
+        Ok(self.api(&std::env::temp_dir())?.client().clone())
+    }
+
+    pub(super) fn url(&self, repo: &str, file: &str) -> String {
         format!("{}/{repo}/resolve/main/{file}", self.endpoint.trim_end_matches('/'))
     }
 

@@ -17,6 +17,9 @@ pub enum Location {
     HfCache,
     /// Ollama's store (~/.ollama/models): used in place, never written.
     Ollama,
+    /// Only the header, in a partial model: the whole file is on other nodes or the hub, and
+    /// stages fetch their windows (a cluster coordinator that lacks the model).
+    HeaderOnly,
 }
 
 impl Location {
@@ -26,6 +29,7 @@ impl Location {
             Location::ReadOnlyDir => "read-only dir",
             Location::HfCache => "HF cache",
             Location::Ollama => "Ollama store",
+            Location::HeaderOnly => "header only",
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod fetch;
 mod hub;
+pub mod hub_range;
 mod local;
 mod local_names;
 pub mod partial;
@@ -15,6 +16,7 @@ mod transfers;
 
 pub use catalog::{Card, Known};
 pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
+pub use hub_range::{HubFile, HubRange};
 pub use local::{quant_from_name, LocalModel, Location};
 pub use local_names::model_name;
 pub use transfers::{Shown, Transfer, TransferHandle, Transfers};
@@ -181,6 +183,53 @@ impl Store {
             Some(b) => partial::evict(&self.dirs, b, keep),
             None => vec![],
         }
+    }
+
+    /// The single file of a hub model, described by the hub (size, SHA-256): what stages fetch
+    /// their windows from. A split set cannot be fetched by window.
+    pub async fn hub_file(&self, r: &RemoteModel) -> Result<HubFile, StoreError> {
+        if self.offline {
+            return Err(StoreError::Offline { name: r.name.clone() });
+        }
+        let hub = self.hub();
+        let files = match &r.files {
+            Some(f) => f.clone(),
+            None => pick_files(&hub.list(&r.repo).await?, r.quant.as_deref()).ok_or_else(|| {
+                StoreError::NotDownloadable { name: r.name.clone(), reason: format!("{} has no such GGUF", r.repo) }
+            })?,
+        };
+        let [file] = files.as_slice() else {
+            return Err(StoreError::NotDownloadable {
+                name: r.name.clone(),
+                reason: format!("a split set of {} files cannot be fetched by layer window; pull it", files.len()),
+            });
+        };
+        let d = hub.describe(&r.repo, std::slice::from_ref(file)).await?.remove(0);
+        let f = HubFile { repo: r.repo.clone(), file: d.path, size: d.size, sha256: d.sha256 };
+        f.check().map_err(|reason| StoreError::NotDownloadable { name: r.name.clone(), reason })?;
+        Ok(f)
+    }
+
+    /// `f` on this node's hub (its own endpoint and token), checked to be the same file.
+    pub async fn hub_range(&self, f: &HubFile) -> Result<HubRange, StoreError> {
+        let name = format!("{}/{}", f.repo, f.file);
+        if self.offline {
+            return Err(StoreError::Offline { name });
+        }
+        f.check().map_err(|reason| StoreError::NotDownloadable { name: name.clone(), reason })?;
+        let hub = self.hub();
+        let d = hub.describe(&f.repo, std::slice::from_ref(&f.file)).await?.remove(0);
+        let differs = |what: String| StoreError::Hub { what: format!("{name} on {}", self.endpoint), reason: what };
+        if d.size != f.size {
+            return Err(differs(format!("the hub's file has {} bytes, expected {}", d.size, f.size)));
+        }
+        if let (Some(a), Some(b)) = (&d.sha256, &f.sha256) {
+            if !a.eq_ignore_ascii_case(b) {
+                return Err(differs(format!("the hub's file has sha256 {a}, expected {b}")));
+            }
+        }
+        let f = HubFile { sha256: d.sha256.or_else(|| f.sha256.clone()), ..f.clone() };
+        Ok(HubRange::new(hub.client()?, hub.url(&f.repo, &f.file), &f))
     }
 
     /// Resolves a MODEL argument without touching the network.

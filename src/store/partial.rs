@@ -29,6 +29,11 @@ pub struct Piece {
     pub start: u64,
     pub end: u64,
     pub sha256: String,
+    /// The source had no hash of this range (the hub): it was taken by its exact size and
+    /// hashed here, so that later disk corruption is still caught; the bytes themselves are
+    /// checked once the whole file is assembled (against the hub's SHA-256 of the file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// The sidecar of a partial file.
@@ -44,6 +49,10 @@ pub struct Sidecar {
     pub pieces: Vec<Piece>,
     /// Seconds since the epoch of the last load or fetch (least recently used go first).
     pub last_used: u64,
+    /// The hub file the bytes come from, when known (a coordinator without the model records
+    /// where its header came from, for the stages to fetch their windows from the same file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<super::HubFile>,
 }
 
 /// A partial model on disk.
@@ -200,6 +209,7 @@ impl Partial {
                 windows: vec![],
                 pieces: vec![],
                 last_used: now_secs(),
+                hub: None,
             },
         };
         p.save()?;
@@ -274,6 +284,11 @@ impl Partial {
             self.save()?;
         }
         Ok(bad)
+    }
+
+    /// Whether every byte of the file is present.
+    pub fn complete(&self) -> bool {
+        self.covers(&[(0, self.sidecar.size)])
     }
 
     /// Bytes the file takes on disk (allocated blocks).
@@ -354,7 +369,7 @@ mod tests {
         let mut p = Partial::create(d.path(), "hf.co/a/b:q4", 1 << 20, 4).unwrap();
         assert!(p.path.ends_with("partial/hf.co_a_b_q4.gguf"));
         p.write_at(4096, b"hello").unwrap();
-        p.record(Piece { start: 4096, end: 4101, sha256: sha256_hex(b"hello") }).unwrap();
+        p.record(Piece { start: 4096, end: 4101, sha256: sha256_hex(b"hello"), unverified: false }).unwrap();
         assert!(p.write_at((1 << 20) - 2, b"abc").is_err(), "past the end");
         let q = Partial::open(&p.path).unwrap();
         assert!(q.covers(&[(4096, 4101)]) && !q.covers(&[(4000, 4101)]));

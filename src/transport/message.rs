@@ -90,6 +90,10 @@ pub struct LoadStage {
     /// window from them (older coordinators send none).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// The hub file to fetch the window from when no source can send it (older coordinators
+    /// send none).
+    #[serde(default)]
+    pub hub: Option<crate::store::HubFile>,
 }
 
 /// Asks a peer for bytes of a model file it holds whole, by name (never by path). Each answer
@@ -129,6 +133,8 @@ pub enum LoadRefusal {
     Memory { node: String, begin: u32, end: u32, needed: u64, offered: u64, weights: u64, kv: u64, compute: u64 },
     #[error("node {node}: {detail}")]
     Failed { node: String, detail: String },
+    #[error("node {node} does not have model {model:?} and could not fetch its window: {}", tried.join("; "))]
+    Unobtainable { node: String, model: String, tried: Vec<String> },
 }
 
 /// A KV or sampler operation applied identically on every stage.

@@ -23,6 +23,12 @@ pub struct Hub {
     pub drop_at: Mutex<Option<(String, u64)>>,
     /// serve these files with flipped bytes
     pub corrupt: Mutex<Vec<String>>,
+    /// flip the bytes of this file from this offset on (the header stays intact)
+    pub corrupt_from: Mutex<Option<(String, u64)>>,
+    /// answer requests for more than one byte with 200 and the whole file (Range ignored)
+    pub ignore_range: Mutex<bool>,
+    /// claim this total size in the Content-Range of requests for more than one byte
+    pub claim_size: Mutex<Option<u64>>,
     /// (path, start, end) of every ranged request, in order
     pub requests: Mutex<Vec<(String, u64, u64)>>,
     pub info_requests: Mutex<usize>,
@@ -35,6 +41,10 @@ impl Hub {
     /// Bytes served for `path` by requests larger than the 1-byte metadata probes.
     pub fn data_requests(&self, path: &str) -> Vec<(u64, u64)> {
         self.requests.lock().unwrap().iter().filter(|r| r.0 == path && r.2 > r.1).map(|r| (r.1, r.2)).collect()
+    }
+    /// Bytes served for `path` by requests larger than the 1-byte metadata probes.
+    pub fn data_bytes(&self, path: &str) -> u64 {
+        self.data_requests(path).iter().map(|r| r.1 - r.0 + 1).sum()
     }
     pub fn total_requests(&self) -> usize {
         self.requests.lock().unwrap().len() + *self.info_requests.lock().unwrap()
@@ -84,15 +94,27 @@ async fn file(
         .unwrap_or((0, len - 1));
     hub.requests.lock().unwrap().push((path.clone(), start, end));
     let sha: String = Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+    let (start, end, full_answer) =
+        if end > start && *hub.ignore_range.lock().unwrap() { (0, len - 1, true) } else { (start, end, false) };
     let mut body = data[start as usize..=end as usize].to_vec();
     if hub.corrupt.lock().unwrap().contains(&path) && body.len() > 1 {
         body.iter_mut().for_each(|b| *b ^= 0x5a);
     }
+    if let Some((p, at)) = hub.corrupt_from.lock().unwrap().as_ref() {
+        if *p == path && body.len() > 1 {
+            for (i, b) in body.iter_mut().enumerate() {
+                if start + i as u64 >= *at {
+                    *b ^= 0x5a;
+                }
+            }
+        }
+    }
+    let claimed = hub.claim_size.lock().unwrap().filter(|_| end > start).unwrap_or(len);
     let mut h = HeaderMap::new();
     h.insert("x-repo-commit", HeaderValue::from_static(COMMIT));
     h.insert("x-linked-etag", HeaderValue::from_str(&format!("\"{sha}\"")).unwrap());
     h.insert("etag", HeaderValue::from_str(&format!("\"{sha}\"")).unwrap());
-    h.insert("content-range", HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap());
+    h.insert("content-range", HeaderValue::from_str(&format!("bytes {start}-{end}/{claimed}")).unwrap());
     h.insert("accept-ranges", HeaderValue::from_static("bytes"));
     // drop the connection part-way once, if asked
     let drop_after = {
@@ -119,6 +141,10 @@ async fn file(
         }
     };
     h.insert("content-length", HeaderValue::from_str(&full.to_string()).unwrap());
+    if full_answer {
+        h.remove("content-range");
+        return (StatusCode::OK, h, stream_body).into_response();
+    }
     (StatusCode::PARTIAL_CONTENT, h, stream_body).into_response()
 }
 

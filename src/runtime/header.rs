@@ -1,0 +1,163 @@
+//! A model this node lacks, on a cluster: its header (metadata, vocabulary, tensor table) fetched
+//! into a header-only partial model from a node that holds the whole file, else from the hub,
+//! so that it can be placed and its vocabulary loaded while each stage fetches its own window.
+//! Alone (no peers), a node pulls the whole model as before.
+
+use super::registry::resolve_local;
+use super::request::ModelRef;
+use super::{blocking, ErrorKind, Runtime, RuntimeError};
+use crate::cluster::{sources_for, ClusterNode, PeerSource};
+use crate::store::fetch::{self, OnProgress, RangeSource};
+use crate::store::partial::Partial;
+use crate::store::{quant_from_name, HubFile, LocalModel, Location, Resolved, Store};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The model a load (or a show) is about: on this node, or, on a cluster with peers when this
+/// node lacks it, a header-only partial ([`Location::HeaderOnly`]).
+pub(super) async fn locate(rt: &Runtime, model: &ModelRef) -> Result<LocalModel, RuntimeError> {
+    let (store, m) = (rt.store.clone(), model.clone());
+    let missing = match blocking(move || resolve_local(&store, &m)).await {
+        Err(e @ RuntimeError::ModelNotFound { .. }) => e,
+        r => return r,
+    };
+    // by name only: a path is this machine's business
+    let (Some(node), ModelRef::Name(name)) = (&rt.cluster, model) else { return Err(missing) };
+    if node.peers().is_empty() {
+        return Err(missing);
+    }
+    match header_only(node, &rt.store, name).await {
+        Ok(m) => Ok(m),
+        Err(tried) if tried.is_empty() => Err(missing),
+        Err(tried) => Err(RuntimeError::Store {
+            kind: ErrorKind::Upstream,
+            reason: format!("{name} is not on this node and its header could not be fetched: {}", tried.join("; ")),
+        }),
+    }
+}
+
+/// The header of `name` from the fastest node holding it whole, else from the hub when the name
+/// leads there. `Err` lists what was tried (empty: nothing could be).
+async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Result<LocalModel, Vec<String>> {
+    let Some(dir) = store.partial_dir().map(PathBuf::from) else {
+        return Err(vec!["no writable models dir to keep its header in".into()]);
+    };
+    let (s, n, d) = (store.clone(), name.to_string(), dir.clone());
+    let (remote, here) =
+        blocking(move || Ok((s.resolve_name(&n), header_here(&d, &n)))).await.map_err(|e| vec![e.to_string()])?;
+    let remote = match remote {
+        Ok(Resolved::Remote(r)) => Some(r),
+        _ => None,
+    };
+    if let Some(p) = here {
+        return Ok(header_model(name, &p, remote));
+    }
+    let me = node.hello.node_name.clone();
+    let holders: Vec<(String, String)> = node.holders(name, None).into_iter().filter(|h| h.0 != me).collect();
+    let quiet: OnProgress = Arc::new(|_, _| {});
+    let mut tried = Vec::new();
+    let mut got = None;
+    for addr in sources_for(&me, &node.peers(), &me, &holders) {
+        let src: Arc<dyn RangeSource> = match node.conn(&addr).await {
+            Ok(conn) => Arc::new(PeerSource { conn, model: name.to_string() }),
+            Err(e) => {
+                tried.push(format!("node at {addr}: {e}"));
+                continue;
+            }
+        };
+        match fetch::fetch_header(&dir, name, &src, &quiet).await {
+            Ok((p, _, _)) => {
+                got = Some(p);
+                break;
+            }
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    // the hub file, for the stages to fall back on (and the header itself if no node sent it)
+    let hub = match &remote {
+        Some(r) => match store.hub_file(r).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tried.push(format!("the hub: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    if got.is_none() {
+        if let Some(f) = &hub {
+            match store.hub_range(f).await {
+                Ok(src) => {
+                    match fetch::fetch_header(&dir, name, &(Arc::new(src) as Arc<dyn RangeSource>), &quiet).await {
+                        Ok((p, _, _)) => got = Some(p),
+                        Err(e) => tried.push(e.to_string()),
+                    }
+                }
+                Err(e) => tried.push(format!("the hub: {e}")),
+            }
+        }
+    }
+    let Some(mut p) = got else { return Err(tried) };
+    if hub.is_some() && p.sidecar.hub != hub {
+        p.sidecar.hub = hub;
+        let q = p.clone();
+        blocking(move || Ok(q.save()?)).await.map_err(|e| vec![e.to_string()])?;
+    }
+    tracing::info!(model = name, path = %p.path.display(), "this node lacks the model: its header is here; stages fetch their windows");
+    Ok(header_model(name, &p, remote))
+}
+
+/// A partial of `name` under `dir` whose header is present (fetched before): no round trip.
+/// Blocking.
+fn header_here(dir: &std::path::Path, name: &str) -> Option<Partial> {
+    let p = Partial::open(&Partial::path_in(dir, name)).filter(|p| p.sidecar.model == name)?;
+    let g = crate::gguf::GgufFile::open(&p.path).ok()?;
+    p.covers(&[(0, g.data_offset)]).then_some(p)
+}
+
+fn header_model(name: &str, p: &Partial, remote: Option<crate::store::RemoteModel>) -> LocalModel {
+    LocalModel {
+        name: name.to_string(),
+        paths: vec![p.path.clone()],
+        size: p.sidecar.size,
+        quant: remote.as_ref().and_then(|r| r.quant.clone()).or_else(|| quant_from_name(name)),
+        location: Location::HeaderOnly,
+        repo: remote.map(|r| r.repo),
+    }
+}
+
+/// The hub file stages may fetch their windows from: the one a header-only partial came with,
+/// or the one a model in the hub's layout (`.../snapshots/REV/FILE`) was downloaded from.
+/// Blocking (reads a sidecar).
+pub(super) fn hub_of(local: &LocalModel) -> Option<HubFile> {
+    if local.location == Location::HeaderOnly {
+        return Partial::open(local.first())?.sidecar.hub;
+    }
+    let ([path], Some(repo)) = (local.paths.as_slice(), &local.repo) else { return None };
+    let (_, rest) = path.to_str()?.rsplit_once("/snapshots/")?;
+    let (_, file) = rest.split_once('/')?;
+    let f = HubFile { repo: repo.clone(), file: file.to_string(), size: local.size, sha256: None };
+    f.check().ok().map(|_| f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_file_of_a_model_in_the_hub_layout() {
+        let m = |path: &str, repo: Option<&str>| LocalModel {
+            name: "m".into(),
+            paths: vec![path.into()],
+            size: 7,
+            quant: None,
+            location: Location::HfCache,
+            repo: repo.map(String::from),
+        };
+        let f = hub_of(&m("/h/models--org--m/snapshots/abc/q4/m.Q4_K_M.gguf", Some("org/m"))).unwrap();
+        assert_eq!((f.repo.as_str(), f.file.as_str(), f.size), ("org/m", "q4/m.Q4_K_M.gguf", 7));
+        assert!(hub_of(&m("/models/m.gguf", Some("org/m"))).is_none(), "not the hub layout");
+        assert!(hub_of(&m("/h/snapshots/abc/m.gguf", None)).is_none(), "no repository");
+        assert!(hub_of(&m("/h/snapshots/abc/../../x.gguf", Some("org/m"))).is_none(), "not a plain path");
+    }
+}
