@@ -133,7 +133,7 @@ pub enum LoadRefusal {
     Memory { node: String, begin: u32, end: u32, needed: u64, offered: u64, weights: u64, kv: u64, compute: u64 },
     #[error("node {node}: {detail}")]
     Failed { node: String, detail: String },
-    #[error("node {node} does not have model {model:?} and could not fetch its window: {}", tried.join("; "))]
+    #[error("node {node} does not have model {model:?} and cannot fetch its window: {}", tried.join("; "))]
     Unobtainable { node: String, model: String, tried: Vec<String> },
 }
 
