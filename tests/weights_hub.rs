@@ -266,6 +266,8 @@ async fn no_node_has_the_model_each_fetches_its_window_from_the_hub() {
     assert_eq!(generate(&api, NAME).await.unwrap(), want, "b and c from the hub");
     let pa = partial_of(c.dir("a"), NAME);
     assert!(pa.sidecar.windows.is_empty() && pa.allocated() < 3 << 20, "a: header only, {}", pa.allocated());
+    let hub_file = pa.sidecar.hub.as_ref().expect("a recorded the hub file");
+    assert_eq!((pa.sidecar.n_layer, hub_file.file.as_str(), hub_file.size), (n, FILE, size));
     assert_windows(&c, &model, NAME, &[("b", 0, 4), ("c", 4, n)]);
     let windows = bytes_of(&window(&model, 0, 4)) + bytes_of(&window(&model, 4, n));
     let served = h.data_bytes(FILE);
@@ -288,6 +290,25 @@ async fn no_node_has_the_model_each_fetches_its_window_from_the_hub() {
     println!("3 stages: hub served {moved} more bytes; a's window past the header is {a_window}");
     assert!(moved <= a_window + 3 * (2 << 20), "{moved}");
     assert!(c.log("b").contains("the hub"), "b fetched from the hub");
+
+    // `exo run` through a: the node shows the model from its header and pulls nothing
+    let before = h.data_bytes(FILE);
+    let api_addr = api.trim_start_matches("http://").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+            .args(["run", NAME, "The quick brown fox", "--temperature", "0", "--max-tokens", "8"])
+            .env("EXO_API_ADDR", api_addr)
+            .env("EXO_NO_DISCOVERY", "1")
+            .env("EXO_MODELS_DIRS", "/nonexistent")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.trim().is_empty(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(h.data_bytes(FILE) - before < 4 << 20, "no pull: {} bytes", h.data_bytes(FILE) - before);
+    assert!(!c.dir("a").join("hf").exists(), "a downloaded nothing whole");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,6 +353,9 @@ async fn a_coordinator_without_the_model_gets_the_header_and_the_windows_from_th
     let path = c.dir("b").join("wide.gguf");
     let (status, body) = generate(&api, path.to_str().unwrap()).await.unwrap_err();
     assert!(status == 404 || status == 400, "{status} {body}");
+    // a name no node holds and no hub knows: not found, as before
+    let (status, body) = generate(&api, "nowhere").await.unwrap_err();
+    assert!(status == 404 && body.contains("nowhere"), "{status} {body}");
     place(&api, "wide", json!([{ "node": "a", "begin": 0, "end": 4 }, { "node": "c", "begin": 4, "end": n }]))
         .await
         .unwrap();

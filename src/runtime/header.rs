@@ -98,11 +98,19 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
         }
     }
     let Some(mut p) = got else { return Err(tried) };
-    if hub.is_some() && p.sidecar.hub != hub {
+    // where the rest is (for the stages) and how many layers it has (for `exo list`)
+    if hub.is_some() {
         p.sidecar.hub = hub;
-        let q = p.clone();
-        blocking(move || Ok(q.save()?)).await.map_err(|e| vec![e.to_string()])?;
     }
+    let p = blocking(move || {
+        let files = crate::gguf::ModelFiles::open(&p.path)
+            .map_err(|e| RuntimeError::Load { model: p.sidecar.model.clone(), reason: e.to_string() })?;
+        p.sidecar.n_layer = crate::gguf::ModelShape::from_files(&files).map(|s| s.n_layer).unwrap_or(0);
+        p.save()?;
+        Ok(p)
+    })
+    .await
+    .map_err(|e| vec![e.to_string()])?;
     tracing::info!(model = name, path = %p.path.display(), "this node lacks the model: its header is here; stages fetch their windows");
     Ok(header_model(name, &p, remote))
 }
