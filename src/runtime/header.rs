@@ -75,6 +75,8 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
     }
     // the hub file, for the stages to fall back on (and the header itself if no node sent it)
     let hub = match &remote {
+        // offline: a name no node holds stays "not found", as on a node alone
+        Some(_) if store.offline => None,
         Some(r) => match store.hub_file(r).await {
             Ok(f) => Some(f),
             Err(e) => {
