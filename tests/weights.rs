@@ -339,3 +339,45 @@ async fn cold_start_window_vs_whole_file() {
         );
     }
 }
+
+/// `exo run` through node a, placing a stage on b which lacks the model: b reports its fetch to
+/// a, a lists it among its transfers, and `exo run` says (a bar on a terminal, a line here) how
+/// b's window came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exo_run_shows_each_node_fetching_its_window() {
+    let model = common::model("tiny-llama");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let free = common::nodes::free_port;
+    let (pa, pb) = ((free(), free()), (free(), free()));
+    let _a = spawn_env("a", da.path(), pa, &[pb.1], &[], &env);
+    let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
+    let api = format!("http://127.0.0.1:{}", pa.0);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)).await;
+    let (addr, cfg) = (format!("127.0.0.1:{}", pa.0), config.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+            .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
+            .args(["--split", "b=0:5,a=5:8"])
+            .env("EXO_API_ADDR", addr)
+            .env("EXO_CONFIG_DIR", cfg)
+            .env("EXO_MODELS_DIRS", "/nonexistent")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!out.stdout.is_empty());
+    let line = err.lines().find(|l| l.starts_with("b: ")).unwrap_or_else(|| panic!("no line for b: {err}"));
+    assert!(line.contains("of tiny-llama from node a in"), "{line}");
+    let cl: Value = http.get(format!("{api}/cluster")).send().await.unwrap().json().await.unwrap();
+    let t = cl["transfers"].as_array().unwrap().iter().find(|t| t["node"] == "b").cloned().unwrap();
+    let window = want_bytes(&model, 0, 5) - GgufFile::open(&model).unwrap().data_offset;
+    assert_eq!((t["state"].as_str(), t["kind"].as_str()), (Some("done"), Some("window")), "{t}");
+    assert!(t["done_bytes"].as_u64().unwrap().abs_diff(window) < window / 20 + (1 << 20), "{t} vs {window}");
+}
