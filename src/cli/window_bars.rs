@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// How often the transfers are read.
 const EVERY: Duration = Duration::from_millis(250);
+/// Reads after the load ends while fetches are still shown running.
+const SETTLE: usize = 8;
 
 /// One transfer as the bars need it (from a [`Transfer`] here, or `/cluster`'s JSON).
 #[derive(Clone, Debug, PartialEq)]
@@ -122,7 +124,17 @@ where
     loop {
         tokio::select! {
             out = &mut work => {
-                show(read().await);
+                // a stage node's last report may arrive just after its answer: a moment for
+                // the fetches still shown running to settle
+                for _ in 0..SETTLE {
+                    let rows = read().await;
+                    let running = rows.iter().any(|r| r.state == "running" && !old.contains(&(r.node.clone(), r.id)));
+                    show(rows);
+                    if !running {
+                        break;
+                    }
+                    tokio::time::sleep(EVERY).await;
+                }
                 return out;
             }
             _ = tokio::time::sleep(EVERY) => show(read().await),
