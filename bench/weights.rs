@@ -4,7 +4,8 @@
 //! the bytes that crossed, when b fetches only its window vs when b first copies the whole file
 //! from the same source (what every node downloading the whole model costs).
 //!
-//! `cargo bench --bench weights` (env: BENCH_MODEL, BENCH_REPS=3, BENCH_BW=125e6 bytes/s).
+//! `cargo bench --bench weights` (env: BENCH_MODEL, BENCH_REPS=3, BENCH_BW=125e6 bytes/s, BENCH_LOGS=DIR
+//! to keep the nodes' logs of the last run).
 
 #[path = "common.rs"]
 mod common;
@@ -41,7 +42,11 @@ async fn cold_cluster(model: &Path, bw: f64, da: &Path, db: &Path, config: &Path
                 .env("EXO_NO_DISCOVERY", "1")
                 .env("EXO_OFFLINE", "1")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(match std::env::var("BENCH_LOGS") {
+                    // each node's log, to see where the time goes
+                    Ok(d) => Stdio::from(std::fs::File::create(Path::new(&d).join(["a.log", "b.log"][i])).unwrap()),
+                    Err(_) => Stdio::null(),
+                })
                 .spawn()
                 .unwrap(),
         );
