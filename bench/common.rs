@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Child;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 pub fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
@@ -40,4 +43,53 @@ pub fn bench_model() -> PathBuf {
         }
         p
     })
+}
+
+/// Copies `from` to `to`, each chunk released `delay` after it arrived and paced to `bw` B/s.
+pub async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    bw: f64,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut line_free = Instant::now();
+    while let Some((arrived, chunk)) = rx.recv().await {
+        let start = (arrived + delay).max(line_free);
+        line_free = start + Duration::from_secs_f64(chunk.len() as f64 / bw);
+        tokio::time::sleep_until(line_free.into()).await;
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A relay on `listen` to `target` emulating one link.
+pub async fn relay(listen: TcpListener, target: String, delay: Duration, bw: f64) {
+    loop {
+        let Ok((inbound, _)) = listen.accept().await else { continue };
+        let target = target.clone();
+        tokio::spawn(async move {
+            let Ok(outbound) = TcpStream::connect(&target).await else { return };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            tokio::spawn(pump(ir, ow, delay, bw));
+            tokio::spawn(pump(or, iw, delay, bw));
+        });
+    }
 }

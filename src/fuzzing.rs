@@ -59,7 +59,7 @@ pub fn frame(data: &[u8]) {
 /// First byte: the message kind; the rest: its payload, through the node's decoder for it.
 pub fn messages(data: &[u8]) {
     let Some((&k, rest)) = data.split_first() else { return };
-    if let Some(kind) = Kind::from_u16(k as u16 % 22) {
+    if let Some(kind) = Kind::from_u16(k as u16 % 23) {
         let _ = crate::cluster::decode_payload(kind, rest);
     }
     // what decodes re-encodes to something that decodes to the same

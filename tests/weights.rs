@@ -5,6 +5,7 @@
 mod common;
 
 use common::nodes::{spawn_env, wait_for};
+use common::weights::{generate_n, partial_of, place_model, window_bytes};
 use exo::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use exo::gguf::{GgufFile, ModelFiles, ModelShape};
 use exo::store::fetch::{fetch_window, BoxFut, FileInfo, RangeSource, PIECE};
@@ -61,11 +62,6 @@ fn wide_model() -> PathBuf {
     common::model_from(&spec, "wide-llama")
 }
 
-fn want_bytes(path: &Path, b: u32, e: u32) -> u64 {
-    let shape = ModelShape::from_files(&ModelFiles::open(path).unwrap()).unwrap();
-    window_ranges(&GgufFile::open(path).unwrap(), shape.n_layer, b, e).iter().map(|r| r.1 - r.0).sum()
-}
-
 fn quiet() -> exo::store::fetch::OnProgress {
     Arc::new(|_, _| {})
 }
@@ -99,7 +95,7 @@ async fn partial_windows_load_like_the_whole_file_and_take_only_their_bytes() {
         let d = tempfile::tempdir().unwrap();
         let src = FileSource::new(&whole, u64::MAX);
         let (path, done) = fetch_window(d.path(), "wide", (b, e), src.clone(), PIECE, quiet()).await.unwrap();
-        let want = want_bytes(&whole, b, e);
+        let want = window_bytes(&whole, b, e);
         assert_eq!(done.bytes, want, "moved exactly the window's bytes");
         let du = allocated_bytes(&path);
         let size = std::fs::metadata(&whole).unwrap().len();
@@ -127,7 +123,7 @@ async fn killed_transfers_resume_corrupt_ranges_come_again_and_windows_grow() {
     // resumed: only what was missing moves
     let src = FileSource::new(&whole, u64::MAX);
     let (path, done) = fetch_window(d.path(), "wide", (2, 6), src.clone(), piece, quiet()).await.unwrap();
-    let want = want_bytes(&whole, 2, 6);
+    let want = window_bytes(&whole, 2, 6);
     assert_eq!(done.bytes + kept, want, "resumed from the {kept} verified bytes");
     assert_eq!(run_window(&path, 2, 6, n_layer).await, run_window(&whole, 2, 6, n_layer).await);
 
@@ -150,7 +146,7 @@ async fn killed_transfers_resume_corrupt_ranges_come_again_and_windows_grow() {
     let before = allocated_bytes(&path);
     let src = FileSource::new(&whole, u64::MAX);
     let (_, done) = fetch_window(d.path(), "wide", (0, n_layer), src, piece, quiet()).await.unwrap();
-    assert_eq!(done.bytes, want_bytes(&whole, 0, n_layer) - want);
+    assert_eq!(done.bytes, window_bytes(&whole, 0, n_layer) - want);
     assert!(allocated_bytes(&path) > before);
     assert!(Partial::open(&path).unwrap().has_window(0, n_layer));
     assert_eq!(run_window(&path, 0, n_layer, n_layer).await, run_window(&whole, 0, n_layer, n_layer).await);
@@ -175,28 +171,16 @@ async fn killed_transfers_resume_corrupt_ranges_come_again_and_windows_grow() {
 }
 
 async fn generate(http: &reqwest::Client, base: &str, prompt: &str) -> String {
-    let body = json!({ "model": "tiny-llama", "prompt": prompt, "stream": false, "raw": true,
-        "options": { "num_predict": 16, "seed": 0, "temperature": 0.0 } });
-    let r = http.post(format!("{base}/api/generate")).json(&body).send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{v}");
-    v["response"].as_str().unwrap().to_string()
+    generate_n(http, base, "tiny-llama", prompt, 16).await
 }
 
 async fn place(http: &reqwest::Client, base: &str, placement: Value) {
-    let r = http
-        .post(format!("{base}/instances"))
-        .json(&json!({ "model": "tiny-llama", "placement": placement }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    place_model(http, base, "tiny-llama", placement).await.unwrap();
 }
 
 /// The partial of tiny-llama under a node's models dir.
 fn node_partial(dir: &Path) -> Partial {
-    Partial::open(&Partial::path_in(dir, "tiny-llama")).expect("a partial model")
+    partial_of(dir, "tiny-llama").expect("a partial model")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +209,7 @@ async fn nodes_without_the_model_fetch_their_windows_from_the_node_that_has_it()
         .await;
     assert_eq!(generate(&http, &api, prompt).await, want, "b's window from a partial model");
     let pb = node_partial(db.path());
-    let window = want_bytes(&model, 0, 4);
+    let window = window_bytes(&model, 0, 4);
     assert!(pb.allocated().abs_diff(window) <= window / 20 + (1 << 20), "b holds {} for {window}", pb.allocated());
     assert!(pb.has_window(0, 4));
     // the others learn what b holds from its pongs: a has the whole file, b a window
@@ -245,7 +229,7 @@ async fn nodes_without_the_model_fetch_their_windows_from_the_node_that_has_it()
     assert_eq!(generate(&http, &api, prompt).await, want, "over 3 nodes");
     assert!(node_partial(db.path()).has_window(0, 6), "the larger window extended b's file");
     let pc = node_partial(dc.path());
-    let window = want_bytes(&model, 6, n_layer);
+    let window = window_bytes(&model, 6, n_layer);
     assert!(pc.allocated().abs_diff(window) <= window / 20 + (1 << 20));
     let log = std::fs::read_to_string(db.path().join("b.log")).unwrap();
     assert!(log.contains("window in place"), "{log}");
@@ -338,4 +322,46 @@ async fn cold_start_window_vs_whole_file() {
             p.allocated() as f64 / 1e6
         );
     }
+}
+
+/// `exo run` through node a, placing a stage on b which lacks the model: b reports its fetch to
+/// a, a lists it among its transfers, and `exo run` says (a bar on a terminal, a line here) how
+/// b's window came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exo_run_shows_each_node_fetching_its_window() {
+    let model = common::model("tiny-llama");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let free = common::nodes::free_port;
+    let (pa, pb) = ((free(), free()), (free(), free()));
+    let _a = spawn_env("a", da.path(), pa, &[pb.1], &[], &env);
+    let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
+    let api = format!("http://127.0.0.1:{}", pa.0);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)).await;
+    let (addr, cfg) = (format!("127.0.0.1:{}", pa.0), config.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+            .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
+            .args(["--split", "b=0:5,a=5:8"])
+            .env("EXO_API_ADDR", addr)
+            .env("EXO_CONFIG_DIR", cfg)
+            .env("EXO_MODELS_DIRS", "/nonexistent")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!out.stdout.is_empty());
+    let line = err.lines().find(|l| l.starts_with("b: ")).unwrap_or_else(|| panic!("no line for b: {err}"));
+    assert!(line.contains("of tiny-llama from node a in"), "{line}");
+    let cl: Value = http.get(format!("{api}/cluster")).send().await.unwrap().json().await.unwrap();
+    let t = cl["transfers"].as_array().unwrap().iter().find(|t| t["node"] == "b").cloned().unwrap();
+    let window = window_bytes(&model, 0, 5) - GgufFile::open(&model).unwrap().data_offset;
+    assert_eq!((t["state"].as_str(), t["kind"].as_str()), (Some("done"), Some("window")), "{t}");
+    assert!(t["done_bytes"].as_u64().unwrap().abs_diff(window) < window / 20 + (1 << 20), "{t} vs {window}");
 }

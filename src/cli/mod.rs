@@ -23,6 +23,7 @@ mod remote;
 mod run;
 mod scenarios;
 mod serve;
+mod window_bars;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

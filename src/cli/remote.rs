@@ -72,6 +72,21 @@ pub(super) struct RemoteBackend {
     raw: bool,
 }
 
+/// The transfers a node lists on `/cluster` (none when it does not answer).
+fn rows(
+    http: reqwest::Client,
+    base: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<super::window_bars::Row>> + Send>> {
+    Box::pin(async move {
+        let Ok(r) = http.get(format!("{base}/cluster")).send().await else { return vec![] };
+        let v: Value = r.json().await.unwrap_or_default();
+        let here = v["nodes"].as_array().and_then(|n| n.iter().find(|x| x["self"] == true)).map(|x| &x["name"]);
+        let here = here.and_then(Value::as_str).unwrap_or("this node").to_string();
+        let t = v["transfers"].as_array().cloned().unwrap_or_default();
+        t.iter().filter_map(|t| super::window_bars::Row::of_json(t, &here)).collect()
+    })
+}
+
 /// How a node knows MODEL: a name as given, a file path by its model name (nodes take names,
 /// never paths).
 pub(super) fn name_for_node(model: &str) -> String {
@@ -97,25 +112,47 @@ impl RemoteBackend {
         let http = super::http().build()?;
         let name = name_for_node(&a.model);
         let r = http.post(format!("{base}/api/show")).json(&json!({ "model": name })).send().await?;
-        if r.status() == reqwest::StatusCode::NOT_FOUND && name != a.model {
+        let here = r.status() != reqwest::StatusCode::NOT_FOUND;
+        if !here && name != a.model {
             return Err(NodeLacksFile { base: base.to_string(), name }.into());
         }
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            let r =
-                http.post(format!("{base}/api/pull")).json(&json!({ "model": name, "stream": false })).send().await?;
-            if !r.status().is_success() {
-                return Err(error_of(r).await);
-            }
-        } else if !r.status().is_success() {
+        if here && !r.status().is_success() {
             return Err(error_of(r).await);
         }
-        if let Some(placement) = split {
-            let r = http
-                .post(format!("{base}/instances"))
-                .json(&json!({ "model": name, "placement": placement, "num_ctx": a.ctx_size }))
-                .send()
-                .await?;
-            if !r.status().is_success() {
+        // a named split is placed first; a model the node lacks is loaded first too: on a
+        // cluster each stage node then fetches only its window (a bar per node), and the whole
+        // file is pulled only when the node cannot place it that way
+        let load = || {
+            let (http, base) = (http.clone(), base.to_string());
+            let body = match &split {
+                Some(p) => json!({ "model": name, "placement": p, "num_ctx": a.ctx_size }),
+                None => json!({ "model": name, "stream": false, "options": { "num_ctx": a.ctx_size } }),
+            };
+            let url = format!("{base}/{}", if split.is_some() { "instances" } else { "api/generate" });
+            let rows = move || rows(http.clone(), base.clone());
+            let http = super::http().build();
+            super::window_bars::while_loading(rows, async move {
+                Ok::<_, anyhow::Error>(http?.post(url).json(&body).send().await?)
+            })
+        };
+        if !here || split.is_some() {
+            let mut r = load().await?;
+            if r.status() == reqwest::StatusCode::NOT_FOUND && !here {
+                let p = http
+                    .post(format!("{base}/api/pull"))
+                    .json(&json!({ "model": name, "stream": false }))
+                    .send()
+                    .await?;
+                if !p.status().is_success() {
+                    return Err(error_of(p).await);
+                }
+                if split.is_some() {
+                    r = load().await?;
+                }
+            } else if !r.status().is_success() {
+                return Err(error_of(r).await);
+            }
+            if split.is_some() && !r.status().is_success() {
                 return Err(error_of(r).await);
             }
         }

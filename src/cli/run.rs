@@ -3,6 +3,7 @@
 //! an unnamed `--split`). The chat itself is [`super::chat`].
 
 use super::chat::{self, Backend, Params, TurnStats};
+use super::window_bars::Row;
 use super::UsageError;
 use crate::engine::{ChatMessage, LayerRange, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
@@ -98,7 +99,15 @@ async fn run_async(a: RunArgs) -> anyhow::Result<()> {
     let model = ModelRef::Path(model.first().to_path_buf());
     let opts = LoadOptions { num_ctx: a.ctx_size, n_batch: None, forced, no_mmap: a.no_mmap };
     let t = Instant::now();
-    let (instance, _) = runtime.instance(&model, opts.clone()).await?;
+    // stage nodes without the model fetch their windows from here: a bar per node
+    let rows = {
+        let (c, here) = (cluster.clone(), runtime.here());
+        move || {
+            let v: Vec<_> = c.iter().flat_map(|c| c.store.transfers.list()).map(|t| Row::of(&t, &here)).collect();
+            Box::pin(std::future::ready(v)) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        }
+    };
+    let (instance, _) = super::window_bars::while_loading(rows, runtime.instance(&model, opts.clone())).await?;
     let load = t.elapsed();
     if a.verbose {
         eprintln!("placement: {}", placement_of(&runtime, &instance));

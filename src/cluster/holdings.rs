@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HELD: usize = 256;
 /// Most links a pong may list.
 pub const MAX_LINKS: usize = 256;
+/// Longest model or node name kept from a pong.
+const MAX_NAME: usize = 256;
+/// Most windows kept for one held model.
+const MAX_WINDOWS: usize = 64;
 
 /// A model a node holds: the whole file (it can send any window), or some layer windows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +57,8 @@ impl Pong {
     pub fn bounded(mut self) -> Pong {
         self.held.truncate(MAX_HELD);
         self.links.truncate(MAX_LINKS);
+        self.held.retain(|h| h.model.len() <= MAX_NAME && h.windows.len() <= MAX_WINDOWS);
+        self.links.retain(|l| l.name.len() <= MAX_NAME && l.node_id.len() <= MAX_NAME);
         self
     }
 }
@@ -118,7 +124,9 @@ impl ClusterNode {
 
     /// The pong this node answers pings with.
     pub(super) fn pong(&self) -> Pong {
-        Pong { profile: self.profile.lock().unwrap().clone(), held: self.held_here(), links: figures(&self.peers()) }
+        // one lock at a time
+        let profile = self.profile.lock().unwrap().clone();
+        Pong { profile, held: self.held_here(), links: figures(&self.peers()) }
     }
 }
 
@@ -151,5 +159,11 @@ mod tests {
         let links = vec![LinkFigure { node_id: "x".into(), name: "n".into(), rtt_ms: None, bandwidth: None }; 999];
         let b = Pong { profile: p, held, links }.bounded();
         assert_eq!((b.held.len(), b.links.len()), (MAX_HELD, MAX_LINKS));
+        let long = Held { model: "x".repeat(MAX_NAME + 1), size: 1, whole: true, windows: vec![] };
+        let many = Held { model: "m".into(), size: 1, whole: false, windows: vec![(0, 1); MAX_WINDOWS + 1] };
+        let ok = Held { model: "m".into(), size: 1, whole: true, windows: vec![] };
+        let p = crate::profile::snapshot(None, Some(1.0));
+        let b = Pong { profile: p, held: vec![long, many, ok.clone()], links: vec![] }.bounded();
+        assert_eq!(b.held, vec![ok]);
     }
 }

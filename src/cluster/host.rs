@@ -143,6 +143,7 @@ pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
         Kind::WeightsMeta => j::<crate::transport::WeightsMeta>(b),
         // raw bytes of a model file
         Kind::WeightsData => Ok(()),
+        Kind::LoadProgress => j::<crate::transport::LoadProgressMsg>(b),
         Kind::OtherCluster => crate::transport::noise::parse_preamble(b).map(drop).map_err(|e| e.to_string()),
         // free text or nothing
         Kind::Refused | Kind::Ping | Kind::SeqDone | Kind::Bye | Kind::Handshake => Ok(()),
@@ -168,7 +169,12 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
             let node = node.clone();
             let owner = conn.peer().clone();
             tokio::spawn(async move {
-                let reply = match load(&node, ls, &owner).await {
+                let (stop, stopped) = tokio::sync::oneshot::channel();
+                let report = tokio::spawn(super::progress::report(node.clone(), conn.clone(), ls.clone(), stopped));
+                let r = load(&node, ls, &owner).await;
+                let _ = stop.send(());
+                let _ = report.await;
+                let reply = match r {
                     Ok(n_ctx) => (Kind::Loaded, json(&LoadedMsg { n_ctx })),
                     Err(e) => {
                         tracing::warn!(peer = %conn.peer().node_name, "refused to load a stage: {e}");

@@ -6,6 +6,7 @@ mod coordinator;
 pub mod holdings;
 mod host;
 mod limits;
+mod progress;
 mod weights;
 
 pub use coordinator::{ClusterChain, Origin, StagePlacement};
@@ -602,6 +603,10 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
                 host::handle(&n, kind, inc).await
             }
             Kind::WeightsAsk => weights::serve(&n, inc),
+            // a stage on this node reports to itself: its transfer is listed here already
+            Kind::LoadProgress if inc.conn.peer().node_id != n.hello.node_id => {
+                progress::record(&n, &inc.conn.peer().node_name, &inc.frame.payload)
+            }
             Kind::Bye => {
                 let id = inc.conn.peer().node_id.clone();
                 n.departed.lock().unwrap().insert(id.clone());

@@ -288,10 +288,9 @@ impl Runtime {
 
     /// A model on this node and its header, for `/api/show`.
     pub async fn show(&self, model: &ModelRef) -> Result<(LocalModel, ModelShape), RuntimeError> {
-        // on a cluster, a model this node lacks shows from its header (fetched from a holder or
-        // the hub), as a load would use it
-        let local = header::locate(self, model).await?;
+        let (store, model) = (self.store.clone(), model.clone());
         blocking(move || {
+            let local = registry::resolve_local(&store, &model)?;
             let shape = registry::read_shape(&local)?;
             Ok((local, shape))
         })

@@ -39,6 +39,8 @@ pub struct Transfer {
     pub id: u64,
     /// "download" (from the hub) or "window" (layers from a peer).
     pub kind: &'static str,
+    /// The node it runs on, when not this one (a stage node's window, as it reported it).
+    pub node: Option<String>,
     pub model: String,
     /// Where the bytes come from (the hub's repository, or a peer's address).
     pub source: String,
@@ -51,6 +53,9 @@ pub struct Transfer {
     pub seconds: f64,
     #[serde(skip)]
     t0: Instant,
+    /// `node#id` of a mirrored transfer.
+    #[serde(skip)]
+    remote: String,
 }
 
 /// Shared by every clone of a [`super::Store`].
@@ -66,6 +71,7 @@ impl Transfers {
         g.1.push_back(Transfer {
             id,
             kind,
+            node: None,
             model: model.to_string(),
             source: source.to_string(),
             done_bytes: 0,
@@ -75,13 +81,70 @@ impl Transfers {
             started_unix_ms,
             seconds: 0.0,
             t0: Instant::now(),
+            remote: String::new(),
         });
         // drop the oldest finished ones beyond what is shown
-        while g.1.iter().filter(|t| t.state != "running").count() > KEEP_FINISHED {
-            let Some(i) = g.1.iter().position(|t| t.state != "running") else { break };
-            g.1.remove(i);
-        }
+        Self::trim(&mut g.1);
         TransferHandle { transfers: self.clone(), id, open: true }
+    }
+
+    /// Records what another node reported of its transfer `remote_id` (kept apart by node).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mirror(
+        &self,
+        node: &str,
+        remote_id: u64,
+        model: &str,
+        source: &str,
+        (done_bytes, total_bytes): (u64, u64),
+        state: &str,
+        error: Option<String>,
+        seconds: f64,
+    ) {
+        let state = match state {
+            "running" => "running",
+            "done" => "done",
+            _ => "failed",
+        };
+        let key = format!("{node}#{remote_id}");
+        let mut g = self.0.lock().unwrap();
+        let at = g.1.iter().position(|t| t.node.as_deref() == Some(node) && t.remote == key);
+        let i = match at {
+            Some(i) => i,
+            None => {
+                g.0 += 1;
+                let (id, now) = (g.0, SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64));
+                g.1.push_back(Transfer {
+                    id,
+                    kind: "window",
+                    node: Some(node.to_string()),
+                    model: model.to_string(),
+                    source: source.to_string(),
+                    done_bytes: 0,
+                    total_bytes: 0,
+                    state: "running",
+                    error: None,
+                    started_unix_ms: now.unwrap_or(0),
+                    seconds: 0.0,
+                    t0: Instant::now(),
+                    remote: key,
+                });
+                g.1.len() - 1
+            }
+        };
+        let t = &mut g.1[i];
+        (t.done_bytes, t.total_bytes, t.state, t.error, t.seconds) =
+            (done_bytes, total_bytes.max(done_bytes), state, error, seconds);
+        // a reported transfer has its own clock: it is not re-timed here
+        t.t0 = Instant::now() - std::time::Duration::from_secs_f64(seconds.clamp(0.0, 1e7));
+        Self::trim(&mut g.1);
+    }
+
+    fn trim(v: &mut VecDeque<Transfer>) {
+        while v.iter().filter(|t| t.state != "running").count() > KEEP_FINISHED {
+            let Some(i) = v.iter().position(|t| t.state != "running") else { break };
+            v.remove(i);
+        }
     }
 
     /// Newest first.

@@ -39,6 +39,9 @@ pub enum Kind {
     WeightsMeta = 20,
     /// The answer to a read [`WeightsAsk`]: the bytes, raw.
     WeightsData = 21,
+    /// A stage node's progress fetching its window, to the coordinator that asked it to load
+    /// ([`LoadProgressMsg`], JSON; no answer).
+    LoadProgress = 22,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             19 => WeightsAsk,
             20 => WeightsMeta,
             21 => WeightsData,
+            22 => LoadProgress,
             _ => return None,
         })
     }
@@ -94,6 +98,31 @@ pub struct LoadStage {
     /// send none).
     #[serde(default)]
     pub hub: Option<crate::store::HubFile>,
+}
+
+/// Most transfers one [`LoadProgressMsg`] may carry.
+pub const MAX_PROGRESS_ITEMS: usize = 8;
+
+/// A stage node's window transfers for one load, as they stand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadProgressMsg {
+    pub instance: u64,
+    pub index: usize,
+    pub transfers: Vec<ProgressItem>,
+}
+
+/// One transfer on the stage node (its own id there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressItem {
+    pub id: u64,
+    pub model: String,
+    pub source: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// "running", "done" or "failed".
+    pub state: String,
+    pub error: Option<String>,
+    pub seconds: f64,
 }
 
 /// Asks a peer for bytes of a model file it holds whole, by name (never by path). Each answer

@@ -13,8 +13,8 @@ pub use frame::{
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 pub use message::{
-    BatchMsg, EmbeddingMsg, Kind, LoadRefusal, LoadStage, SeqOp, WeightsAsk, WeightsMeta, MAX_EMBEDDING,
-    MAX_WEIGHTS_READ,
+    BatchMsg, EmbeddingMsg, Kind, LoadProgressMsg, LoadRefusal, LoadStage, ProgressItem, SeqOp, WeightsAsk,
+    WeightsMeta, MAX_EMBEDDING, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
 };
 pub use noise::{Security, NOISE_PARAMS};
 

@@ -7,6 +7,7 @@ pub mod load;
 pub mod nodes;
 pub mod procs;
 pub mod real;
+pub mod weights;
 pub mod workload;
 
 use exo::synth;
