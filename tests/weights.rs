@@ -9,7 +9,7 @@ use common::weights::{generate_n, partial_of, place_model, window_bytes};
 use exo::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use exo::gguf::{GgufFile, ModelFiles, ModelShape};
 use exo::store::fetch::{fetch_window, BoxFut, FileInfo, RangeSource, PIECE};
-use exo::store::partial::{allocated_bytes, hash_range, window_ranges, Partial};
+use exo::store::partial::{allocated_bytes, hash_range, Partial};
 use exo::synth;
 use serde_json::{json, Value};
 use std::os::unix::fs::FileExt;
