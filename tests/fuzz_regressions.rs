@@ -161,6 +161,32 @@ async fn write_seeds() {
         hub: None,
     };
     let profile = serde_json::to_vec(&exo::profile::snapshot(None, Some(10.0))).unwrap();
+    let pong_held = serde_json::to_vec(&exo::cluster::holdings::Pong {
+        profile: exo::profile::snapshot(None, Some(10.0)),
+        held: vec![exo::cluster::holdings::Held { model: "m".into(), size: 9, whole: false, windows: vec![(0, 4)] }],
+        links: vec![exo::cluster::holdings::LinkFigure {
+            node_id: "00ff".into(),
+            name: "b".into(),
+            rtt_ms: Some(0.3),
+            bandwidth: Some(1e9),
+        }],
+    })
+    .unwrap();
+    let progress = serde_json::to_vec(&exo::transport::LoadProgressMsg {
+        instance: 1,
+        index: 0,
+        transfers: vec![exo::transport::ProgressItem {
+            id: 1,
+            model: "m".into(),
+            source: "node a".into(),
+            done_bytes: 5,
+            total_bytes: 9,
+            state: "running".into(),
+            error: None,
+            seconds: 0.5,
+        }],
+    })
+    .unwrap();
     let refusal = serde_json::to_vec(&exo::transport::LoadRefusal::Limit {
         node: "a".into(),
         field: "n_ctx".into(),
@@ -180,6 +206,8 @@ async fn write_seeds() {
         ("seq_remove", Kind::SeqOp, br#"{"instance":1,"stage":0,"op":{"Remove":{"seq":0,"p0":3,"p1":-1}}}"#.to_vec()),
         ("unload", Kind::Unload, br#"{"instance":1}"#.to_vec()),
         ("pong", Kind::Pong, profile),
+        ("pong_held", Kind::Pong, pong_held),
+        ("load_progress", Kind::LoadProgress, progress),
         ("error", Kind::Error, refusal),
         ("other_cluster", Kind::OtherCluster, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]),
     ] {
