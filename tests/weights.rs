@@ -274,56 +274,6 @@ async fn an_automatic_placement_on_a_node_without_the_model_fetches_it() {
     assert_eq!(got, generate(&http, &api_r, prompt).await);
 }
 
-/// Cold start on 2 nodes with a ~1.1 GB generated model (tinyllama-1b, Q8_0) where only a has
-/// it: time from placing to the first token, and bytes b receives, when b gets half the layers
-/// (its window) vs all of them (what copying the whole file costs). Loopback, no rate limit.
-/// `cargo test --release --test weights -- --ignored --nocapture cold_start`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a 1.1 GB model; run by hand (figures in the report)"]
-async fn cold_start_window_vs_whole_file() {
-    let model = common::model("tinyllama-1b");
-    let size = std::fs::metadata(&model).unwrap().len();
-    let n_layer = ModelShape::from_files(&ModelFiles::open(&model).unwrap()).unwrap().n_layer;
-    for (label, b_end) in [("window (half the layers)", n_layer / 2), ("whole file (every layer)", n_layer)] {
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        std::os::unix::fs::symlink(&model, da.path().join("tinyllama-1b.gguf")).unwrap();
-        let config = tempfile::tempdir().unwrap();
-        let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
-        let free = common::nodes::free_port;
-        let (pa, pb) = ((free(), free()), (free(), free()));
-        let _a = spawn_env("a", da.path(), pa, &[pb.1], &[], &env);
-        let _b = spawn_env("b", db.path(), pb, &[pa.1], &[], &env);
-        let api = format!("http://127.0.0.1:{}", pa.0);
-        let http = reqwest::Client::new();
-        wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)).await;
-        let mut placement = vec![json!({ "node": "b", "begin": 0, "end": b_end })];
-        if b_end < n_layer {
-            placement.push(json!({ "node": "a", "begin": b_end, "end": n_layer }));
-        }
-        let t = std::time::Instant::now();
-        let r = http
-            .post(format!("{api}/instances"))
-            .json(&json!({ "model": "tinyllama-1b", "placement": placement }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-        let body = json!({ "model": "tinyllama-1b", "prompt": "Hello", "stream": false, "raw": true,
-            "options": { "num_predict": 1, "temperature": 0.0 } });
-        let r = http.post(format!("{api}/api/generate")).json(&body).send().await.unwrap();
-        assert!(r.status().is_success());
-        let ttft = t.elapsed().as_secs_f64();
-        let p = Partial::open(&Partial::path_in(db.path(), "tinyllama-1b")).unwrap();
-        let moved: u64 = p.present().iter().map(|r| r.1 - r.0).sum();
-        println!(
-            "{label}: first token after {ttft:.2} s; b received {:.1} MB of the {:.1} MB file ({:.1} MB on disk)",
-            moved as f64 / 1e6,
-            size as f64 / 1e6,
-            p.allocated() as f64 / 1e6
-        );
-    }
-}
-
 /// `exo run` through node a, placing a stage on b which lacks the model: b reports its fetch to
 /// a, a lists it among its transfers, and `exo run` says (a bar on a terminal, a line here) how
 /// b's window came.
