@@ -11,15 +11,26 @@ mod search;
 mod split;
 mod types;
 pub mod units;
+mod weights;
 
 pub use cluster_file::parse_cluster;
 pub use cost::{forward_bytes, stage_memory, BACK_BYTES};
 pub use search::MAX_SEARCH_NODES;
 pub use split::{parse_split, ForcedStage, SplitError};
 pub use types::{Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, Plan, StagePlan};
+pub use weights::{bytes_to_move, moves, source_for, Holds, Moves, Source, StageMove, Weights, DEFAULT_HUB_BANDWIDTH};
 
 use cost::Ctx;
 use units::fmt_bytes;
+use weights::Pricing;
+
+/// Placements predicted within this share of the fastest one's decode speed count as equally
+/// fast, and the one that moves the fewest bytes wins among them. Why 5%: the cost model's own
+/// error is larger than that (measured decode speeds vary by several percent from run to run),
+/// so a smaller difference is no real reason to copy gigabytes; it stays well under the 20% at
+/// which a loaded instance moves to a faster placement (`runtime::heal`), so the choice never
+/// makes an instance move.
+pub const NEAR_FASTEST: f64 = 0.05;
 
 /// One node's part of a memory shortfall.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +105,13 @@ fn check_cluster(c: &Cluster) -> Result<(), PlacementError> {
 
 /// Chooses the placement with the highest predicted decode tokens/s that fits in memory.
 pub fn place(m: &ModelCost, c: &Cluster, o: &Options) -> Result<Plan, PlacementError> {
+    place_near(m, c, o, &Weights::default())
+}
+
+/// [`place`], knowing where the model's bytes are: among the placements predicted within
+/// [`NEAR_FASTEST`] of the fastest, the one that moves the fewest bytes (the fastest itself when
+/// none moves fewer). Without holdings it is [`place`].
+pub fn place_near(m: &ModelCost, c: &Cluster, o: &Options, w: &Weights) -> Result<Plan, PlacementError> {
     check_cluster(c)?;
     if m.layer_bytes.is_empty() {
         return Err(PlacementError::NoLayers);
@@ -123,13 +141,57 @@ pub fn place(m: &ModelCost, c: &Cluster, o: &Options) -> Result<Plan, PlacementE
             reason: format!("{} nodes are required but at most {max_stages} stages are allowed", required.len()),
         });
     }
-    match search::best_stages(&ctx, &order, &required, max_stages) {
+    let fastest = match search::best_stages(&ctx, &Pricing::time_only(), &order, &required, max_stages) {
         Some((_, mut stages)) => {
-            balance(&ctx, &mut stages);
-            ctx.evaluate(&stages)
+            balance(&ctx, &mut stages, None);
+            stages
         }
-        None => Err(diagnose(&ctx, &order)),
+        None => return Err(diagnose(&ctx, &order)),
+    };
+    let plan = ctx.evaluate(&fastest)?;
+    if !w.any() {
+        return Ok(plan);
     }
+    Ok(fewer_bytes(&ctx, w, &order, &required, max_stages, plan))
+}
+
+/// Powers of ten of the byte prices tried, in units of "moving the whole model costs the
+/// margin": from a tie-breaker between equally fast placements to a price that trades any time
+/// within the margin for bytes. A fixed grid (not a bisection) because the fewest bytes within
+/// the margin need not be monotone in the price once memory limits bind.
+const PRICE_EXPONENTS: [f64; 9] = [-6.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
+
+/// The search again with bytes moved priced in seconds, at several prices; the plan within the
+/// margin of `fastest` that moves the fewest bytes (ties: the faster).
+fn fewer_bytes(ctx: &Ctx, w: &Weights, order: &[usize], required: &[usize], max_stages: usize, fastest: Plan) -> Plan {
+    let limit = fastest.time_per_token * (1.0 + NEAR_FASTEST);
+    let stages_of = |p: &Plan| -> Vec<(usize, u32, u32)> {
+        p.stages
+            .iter()
+            .map(|s| {
+                (ctx.c.nodes.iter().position(|n| n.name == s.node).expect("a node of the cluster"), s.begin, s.end)
+            })
+            .collect()
+    };
+    let whole = (ctx.m.total_weight_bytes() + w.header_bytes).max(1) as f64;
+    let unit = fastest.time_per_token * NEAR_FASTEST / whole;
+    let mut best_bytes = Pricing::new(ctx.m, ctx.c, w, 1.0).bytes(&stages_of(&fastest));
+    let mut best = fastest;
+    for e in PRICE_EXPONENTS {
+        if best_bytes == 0 {
+            break;
+        }
+        let pricing = Pricing::new(ctx.m, ctx.c, w, unit * 10f64.powf(e));
+        let Some((_, mut stages)) = search::best_stages(ctx, &pricing, order, required, max_stages) else { continue };
+        balance(ctx, &mut stages, Some(&pricing));
+        let Ok(plan) = ctx.evaluate(&stages) else { continue };
+        let bytes = pricing.bytes(&stages);
+        let better = bytes < best_bytes || (bytes == best_bytes && plan.time_per_token < best.time_per_token);
+        if plan.time_per_token <= limit && better {
+            (best, best_bytes) = (plan, bytes);
+        }
+    }
+    best
 }
 
 /// Checks and prices a given placement: stages (node name, [begin, end)) in pipeline order.
@@ -174,8 +236,9 @@ pub fn evaluate(
 }
 
 /// Neighbouring stages on equally fast nodes can trade layers without changing the predicted time;
-/// even out their memory use so that no node runs needlessly full.
-fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)]) {
+/// even out their memory use so that no node runs needlessly full (never moving more bytes than
+/// before, when `bytes` prices them).
+fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
     let k = stages.len();
     let used = |st: &[(usize, u32, u32)], i: usize| {
         let (n, a, b) = st[i];
@@ -202,7 +265,8 @@ fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)]) {
             }
             let new_gap = used(&trial, i) - used(&trial, i + 1);
             let fits = [i, i + 1].iter().all(|&j| used(&trial, j) <= 1.0);
-            if fits && new_gap.abs() < gap.abs() {
+            let no_more_bytes = bytes.is_none_or(|p| p.bytes(&trial) <= p.bytes(stages));
+            if fits && new_gap.abs() < gap.abs() && no_more_bytes {
                 stages.copy_from_slice(&trial);
                 moved = true;
             }
