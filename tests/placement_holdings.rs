@@ -1,7 +1,7 @@
 //! Placement knows where bytes are, on three `exo serve` processes where only node a holds the
 //! model: the preview prices each stage's transfer (bytes, source, seconds over the measured
-//! link), a node that fetched a window needs no bytes for it again, and an automatic placement
-//! between two equally fast nodes goes to the one that holds (most of) the model.
+//! link), a node that fetched a window needs no bytes for it when placed again, and an automatic
+//! placement between two equally fast nodes goes to the one that holds (most of) the model.
 
 mod common;
 
@@ -120,13 +120,15 @@ async fn placements_know_where_the_bytes_are() {
     })
     .await;
 
-    // placing again: c's window needs nothing, and ours now goes to c, which lacks only the
-    // first two layers and the embedding (b lacks everything)
+    // placing again: c's window is not fetched again (only what lies outside it), and ours now
+    // goes to c, which lacks only the first two layers and the embedding (b lacks everything)
     let p = preview(&http, &api).await;
     let split = candidate(&p, "exo-memory-split");
     let on_c = stage(split, "c");
-    assert!(on_c["begin"].as_u64().unwrap() >= 2, "{split}");
-    assert_eq!((on_c["move_bytes"].as_u64(), on_c["move_from"].is_null()), (Some(0), true), "{split}");
+    let (b, e) = (on_c["begin"].as_u64().unwrap() as u32, on_c["end"].as_u64().unwrap() as u32);
+    let lacks = window_bytes(&model, b, e) - window_bytes(&model, b.max(2), e.max(2));
+    assert!(about(on_c["move_bytes"].as_u64().unwrap(), lacks), "{split}: c lacks {lacks}");
+    assert_eq!(on_c["move_from"].is_null(), lacks == 0, "{split}");
     let ours = candidate(&p, "exo-rs");
     let s = &ours["stages"][0];
     assert_eq!(
@@ -155,5 +157,15 @@ async fn placements_know_where_the_bytes_are() {
     let stages = cl["instances"][0]["stages"].as_array().unwrap();
     assert!(stages.iter().all(|s| s["node"] == "c"), "{cl}");
     assert!(Partial::open(&Partial::path_in(dirs[2].path(), "tiny-llama")).unwrap().has_window(0, n));
-    assert!(Partial::open(&Partial::path_in(dirs[1].path(), "tiny-llama")).is_none(), "b fetched nothing");
+    // and once more, when a has heard: c holds every layer now, nothing moves
+    wait_for(&http, &format!("{api}/cluster"), |v| {
+        v["nodes"].as_array().unwrap().iter().any(|x| x["name"] == "c" && x["held"][0]["windows"] == json!([[0, n]]))
+    })
+    .await;
+    let p = preview(&http, &api).await;
+    let ours = candidate(&p, "exo-rs");
+    assert_eq!((ours["stages"][0]["node"].as_str(), ours["move_bytes"].as_u64()), (Some("c"), Some(0)), "{ours}");
+    assert!(ours["stages"][0]["move_from"].is_null(), "{ours}");
+    let b_log = std::fs::read_to_string(dirs[1].path().join("b.log")).unwrap();
+    assert!(Partial::open(&Partial::path_in(dirs[1].path(), "tiny-llama")).is_none(), "b fetched something: {b_log}");
 }
