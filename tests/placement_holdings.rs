@@ -7,7 +7,8 @@ mod common;
 
 use common::nodes::{free_port, spawn_env, wait_for};
 use exo::gguf::{GgufFile, ModelFiles, ModelShape};
-use exo::store::partial::{window_ranges, Partial};
+use exo::placement::{bytes_to_move, Holds, ModelCost, Weights};
+use exo::store::partial::{missing, window_ranges, Partial};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -20,6 +21,33 @@ fn window_bytes(path: &Path, b: u32, e: u32) -> u64 {
 /// Within the alignment padding that the placement's per-tensor sums leave out.
 fn about(got: u64, want: u64) -> bool {
     got.abs_diff(want) <= want / 100 + 4096
+}
+
+/// Placement's bytes to move mirror what a stage's fetch takes: the window's ranges minus the
+/// ranges of the windows the node holds, for tied and untied heads, first, middle and last
+/// stages, with and without held windows.
+#[test]
+fn bytes_to_move_are_what_the_fetch_takes() {
+    for preset in ["tiny-llama", "tiny-llama-tied"] {
+        let path = common::model(preset);
+        let shape = ModelShape::from_files(&ModelFiles::open(&path).unwrap()).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let n = shape.n_layer;
+        let cost = ModelCost::from_shape(preset, &shape);
+        let held_sets: [&[(u32, u32)]; 5] = [&[], &[(0, 3)], &[(5, n)], &[(2, 6)], &[(0, 2), (6, n)]];
+        for held in held_sets {
+            let holds = if held.is_empty() { vec![] } else { vec![("x".to_string(), Holds::Windows(held.to_vec()))] };
+            let w = Weights { header_bytes: g.file_size - cost.total_weight_bytes(), holds, hub_bandwidth: vec![] };
+            let have: Vec<(u64, u64)> =
+                exo::store::partial::merge(held.iter().flat_map(|&(b, e)| window_ranges(&g, n, b, e)).collect(), 0);
+            for (b, e) in [(0, n), (0, 3), (2, 6), (3, n), (7, n), (0, 1)] {
+                let want: u64 = missing(&window_ranges(&g, n, b, e), &have).iter().map(|r| r.1 - r.0).sum();
+                let got = bytes_to_move(&cost, &w, "x", b, e);
+                // exact here: the generated models' tensors need no alignment padding
+                assert_eq!(got, want, "{preset}, holding {held:?}, window {b}:{e}");
+            }
+        }
+    }
 }
 
 async fn preview(http: &reqwest::Client, api: &str) -> Value {

@@ -7,6 +7,7 @@
 pub mod baselines;
 mod cluster_file;
 mod cost;
+mod fewest;
 mod search;
 mod split;
 mod types;
@@ -149,49 +150,10 @@ pub fn place_near(m: &ModelCost, c: &Cluster, o: &Options, w: &Weights) -> Resul
         None => return Err(diagnose(&ctx, &order)),
     };
     let plan = ctx.evaluate(&fastest)?;
-    if !w.any() {
+    if !w.any_in(c) {
         return Ok(plan);
     }
-    Ok(fewer_bytes(&ctx, w, &order, &required, max_stages, plan))
-}
-
-/// Powers of ten of the byte prices tried, in units of "moving the whole model costs the
-/// margin": from a tie-breaker between equally fast placements to a price that trades any time
-/// within the margin for bytes. A fixed grid (not a bisection) because the fewest bytes within
-/// the margin need not be monotone in the price once memory limits bind.
-const PRICE_EXPONENTS: [f64; 9] = [-6.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
-
-/// The search again with bytes moved priced in seconds, at several prices; the plan within the
-/// margin of `fastest` that moves the fewest bytes (ties: the faster).
-fn fewer_bytes(ctx: &Ctx, w: &Weights, order: &[usize], required: &[usize], max_stages: usize, fastest: Plan) -> Plan {
-    let limit = fastest.time_per_token * (1.0 + NEAR_FASTEST);
-    let stages_of = |p: &Plan| -> Vec<(usize, u32, u32)> {
-        p.stages
-            .iter()
-            .map(|s| {
-                (ctx.c.nodes.iter().position(|n| n.name == s.node).expect("a node of the cluster"), s.begin, s.end)
-            })
-            .collect()
-    };
-    let whole = (ctx.m.total_weight_bytes() + w.header_bytes).max(1) as f64;
-    let unit = fastest.time_per_token * NEAR_FASTEST / whole;
-    let mut best_bytes = Pricing::new(ctx.m, ctx.c, w, 1.0).bytes(&stages_of(&fastest));
-    let mut best = fastest;
-    for e in PRICE_EXPONENTS {
-        if best_bytes == 0 {
-            break;
-        }
-        let pricing = Pricing::new(ctx.m, ctx.c, w, unit * 10f64.powf(e));
-        let Some((_, mut stages)) = search::best_stages(ctx, &pricing, order, required, max_stages) else { continue };
-        balance(ctx, &mut stages, Some(&pricing));
-        let Ok(plan) = ctx.evaluate(&stages) else { continue };
-        let bytes = pricing.bytes(&stages);
-        let better = bytes < best_bytes || (bytes == best_bytes && plan.time_per_token < best.time_per_token);
-        if plan.time_per_token <= limit && better {
-            (best, best_bytes) = (plan, bytes);
-        }
-    }
-    best
+    Ok(fewest::fewer_bytes(&ctx, w, &order, &required, max_stages, plan))
 }
 
 /// Checks and prices a given placement: stages (node name, [begin, end)) in pipeline order.
@@ -238,7 +200,7 @@ pub fn evaluate(
 /// Neighbouring stages on equally fast nodes can trade layers without changing the predicted time;
 /// even out their memory use so that no node runs needlessly full (never moving more bytes than
 /// before, when `bytes` prices them).
-fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
+pub(super) fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
     let k = stages.len();
     let used = |st: &[(usize, u32, u32)], i: usize| {
         let (n, a, b) = st[i];

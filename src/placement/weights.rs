@@ -40,9 +40,12 @@ impl Weights {
         self.holds.iter().find(|(n, _)| n == node).map(|(_, h)| h)
     }
 
-    /// Whether any node holds anything of the model (else every placement downloads it all).
-    pub fn any(&self) -> bool {
-        self.holds.iter().any(|(_, h)| !matches!(h, Holds::Windows(w) if w.is_empty()))
+    /// Whether any node of `c` holds anything of the model (else every placement downloads it
+    /// all, and where bytes are makes no difference).
+    pub fn any_in(&self, c: &Cluster) -> bool {
+        self.holds
+            .iter()
+            .any(|(n, h)| c.nodes.iter().any(|x| &x.name == n) && !matches!(h, Holds::Windows(w) if w.is_empty()))
     }
 
     fn hub_rate(&self, node: &str) -> f64 {
