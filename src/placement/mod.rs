@@ -200,7 +200,7 @@ pub fn evaluate(
 /// Neighbouring stages on equally fast nodes can trade layers without changing the predicted time;
 /// even out their memory use so that no node runs needlessly full (never moving more bytes than
 /// before, when `bytes` prices them).
-pub(super) fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
+fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
     let k = stages.len();
     let used = |st: &[(usize, u32, u32)], i: usize| {
         let (n, a, b) = st[i];
