@@ -373,4 +373,49 @@ mod tests {
         assert!(close(link("c", "me"), (DEFAULT_RTT_MS, DEFAULT_BANDWIDTH)));
         assert_eq!(v.cluster.links.len(), 6);
     }
+
+    fn held(model: &str, size: u64, whole: bool, windows: Vec<(u32, u32)>) -> Held {
+        Held { model: model.into(), size, whole, windows }
+    }
+
+    /// Copies are matched by name and size (another file of the same name is not the model);
+    /// this node's holdings count; the header is the file beyond its tensors.
+    #[test]
+    fn weights_match_the_model_by_name_and_size() {
+        let cost = ModelCost::from_shape("m", &shape());
+        let size = cost.total_weight_bytes() + 4096;
+        let mut b = peer("B", "b", Some(1.0), Some(1e9), vec![]);
+        b.held = vec![held("m", size, false, vec![(0, 4)]), held("other", 9, true, vec![])];
+        let mut c = peer("C", "c", Some(1.0), Some(1e9), vec![]);
+        c.held = vec![held("m", size + 1, true, vec![])]; // another file called m
+        let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[b, c]).with_held_here(vec![held(
+            "m:latest",
+            size,
+            true,
+            vec![],
+        )]);
+        let w = v.weights("m", &cost, None);
+        assert_eq!(w.header_bytes, 4096);
+        assert_eq!(w.holds, vec![("me".to_string(), Holds::Whole), ("b".to_string(), Holds::Windows(vec![(0, 4)]))]);
+        // nobody holds an unknown model: nothing to price
+        assert_eq!(v.weights("nope", &cost, None), Weights::default());
+    }
+
+    /// Two equally fast nodes, the peer holding the model: the decision runs it there, where
+    /// without holdings this node (the first) would get it.
+    #[test]
+    fn decisions_prefer_the_node_holding_the_model() {
+        let cost = ModelCost::from_shape("m", &shape());
+        let mut b = peer("B", "b", Some(1.0), Some(1e9), vec![]);
+        b.held = vec![held("m", cost.total_weight_bytes() + 4096, true, vec![])];
+        let mut bare = b.clone();
+        bare.held.clear();
+        let on = |p: PeerStatus| {
+            let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[p]).with_held_here(vec![]);
+            let d = decide("m", &shape(), &v, 2048, false, 1, 512, None).unwrap();
+            d.plan.stages.iter().map(|s| s.node.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(on(bare), ["me"]);
+        assert_eq!(on(b), ["b"]);
+    }
 }

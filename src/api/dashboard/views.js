@@ -42,14 +42,20 @@ export function topology(svg, cluster, names) {
     const [a, b] = [pos[l.from], pos[l.to]];
     if (!a || !b) continue;
     const bw = l.bandwidth_bytes_per_second ? bytes(l.bandwidth_bytes_per_second) + '/s' : 'measuring';
-    const [x, y] = [a[0] + 0.6 * (b[0] - a[0]), a[1] + 0.6 * (b[1] - a[1])];
-    // each direction is its own entry (measured by its own end, else the other): the labels of
-    // a -> b sit 60% of the way to b, those of b -> a 60% of the way to a
+    // each direction is its own entry (measured by its own end, else the other): a -> b is
+    // labelled near b on one side of the line, b -> a near a on the other (the normal flips
+    // with the direction), each growing away from the line
+    const [dx, dy] = [b[0] - a[0], b[1] - a[1]];
+    const len = Math.hypot(dx, dy) || 1;
+    const [nx, ny] = [dy / len, -dx / len];
+    const [x, y] = [a[0] + 0.65 * dx + 6 * nx, a[1] + 0.65 * dy + 6 * ny];
+    const anchor = nx > 0.3 ? 'start' : nx < -0.3 ? 'end' : 'middle';
+    const top = ny < -0.3 ? y - 14 : ny > 0.3 ? y + 4 : y - 5;
+    const title = el('title', {}, `${l.from} → ${l.to}, measured by ${l.measured_by || '?'}`);
     svg.append(
-      el('line', { x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: '#2a3542', 'stroke-width': 2, class: 'link' },
-        el('title', {}, `${l.from} → ${l.to}, measured by ${l.measured_by || '?'}`)),
-      el('text', { x, y: y - 6, class: 'link-label' }, `${fixed(l.rtt_ms, 2)} ms`),
-      el('text', { x, y: y + 5, class: 'link-label' }, bw),
+      el('line', { x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: '#2a3542', 'stroke-width': 2, class: 'link' }),
+      el('text', { x, y: top, class: 'link-label', style: { textAnchor: anchor } }, `${fixed(l.rtt_ms, 2)} ms`, title),
+      el('text', { x, y: top + 10, class: 'link-label', style: { textAnchor: anchor } }, bw),
     );
   }
   for (const name of names) {
