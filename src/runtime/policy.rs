@@ -66,6 +66,8 @@ impl View {
                 whole |= h.whole;
                 windows.extend(h.windows.iter().copied());
             }
+            // a peer's list sizes the placement's work: at most one window per layer counts
+            windows.truncate(cost.n_layer as usize);
             if whole {
                 holds.push((node.clone(), Holds::Whole));
             } else if !windows.is_empty() {
@@ -399,6 +401,11 @@ mod tests {
         assert_eq!(w.holds, vec![("me".to_string(), Holds::Whole), ("b".to_string(), Holds::Windows(vec![(0, 4)]))]);
         // nobody holds an unknown model: nothing to price
         assert_eq!(v.weights("nope", &cost, None), Weights::default());
+        // a hostile peer's endless window list counts one window per layer at most
+        let mut d = peer("D", "d", None, None, vec![]);
+        d.held = vec![held("m", size, false, vec![(1, 2); 100_000])];
+        let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[d]);
+        assert!(matches!(&v.weights("m", &cost, Some(size)).holds[0].1, Holds::Windows(w) if w.len() == 8));
     }
 
     /// Two equally fast nodes, the peer holding the model: the decision runs it there, where
