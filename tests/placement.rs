@@ -1,6 +1,8 @@
 //! Placement invariants (property tests) and optimality against brute force.
 
-use exo::placement::{self, Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, Plan};
+use exo::placement::{
+    self, Backend, Cluster, Holds, LinkSpec, ModelCost, NodeSpec, Options, Plan, Weights, NEAR_FASTEST,
+};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
@@ -300,4 +302,184 @@ fn a_node_hosting_two_stages_needs_memory_for_both() {
     let c = Cluster { nodes: vec![node("b", 8), node("c", 16)], links: c.links };
     let e = placement::evaluate(&m, &c, &opts(), &stages).unwrap_err().to_string();
     assert!(e.contains("b lacks") && e.contains("layers 6:10") && !e.contains("layers 0:3"), "{e}");
+}
+
+/// Random holdings over nodes n0..n4 of a model of up to 40 layers: nothing, the whole file,
+/// or one or two windows (clamped to the model by `holds_for`).
+fn arb_holds() -> impl Strategy<Value = Vec<(u8, u32, u32, u32, u32)>> {
+    proptest::collection::vec((0u8..4, 0u32..40, 0u32..40, 0u32..40, 0u32..40), 5)
+}
+
+fn holds_for(c: &Cluster, m: &ModelCost, spec: &[(u8, u32, u32, u32, u32)]) -> Weights {
+    let n = m.n_layer;
+    let w = |a: u32, b: u32| (a.min(b) % n, a.max(b) % n + 1);
+    let holds = c
+        .nodes
+        .iter()
+        .zip(spec)
+        .filter_map(|(node, &(kind, a, b, x, y))| {
+            let h = match kind {
+                0 => return None,
+                1 => Holds::Whole,
+                2 => Holds::Windows(vec![w(a, b)]),
+                _ => Holds::Windows(vec![w(a, b), w(x, y)]),
+            };
+            Some((node.name.clone(), h))
+        })
+        .collect();
+    Weights { header_bytes: 1 << 20, holds, hub_bandwidth: vec![] }
+}
+
+fn stages_of(p: &Plan) -> Vec<(String, u32, u32)> {
+    p.stages.iter().map(|s| (s.node.clone(), s.begin, s.end)).collect()
+}
+
+/// n equal nodes (speed, memory, links) that can each hold the whole model.
+fn equal_nodes(n: usize, m: &ModelCost) -> Cluster {
+    let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+    let memory = (m.total_weight_bytes() + 2048 * 4096 * m.n_layer as u64) * 2 + (1 << 30);
+    let nodes = names
+        .iter()
+        .map(|name| NodeSpec {
+            name: name.clone(),
+            memory,
+            backend: Backend::Cpu,
+            decode_gbps: 50.0,
+            prefill_tflops: None,
+        })
+        .collect();
+    let mut links = Vec::new();
+    for a in &names {
+        for b in names.iter().filter(|b| *b != a) {
+            links.push(LinkSpec { from: a.clone(), to: b.clone(), bandwidth: 1e9, latency: 1e-4 });
+        }
+    }
+    Cluster { nodes, links }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, rng_seed: seed(), ..ProptestConfig::default() })]
+
+    /// Knowing where bytes are costs at most the margin in predicted speed, never moves more
+    /// bytes than the fastest placement would, and gives a valid, self-consistent plan.
+    #[test]
+    fn fewer_bytes_only_within_the_margin((m, c) in arb_case(), spec in arb_holds()) {
+        let o = opts();
+        let w = holds_for(&c, &m, &spec);
+        let fastest = placement::place(&m, &c, &o);
+        let near = placement::place_near(&m, &c, &o, &w);
+        match (fastest, near) {
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (Ok(f), Ok(p)) => {
+                check_shape(&p, &m);
+                prop_assert!(p.time_per_token <= f.time_per_token * (1.0 + NEAR_FASTEST) * (1.0 + 1e-12),
+                    "{} vs the fastest {}", p.time_per_token, f.time_per_token);
+                let (mf, mp) = (placement::moves(&m, &c, &w, &f), placement::moves(&m, &c, &w, &p));
+                prop_assert!(mp.bytes <= mf.bytes, "moves {} where the fastest moves {}", mp.bytes, mf.bytes);
+                prop_assert_eq!(placement::evaluate(&m, &c, &o, &stages_of(&p)).unwrap(), p.clone());
+                prop_assert_eq!(placement::place_near(&m, &c, &o, &w).unwrap(), p);
+            }
+            (f, p) => prop_assert!(false, "fits with holdings {:?} but not without {:?}, or the reverse", p, f),
+        }
+    }
+
+    /// With no holdings (none, only nodes outside the cluster, or every node holding the whole
+    /// model so no placement moves anything) the choice is the fastest placement, as before.
+    #[test]
+    fn without_holdings_the_choice_is_unchanged((m, c) in arb_case(), kind in 0u8..3) {
+        let o = opts();
+        let w = match kind {
+            0 => Weights::default(),
+            1 => Weights { header_bytes: 1 << 20, holds: vec![("elsewhere".into(), Holds::Whole)], hub_bandwidth: vec![] },
+            _ => Weights { header_bytes: 1 << 20, holds: c.nodes.iter().map(|n| (n.name.clone(), Holds::Whole)).collect(), hub_bandwidth: vec![] },
+        };
+        prop_assert_eq!(placement::place_near(&m, &c, &o, &w), placement::place(&m, &c, &o));
+    }
+
+    /// Equally fast nodes, each able to run the whole model: one node holds it; the others hold
+    /// nothing or windows. Every single-node placement is equally fast, and the one on the
+    /// holder moves nothing: that one is chosen (the fastest search alone takes the first node).
+    #[test]
+    fn ties_go_to_the_node_that_holds_the_model(m in arb_model(), n in 2usize..=5, holder in 0usize..5, spec in arb_holds()) {
+        let o = opts();
+        let c = equal_nodes(n, &m);
+        let holder = format!("n{}", holder % n);
+        let mut w = holds_for(&c, &m, &spec);
+        w.holds.retain(|(x, h)| *x != holder && *h != Holds::Whole);
+        w.holds.push((holder.clone(), Holds::Whole));
+        let p = placement::place_near(&m, &c, &o, &w).unwrap();
+        let f = placement::place(&m, &c, &o).unwrap();
+        // the holder, or a node whose windows happen to cover the whole model: nothing moves,
+        // where the fastest search alone (the first node) may move it all
+        prop_assert_eq!(p.stages.len(), 1);
+        prop_assert_eq!(placement::moves(&m, &c, &w, &p).bytes, 0, "{:?} with {:?}", stages_of(&p), w.holds);
+        prop_assert!(p.stages[0].node == holder || placement::moves(&m, &c, &w, &f).bytes == 0 || w.holds_of(&p.stages[0].node).is_some());
+        prop_assert!((p.time_per_token - f.time_per_token).abs() <= f.time_per_token * 1e-12);
+    }
+}
+
+/// A clearly faster placement is never traded for bytes: the node holding the model runs it
+/// only when it is within the margin of the fastest.
+#[test]
+fn a_clearly_faster_node_wins_over_the_holder() {
+    let m = model(vec![100 << 20; 16], false);
+    let mut c = equal_nodes(2, &m);
+    let w = Weights { header_bytes: 1 << 20, holds: vec![("n1".into(), Holds::Whole)], hub_bandwidth: vec![] };
+    let on = |c: &Cluster| placement::place_near(&m, c, &opts(), &w).unwrap().stages[0].node.clone();
+    // n1 holds the model and is 3% slower: within the margin, it runs the model
+    c.nodes[1].decode_gbps = c.nodes[0].decode_gbps * 0.97;
+    assert_eq!(on(&c), "n1");
+    // 10% slower: n0 is clearly faster and gets it, bytes and all
+    c.nodes[1].decode_gbps = c.nodes[0].decode_gbps * 0.90;
+    assert_eq!(on(&c), "n0");
+    let p = placement::place_near(&m, &c, &opts(), &w).unwrap();
+    let mv = placement::moves(&m, &c, &w, &p);
+    assert_eq!(mv.stages[0].from, Some(placement::Source::Node("n1".into())));
+    assert_eq!(mv.bytes, m.total_weight_bytes() + (1 << 20));
+    assert!((mv.seconds - mv.bytes as f64 / 1e9).abs() < 1e-9, "over the n1 -> n0 link");
+}
+
+/// A model too big for one node: between two equally fast nodes, the split that moves the
+/// fewest bytes gives the node without the model as few layers as memory allows; with a
+/// window already on that node, the split reuses it.
+#[test]
+fn splits_lean_on_what_nodes_hold() {
+    let m = model(vec![100 << 20; 20], false);
+    let o = opts();
+    let c = Cluster {
+        nodes: vec![node("a", 2), node("b", 2)],
+        links: vec![
+            LinkSpec { from: "a".into(), to: "b".into(), bandwidth: 1e9, latency: 1e-4 },
+            LinkSpec { from: "b".into(), to: "a".into(), bandwidth: 1e9, latency: 1e-4 },
+        ],
+    };
+    let fastest = placement::place(&m, &c, &o).unwrap();
+    assert_eq!(fastest.stages.len(), 2);
+    // a holds the whole model: b gets the fewest layers that still fit next to a's
+    let w = Weights { header_bytes: 1 << 20, holds: vec![("a".into(), Holds::Whole)], hub_bandwidth: vec![] };
+    let p = placement::place_near(&m, &c, &o, &w).unwrap();
+    let on_b = |p: &Plan| p.stages.iter().filter(|s| s.node == "b").map(|s| s.end - s.begin).sum::<u32>();
+    assert!(on_b(&p) < on_b(&fastest), "b runs {} layers, {} before", on_b(&p), on_b(&fastest));
+    assert!(placement::moves(&m, &c, &w, &p).bytes < placement::moves(&m, &c, &w, &fastest).bytes);
+    // whatever a cannot hold must go to b: a's stage is as large as a's memory allows
+    let a = p.stages.iter().find(|s| s.node == "a").unwrap();
+    let mut grown: Vec<_> = stages_of(&p);
+    let i = grown.iter().position(|s| s.0 == "a").unwrap();
+    if i == 0 {
+        grown[0].2 += 1;
+        grown[1].1 += 1;
+    } else {
+        grown[0].2 -= 1;
+        grown[1].1 -= 1;
+    }
+    assert!(placement::evaluate(&m, &c, &o, &grown).is_err(), "a could hold more than {}:{}", a.begin, a.end);
+    // b holds a window from an earlier split: the placement takes it again, moving nothing
+    let win = (fastest.stages[1].begin, fastest.stages[1].end);
+    let w2 = Weights {
+        header_bytes: 1 << 20,
+        holds: vec![("a".into(), Holds::Whole), (fastest.stages[1].node.clone(), Holds::Windows(vec![win]))],
+        hub_bandwidth: vec![],
+    };
+    let p2 = placement::place_near(&m, &c, &o, &w2).unwrap();
+    assert_eq!(placement::moves(&m, &c, &w2, &p2).bytes, 0, "{:?}", stages_of(&p2));
 }

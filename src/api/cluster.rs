@@ -1,6 +1,7 @@
-//! Cluster routes: `GET /cluster` (nodes, measured links, instances), `POST /instances` (load a
-//! model with a placement), `DELETE /instances/{id}`, `POST /bench` (what `exo bench` runs),
-//! `GET /placements/preview?model=NAME` (the candidate placements, nothing loaded).
+//! Cluster routes: `GET /cluster` (nodes, links between every pair as measured, instances),
+//! `POST /instances` (load a model with a placement), `DELETE /instances/{id}`, `POST /bench`
+//! (what `exo bench` runs), `GET /placements/preview?model=NAME` (the candidate placements,
+//! nothing loaded).
 
 use super::ollama::{error, runtime_error};
 use super::util::{model, parse};
@@ -81,13 +82,13 @@ async fn cluster(State(state): State<AppState>) -> Response {
         None => (json!({ "name": "local", "self": true }), vec![]),
     };
     let here = me["name"].as_str().unwrap_or("local").to_string();
+    let here_id = me["node_id"].as_str().unwrap_or_default().to_string();
     let mut nodes = vec![me];
-    let mut links = Vec::new();
     for p in &peers {
         nodes.push(json!({ "node_id": p.node_id, "name": p.name, "address": p.address, "self": false, "last_seen_ms_ago": p.last_seen_ms_ago, "profile": p.profile, "held": p.held, "key": p.key }));
-        links
-            .push(json!({ "from": here, "to": p.name, "rtt_ms": p.rtt_ms, "bandwidth_bytes_per_second": p.bandwidth }));
     }
+    // every pair, each direction once, as its own end (else the other end) measured it
+    let links = crate::cluster::links::pairwise(&here_id, &here, &peers);
     let instances: Vec<_> = rt
         .instances()
         .iter()

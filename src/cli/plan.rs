@@ -1,6 +1,7 @@
 //! `exo plan MODEL --cluster FILE`: a placement preview (PRODUCT.md §1, §4) for a described
 //! cluster; without `--cluster`, for the live cluster of the running node (EXO_API_ADDR), whose
-//! `GET /placements/preview` prices its own placement next to exo's split and one node.
+//! `GET /placements/preview` prices its own placement next to exo's split and one node, with the
+//! bytes each stage must receive, from where, and how long that takes.
 
 use super::UsageError;
 use crate::gguf::{ModelFiles, ModelShape};
@@ -247,24 +248,78 @@ fn print_candidates(v: &serde_json::Value) {
             c["description"].as_str().unwrap_or("")
         );
         outln!(
-            "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>11}",
+            "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>11}  {}",
             "NODE",
             "LAYERS",
             "WEIGHTS",
             "KV",
             "MEMORY USED/OFFERED",
-            "TIME SHARE"
+            "TIME SHARE",
+            "TO MOVE"
         );
         for s in c["stages"].as_array().cloned().unwrap_or_default() {
             outln!(
-                "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>10.1}%",
+                "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>10.1}%  {}",
                 s["node"].as_str().unwrap_or("?"),
                 format!("{}:{}", s["begin"], s["end"]),
                 bytes(&s["weight_bytes"]),
                 bytes(&s["kv_bytes"]),
                 format!("{} / {}", bytes(&s["memory_bytes"]), bytes(&s["offered_bytes"])),
-                100.0 * s["time_share"].as_f64().unwrap_or(0.0)
+                100.0 * s["time_share"].as_f64().unwrap_or(0.0),
+                to_move(&s)
             );
         }
+        match c["move_bytes"].as_u64() {
+            Some(0) | None => outln!("  moves nothing: every stage's node holds its layers"),
+            Some(b) => outln!(
+                "  moves {} before loading, about {} (the stages fetch in parallel)",
+                fmt_bytes(b),
+                fmt_secs(c["move_seconds"].as_f64().unwrap_or(0.0))
+            ),
+        }
+    }
+}
+
+/// A stage's transfer: "-" when its node holds its layers, else bytes, source and time.
+fn to_move(s: &serde_json::Value) -> String {
+    match s["move_bytes"].as_u64() {
+        Some(0) | None => "-".into(),
+        Some(b) => format!(
+            "{} from {} in {}",
+            fmt_bytes(b),
+            s["move_from"].as_str().unwrap_or("?"),
+            fmt_secs(s["move_seconds"].as_f64().unwrap_or(0.0))
+        ),
+    }
+}
+
+/// Seconds for people: "0.42 s", "38 s", "12 min", "1.5 h".
+fn fmt_secs(t: f64) -> String {
+    if !t.is_finite() {
+        "?".into()
+    } else if t < 10.0 {
+        format!("{t:.2} s")
+    } else if t < 120.0 {
+        format!("{t:.0} s")
+    } else if t < 7200.0 {
+        format!("{:.0} min", t / 60.0)
+    } else {
+        format!("{:.1} h", t / 3600.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_read_for_people() {
+        assert_eq!(fmt_secs(0.4213), "0.42 s");
+        assert_eq!(fmt_secs(38.2), "38 s");
+        assert_eq!(fmt_secs(720.0), "12 min");
+        assert_eq!(fmt_secs(5400.0 * 2.0), "3.0 h");
+        let s = serde_json::json!({ "move_bytes": 3u64 << 20, "move_from": "a", "move_seconds": 0.5 });
+        assert_eq!(to_move(&s), "3.0 MiB from a in 0.50 s");
+        assert_eq!(to_move(&serde_json::json!({ "move_bytes": 0, "move_from": null })), "-");
     }
 }

@@ -50,10 +50,15 @@ pub async fn cluster(addr: &str) -> anyhow::Result<()> {
         outln!();
         for l in links {
             let rtt = l["rtt_ms"].as_f64().map(|r| format!("{r:.2} ms")).unwrap_or("-".into());
+            let bw = l["bandwidth_bytes_per_second"]
+                .as_f64()
+                .map(|b| format!("{}/s", crate::placement::units::fmt_bytes(b as u64)))
+                .unwrap_or("-".into());
             outln!(
-                "link {} -> {}: round trip {rtt}",
+                "link {} -> {}: round trip {rtt}, bandwidth {bw} (measured by {})",
                 l["from"].as_str().unwrap_or("?"),
-                l["to"].as_str().unwrap_or("?")
+                l["to"].as_str().unwrap_or("?"),
+                l["measured_by"].as_str().unwrap_or("?")
             );
         }
     }

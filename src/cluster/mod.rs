@@ -6,6 +6,7 @@ mod coordinator;
 pub mod holdings;
 mod host;
 mod limits;
+pub mod links;
 mod progress;
 mod weights;
 

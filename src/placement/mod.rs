@@ -7,19 +7,31 @@
 pub mod baselines;
 mod cluster_file;
 mod cost;
+mod fewest;
 mod search;
 mod split;
 mod types;
 pub mod units;
+mod weights;
 
 pub use cluster_file::parse_cluster;
 pub use cost::{forward_bytes, stage_memory, BACK_BYTES};
 pub use search::MAX_SEARCH_NODES;
 pub use split::{parse_split, ForcedStage, SplitError};
 pub use types::{Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, Plan, StagePlan};
+pub use weights::{bytes_to_move, moves, source_for, Holds, Moves, Source, StageMove, Weights, DEFAULT_HUB_BANDWIDTH};
 
 use cost::Ctx;
 use units::fmt_bytes;
+use weights::Pricing;
+
+/// Placements predicted within this share of the fastest one's decode speed count as equally
+/// fast, and the one that moves the fewest bytes wins among them. Why 5%: the cost model's own
+/// error is larger than that (measured decode speeds vary by several percent from run to run),
+/// so a smaller difference is no real reason to copy gigabytes; it stays well under the 20% at
+/// which a loaded instance moves to a faster placement (`runtime::heal`), so the choice never
+/// makes an instance move.
+pub const NEAR_FASTEST: f64 = 0.05;
 
 /// One node's part of a memory shortfall.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +106,13 @@ fn check_cluster(c: &Cluster) -> Result<(), PlacementError> {
 
 /// Chooses the placement with the highest predicted decode tokens/s that fits in memory.
 pub fn place(m: &ModelCost, c: &Cluster, o: &Options) -> Result<Plan, PlacementError> {
+    place_near(m, c, o, &Weights::default())
+}
+
+/// [`place`], knowing where the model's bytes are: among the placements predicted within
+/// [`NEAR_FASTEST`] of the fastest, the one that moves the fewest bytes (the fastest itself when
+/// none moves fewer). Without holdings it is [`place`].
+pub fn place_near(m: &ModelCost, c: &Cluster, o: &Options, w: &Weights) -> Result<Plan, PlacementError> {
     check_cluster(c)?;
     if m.layer_bytes.is_empty() {
         return Err(PlacementError::NoLayers);
@@ -123,13 +142,18 @@ pub fn place(m: &ModelCost, c: &Cluster, o: &Options) -> Result<Plan, PlacementE
             reason: format!("{} nodes are required but at most {max_stages} stages are allowed", required.len()),
         });
     }
-    match search::best_stages(&ctx, &order, &required, max_stages) {
+    let fastest = match search::best_stages(&ctx, &Pricing::time_only(), &order, &required, max_stages) {
         Some((_, mut stages)) => {
-            balance(&ctx, &mut stages);
-            ctx.evaluate(&stages)
+            balance(&ctx, &mut stages, None);
+            stages
         }
-        None => Err(diagnose(&ctx, &order)),
+        None => return Err(diagnose(&ctx, &order)),
+    };
+    let plan = ctx.evaluate(&fastest)?;
+    if !w.any_in(c) {
+        return Ok(plan);
     }
+    Ok(fewest::fewer_bytes(&ctx, w, &order, &required, max_stages, plan))
 }
 
 /// Checks and prices a given placement: stages (node name, [begin, end)) in pipeline order.
@@ -174,8 +198,9 @@ pub fn evaluate(
 }
 
 /// Neighbouring stages on equally fast nodes can trade layers without changing the predicted time;
-/// even out their memory use so that no node runs needlessly full.
-fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)]) {
+/// even out their memory use so that no node runs needlessly full (never moving more bytes than
+/// before, when `bytes` prices them).
+fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)], bytes: Option<&Pricing>) {
     let k = stages.len();
     let used = |st: &[(usize, u32, u32)], i: usize| {
         let (n, a, b) = st[i];
@@ -202,7 +227,8 @@ fn balance(ctx: &Ctx, stages: &mut [(usize, u32, u32)]) {
             }
             let new_gap = used(&trial, i) - used(&trial, i + 1);
             let fits = [i, i + 1].iter().all(|&j| used(&trial, j) <= 1.0);
-            if fits && new_gap.abs() < gap.abs() {
+            let no_more_bytes = bytes.is_none_or(|p| p.bytes(&trial) <= p.bytes(stages));
+            if fits && new_gap.abs() < gap.abs() && no_more_bytes {
                 stages.copy_from_slice(&trial);
                 moved = true;
             }

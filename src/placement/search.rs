@@ -4,6 +4,7 @@
 //! the search at O(N² · 2^N · N · L) instead of O(... · L²).
 
 use super::cost::{forward_bytes, Ctx, BACK_BYTES};
+use super::weights::Pricing;
 use std::collections::VecDeque;
 
 /// Larger clusters are searched over their fastest nodes (plus required ones).
@@ -14,9 +15,12 @@ const INF: f64 = f64::INFINITY;
 /// Stages as (node index, begin, end).
 pub(super) type Stages = Vec<(usize, u32, u32)>;
 
-/// Best stages (node index, begin, end) by predicted time per token, or None if nothing fits.
+/// Best stages (node index, begin, end) by predicted time per token plus the priced bytes they
+/// move (none for time alone), or None if nothing fits. A stage's bytes are, like its time, a
+/// difference of prefix sums plus a constant, so the sliding-window minimum still holds.
 pub(super) fn best_stages(
     ctx: &Ctx,
+    pricing: &Pricing,
     candidates: &[usize],
     required: &[usize],
     max_stages: usize,
@@ -45,7 +49,7 @@ pub(super) fn best_stages(
         for b in 1..=l {
             let last = b == l;
             if ctx.fits(node(f), 0, b as u32, true, last) {
-                dp[idx(1 << f, f, b)] = ctx.time(node(f), 0, b as u32, last);
+                dp[idx(1 << f, f, b)] = ctx.time(node(f), 0, b as u32, last) + pricing.stage(node(f), 0, b as u32);
             }
         }
         for mask in 0..full {
@@ -55,7 +59,7 @@ pub(super) fn best_stages(
             for u in (0..n).filter(|&u| mask & (1 << u) != 0) {
                 for v in (0..n).filter(|&v| mask & (1 << v) == 0) {
                     let Some(hop) = ctx.hop(node(u), node(v), fwd) else { continue };
-                    extend(ctx, &mut dp, &mut parent, &idx, mask, u, v, node(v), hop, l);
+                    extend(ctx, pricing, &mut dp, &mut parent, &idx, mask, u, v, node(v), hop, l);
                 }
             }
         }
@@ -106,6 +110,7 @@ pub(super) fn best_stages(
 #[allow(clippy::too_many_arguments)]
 fn extend(
     ctx: &Ctx,
+    pricing: &Pricing,
     dp: &mut [f64],
     parent: &mut [(u8, u32)],
     idx: &impl Fn(usize, usize, usize) -> usize,
@@ -117,6 +122,8 @@ fn extend(
     l: usize,
 ) {
     let rate = ctx.c.nodes[gv].decode_gbps * 1e9;
+    // what a stage ending (or starting) at layer x costs: its layers' time and priced bytes
+    let at = |x: usize| ctx.prefix[x] as f64 / rate + pricing.prefix(gv, x);
     let nm = mask | (1 << v);
     // value of starting the new stage at layer a: cost so far + hop − (bytes before a) / rate
     let vals: Vec<f64> = (0..l)
@@ -125,7 +132,7 @@ fn extend(
             if c == INF {
                 INF
             } else {
-                c + hop - ctx.prefix[a] as f64 / rate
+                c + hop - at(a)
             }
         })
         .collect();
@@ -156,7 +163,7 @@ fn extend(
             window.pop_front();
         }
         if let Some(&a) = window.front() {
-            let c = val(a) + ctx.prefix[b] as f64 / rate;
+            let c = val(a) + at(b) + pricing.extra(gv, false, false);
             let k = idx(nm, v, b);
             if c < dp[k] {
                 dp[k] = c;
@@ -176,7 +183,7 @@ fn extend(
         }
     }
     if let Some((va, a)) = best {
-        let c = va + ctx.prefix[l] as f64 / rate + ctx.time(gv, l as u32, l as u32, true);
+        let c = va + at(l) + ctx.time(gv, l as u32, l as u32, true) + pricing.extra(gv, false, true);
         let k = idx(nm, v, l);
         if c < dp[k] {
             dp[k] = c;

@@ -3,10 +3,13 @@
 //! for every way a model is loaded (on demand, a forced split, `POST /instances`, `exo run`).
 
 use super::error::{Field, RuntimeError};
-use crate::cluster::PeerStatus;
+use crate::cluster::holdings::Held;
+use crate::cluster::{links, PeerStatus};
 use crate::engine::LayerRange;
 use crate::gguf::ModelShape;
-use crate::placement::{self, Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options, PlacementError, Plan};
+use crate::placement::{
+    self, Backend, Cluster, Holds, LinkSpec, ModelCost, NodeSpec, Options, PlacementError, Plan, Weights,
+};
 use crate::profile::Profile;
 
 /// Estimates for what has not been measured yet (documented in the README's cost model).
@@ -26,6 +29,8 @@ pub struct View {
     pub unprofiled: Vec<String>,
     /// Node ids and their names in `cluster`: placements may name a node by either.
     pub ids: Vec<(String, String)>,
+    /// What each node holds (models whole, or windows of partial files), by name in `cluster`.
+    pub held: Vec<(String, Vec<Held>)>,
 }
 
 impl View {
@@ -36,6 +41,40 @@ impl View {
     /// A node's name in `cluster`, given its name or its id.
     pub fn name_of<'a>(&'a self, node: &'a str) -> &'a str {
         self.ids.iter().find(|(id, _)| id == node).map_or(node, |(_, n)| n.as_str())
+    }
+
+    /// With what this node holds (the peers' holdings come with their pongs).
+    pub fn with_held_here(mut self, held: Vec<Held>) -> View {
+        self.held.retain(|(n, _)| n != &self.here);
+        self.held.insert(0, (self.here.clone(), held));
+        self
+    }
+
+    /// Where `model`'s bytes are: the nodes holding it whole or in windows. Copies are matched
+    /// by name and by the size of the file (`size`, else this node's copy, else the first
+    /// holder's), so that another file of the same name is not taken for it. The header is
+    /// what the file holds beyond the tensors (0 when no node reports the file's size).
+    pub fn weights(&self, model: &str, cost: &ModelCost, size: Option<u64>) -> Weights {
+        let named = |h: &&Held| h.model == model || h.model.strip_suffix(":latest") == Some(model);
+        let size = size.or_else(|| self.held.iter().flat_map(|(_, v)| v.iter().filter(named)).map(|h| h.size).next());
+        let Some(size) = size else { return Weights::default() };
+        let mut holds = Vec::new();
+        for (node, v) in &self.held {
+            let mut windows = Vec::new();
+            let mut whole = false;
+            for h in v.iter().filter(named).filter(|h| h.size == size) {
+                whole |= h.whole;
+                windows.extend(h.windows.iter().copied());
+            }
+            // a peer's list sizes the placement's work: at most one window per layer counts
+            windows.truncate(cost.n_layer as usize);
+            if whole {
+                holds.push((node.clone(), Holds::Whole));
+            } else if !windows.is_empty() {
+                holds.push((node.clone(), Holds::Windows(windows)));
+            }
+        }
+        Weights { header_bytes: size.saturating_sub(cost.total_weight_bytes()), holds, hub_bandwidth: vec![] }
     }
 }
 
@@ -71,11 +110,13 @@ pub fn view(here: &str, here_id: &str, here_addr: &str, local: &Profile, held: u
     let mut addrs = vec![(here.to_string(), here_addr.to_string())];
     let mut unprofiled = Vec::new();
     let mut ids = vec![(here_id.to_string(), here.to_string())];
+    let mut held = Vec::new();
     for p in peers {
         ids.push((p.node_id.clone(), p.name.clone()));
         if nodes.iter().any(|n| n.name == p.name) {
             continue; // two nodes with one name cannot be told apart; the first stays
         }
+        held.push((p.name.clone(), p.held.clone()));
         match &p.profile {
             Some(prof) => nodes.push(spec(&p.name, prof, prof.memory_offered)),
             None => {
@@ -85,20 +126,21 @@ pub fn view(here: &str, here_id: &str, here_addr: &str, local: &Profile, held: u
         }
         addrs.push((p.name.clone(), p.address.clone()));
     }
+    // each direction from what its own end measured, else the other end; else estimates
+    let measured = links::pairwise(here_id, here, peers);
     let mut links = Vec::new();
     for a in &nodes {
         for b in &nodes {
             if a.name == b.name {
                 continue;
             }
-            // what this node measured to the peer at either end
-            let peer = peers.iter().find(|p| p.name == a.name || p.name == b.name);
-            let rtt = peer.and_then(|p| p.rtt_ms).unwrap_or(DEFAULT_RTT_MS);
-            let bw = peer.and_then(|p| p.bandwidth).filter(|b| *b > 0.0).unwrap_or(DEFAULT_BANDWIDTH);
+            let m = measured.iter().find(|m| m.from == a.name && m.to == b.name);
+            let rtt = m.and_then(|m| m.rtt_ms).unwrap_or(DEFAULT_RTT_MS);
+            let bw = m.and_then(|m| m.bandwidth).unwrap_or(DEFAULT_BANDWIDTH);
             links.push(LinkSpec { from: a.name.clone(), to: b.name.clone(), bandwidth: bw, latency: rtt / 2e3 });
         }
     }
-    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string(), unprofiled, ids }
+    View { cluster: Cluster { nodes, links }, addrs, here: here.to_string(), unprofiled, ids, held }
 }
 
 /// A placement given by the caller.
@@ -139,13 +181,15 @@ fn memory_error(e: &PlacementError) -> bool {
 fn try_place(
     cost: &ModelCost,
     view: &View,
+    weights: &Weights,
     forced: Option<&Forced>,
     ctx: u32,
     n_batch: u32,
 ) -> Result<Plan, PlacementError> {
     let opts = Options { ctx, n_ubatch: n_batch, ..Options::default() };
     match forced {
-        None => placement::place(cost, &view.cluster, &opts),
+        // among the nearly fastest, the one that moves the fewest bytes
+        None => placement::place_near(cost, &view.cluster, &opts, weights),
         // in-process stages share this node's memory: priced as one stage holding everything
         Some(Forced::Local(_)) => {
             let one = Cluster { nodes: vec![view.cluster.nodes[0].clone()], links: vec![] };
@@ -193,14 +237,15 @@ pub fn decide_cost(
     n_batch: u32,
     forced: Option<&Forced>,
 ) -> Result<Decision, RuntimeError> {
+    let weights = view.weights(model, cost, None);
     let mut n_seq = max_seq.max(1);
     loop {
-        match try_place(cost, view, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
+        match try_place(cost, view, &weights, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
             Ok(plan) => return Ok(Decision { n_seq, n_ctx_seq, plan }),
             Err(e) if memory_error(&e) && n_seq > 1 => n_seq /= 2,
             Err(e) if memory_error(&e) => {
                 let small = n_ctx_seq.min(256);
-                if asked_ctx && small < n_ctx_seq && try_place(cost, view, forced, small, n_batch).is_ok() {
+                if asked_ctx && small < n_ctx_seq && try_place(cost, view, &weights, forced, small, n_batch).is_ok() {
                     return Err(RuntimeError::field(
                         Field::NumCtx,
                         format!("a context of {n_ctx_seq} tokens does not fit in the memory offered: {e}"),
@@ -216,6 +261,7 @@ pub fn decide_cost(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::holdings::LinkFigure;
 
     fn shape() -> ModelShape {
         ModelShape {
@@ -276,5 +322,107 @@ mod tests {
         p.memory_offered = 200 << 20;
         let v = view("me", "id0", "a", &p, 150 << 20, &[]);
         assert_eq!(v.cluster.nodes[0].memory, 50 << 20);
+    }
+
+    fn peer(id: &str, name: &str, rtt: Option<f64>, bw: Option<f64>, links: Vec<LinkFigure>) -> PeerStatus {
+        PeerStatus {
+            node_id: id.into(),
+            name: name.into(),
+            address: format!("{name}:1"),
+            rtt_ms: rtt,
+            bandwidth: bw,
+            last_seen_ms_ago: 0,
+            profile: Some(profile(1 << 30)),
+            held: vec![],
+            links,
+            key: String::new(),
+        }
+    }
+
+    fn fig(id: &str, name: &str, rtt: f64, bw: Option<f64>) -> LinkFigure {
+        LinkFigure { node_id: id.into(), name: name.into(), rtt_ms: Some(rtt), bandwidth: bw }
+    }
+
+    /// Three nodes whose figures differ: every directed link is what its own end measured,
+    /// else what the other end measured, else the estimate; never this node's link to one end.
+    #[test]
+    fn links_are_pairwise_from_each_nodes_own_figures() {
+        let peers = vec![
+            // b measured: to me 4 ms at 50 MB/s, to c 20 ms at 1 MB/s
+            peer(
+                "B",
+                "b",
+                Some(2.0),
+                Some(100e6),
+                vec![fig("M", "me", 4.0, Some(50e6)), fig("C", "c", 20.0, Some(1e6))],
+            ),
+            // c measured only its round trip to b; me never measured c
+            peer("C", "c", None, None, vec![fig("B", "b", 30.0, None)]),
+        ];
+        let v = view("me", "M", "me:1", &profile(1 << 30), 0, &peers);
+        let link = |a: &str, b: &str| {
+            let l = v.cluster.links.iter().find(|l| l.from == a && l.to == b).unwrap();
+            (l.latency * 2e3, l.bandwidth)
+        };
+        let close = |x: (f64, f64), y: (f64, f64)| (x.0 - y.0).abs() < 1e-9 && (x.1 - y.1).abs() < 1e-3;
+        assert!(close(link("me", "b"), (2.0, 100e6)), "{:?}", link("me", "b"));
+        assert!(close(link("b", "me"), (4.0, 50e6)), "{:?}", link("b", "me"));
+        assert!(close(link("b", "c"), (20.0, 1e6)), "{:?}", link("b", "c"));
+        // c's own figure has no bandwidth: the estimate, not b's reverse figure nor mine to b
+        assert!(close(link("c", "b"), (30.0, DEFAULT_BANDWIDTH)), "{:?}", link("c", "b"));
+        // nobody measured me <-> c: estimates both ways (before, my link to b stood in for b <-> c)
+        assert!(close(link("me", "c"), (DEFAULT_RTT_MS, DEFAULT_BANDWIDTH)), "{:?}", link("me", "c"));
+        assert!(close(link("c", "me"), (DEFAULT_RTT_MS, DEFAULT_BANDWIDTH)));
+        assert_eq!(v.cluster.links.len(), 6);
+    }
+
+    fn held(model: &str, size: u64, whole: bool, windows: Vec<(u32, u32)>) -> Held {
+        Held { model: model.into(), size, whole, windows }
+    }
+
+    /// Copies are matched by name and size (another file of the same name is not the model);
+    /// this node's holdings count; the header is the file beyond its tensors.
+    #[test]
+    fn weights_match_the_model_by_name_and_size() {
+        let cost = ModelCost::from_shape("m", &shape());
+        let size = cost.total_weight_bytes() + 4096;
+        let mut b = peer("B", "b", Some(1.0), Some(1e9), vec![]);
+        b.held = vec![held("m", size, false, vec![(0, 4)]), held("other", 9, true, vec![])];
+        let mut c = peer("C", "c", Some(1.0), Some(1e9), vec![]);
+        c.held = vec![held("m", size + 1, true, vec![])]; // another file called m
+        let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[b, c]).with_held_here(vec![held(
+            "m:latest",
+            size,
+            true,
+            vec![],
+        )]);
+        let w = v.weights("m", &cost, None);
+        assert_eq!(w.header_bytes, 4096);
+        assert_eq!(w.holds, vec![("me".to_string(), Holds::Whole), ("b".to_string(), Holds::Windows(vec![(0, 4)]))]);
+        // nobody holds an unknown model: nothing to price
+        assert_eq!(v.weights("nope", &cost, None), Weights::default());
+        // a hostile peer's endless window list counts one window per layer at most
+        let mut d = peer("D", "d", None, None, vec![]);
+        d.held = vec![held("m", size, false, vec![(1, 2); 100_000])];
+        let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[d]);
+        assert!(matches!(&v.weights("m", &cost, Some(size)).holds[0].1, Holds::Windows(w) if w.len() == 8));
+    }
+
+    /// Two equally fast nodes, the peer holding the model: the decision runs it there, where
+    /// without holdings this node (the first) would get it.
+    #[test]
+    fn decisions_prefer_the_node_holding_the_model() {
+        let cost = ModelCost::from_shape("m", &shape());
+        let mut b = peer("B", "b", Some(1.0), Some(1e9), vec![]);
+        b.held = vec![held("m", cost.total_weight_bytes() + 4096, true, vec![])];
+        let mut bare = b.clone();
+        bare.held.clear();
+        let on = |p: PeerStatus| {
+            let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[p]).with_held_here(vec![]);
+            let d = decide("m", &shape(), &v, 2048, false, 1, 512, None).unwrap();
+            d.plan.stages.iter().map(|s| s.node.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(on(bare), ["me"]);
+        assert_eq!(on(b), ["b"]);
     }
 }

@@ -1,11 +1,13 @@
 //! Placement preview for the live cluster (`GET /placements/preview`, `exo plan MODEL`): what
 //! this node would load (the load policy's own decision) next to exo's memory-proportional split
-//! and the best single node, all priced by the placement cost model. Nothing is loaded.
+//! and the best single node, all priced by the placement cost model, each with the bytes its
+//! stages must receive first (from which node, or the hub) and how long that takes. Nothing is
+//! loaded.
 
 use super::policy::{self, View};
 use super::{blocking, registry, validate, ModelRef, Runtime, RuntimeError};
 use crate::gguf::{ModelFiles, ModelShape};
-use crate::placement::{self, baselines, ModelCost, Options, PlacementError, Plan};
+use crate::placement::{self, baselines, ModelCost, Moves, Options, PlacementError, Plan, Weights};
 use crate::store::{self, Resolved};
 use serde::Serialize;
 
@@ -40,6 +42,10 @@ pub struct Candidate {
     pub predicted_ttft_seconds: Option<f64>,
     /// Share of each token's time spent on links.
     pub network_share: Option<f64>,
+    /// Bytes the stages must receive before they load, in all.
+    pub move_bytes: Option<u64>,
+    /// Seconds those transfers take, the stages fetching in parallel (the slowest stage).
+    pub move_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,33 +59,26 @@ pub struct Stage {
     pub offered_bytes: u64,
     /// Share of each token's time this stage computes.
     pub time_share: f64,
+    /// Bytes of its window the node lacks.
+    pub move_bytes: u64,
+    /// Where they come from: a node holding the whole model, or `hub`; null when the node
+    /// lacks nothing.
+    pub move_from: Option<String>,
+    /// Seconds over the measured link from that node (or at the hub's rate).
+    pub move_seconds: f64,
 }
 
-fn candidate(strategy: &'static str, description: &'static str, r: Result<Plan, String>) -> Candidate {
+fn candidate(
+    strategy: &'static str,
+    description: &'static str,
+    r: Result<Plan, String>,
+    moves: impl Fn(&Plan) -> Moves,
+) -> Candidate {
     match r {
-        Ok(p) => Candidate {
-            strategy,
-            description,
-            fits: true,
-            error: None,
-            stages: p
-                .stages
-                .iter()
-                .map(|s| Stage {
-                    node: s.node.clone(),
-                    begin: s.begin,
-                    end: s.end,
-                    weight_bytes: s.weight_bytes,
-                    kv_bytes: s.kv_bytes,
-                    memory_bytes: s.memory_bytes,
-                    offered_bytes: s.offered_bytes,
-                    time_share: s.time_per_token / p.time_per_token,
-                })
-                .collect(),
-            predicted_decode_tokens_per_second: Some(p.tokens_per_second),
-            predicted_ttft_seconds: Some(p.ttft),
-            network_share: Some(p.network_time_per_token / p.time_per_token),
-        },
+        Ok(p) => {
+            let mv = moves(&p);
+            candidate_of(strategy, description, p, mv)
+        }
         Err(e) => Candidate {
             strategy,
             description,
@@ -89,7 +88,41 @@ fn candidate(strategy: &'static str, description: &'static str, r: Result<Plan, 
             predicted_decode_tokens_per_second: None,
             predicted_ttft_seconds: None,
             network_share: None,
+            move_bytes: None,
+            move_seconds: None,
         },
+    }
+}
+
+fn candidate_of(strategy: &'static str, description: &'static str, p: Plan, mv: Moves) -> Candidate {
+    Candidate {
+        strategy,
+        description,
+        fits: true,
+        error: None,
+        stages: p
+            .stages
+            .iter()
+            .zip(&mv.stages)
+            .map(|(s, m)| Stage {
+                node: s.node.clone(),
+                begin: s.begin,
+                end: s.end,
+                weight_bytes: s.weight_bytes,
+                kv_bytes: s.kv_bytes,
+                memory_bytes: s.memory_bytes,
+                offered_bytes: s.offered_bytes,
+                time_share: s.time_per_token / p.time_per_token,
+                move_bytes: m.bytes,
+                move_from: m.from.as_ref().map(|f| f.to_string()),
+                move_seconds: m.seconds,
+            })
+            .collect(),
+        predicted_decode_tokens_per_second: Some(p.tokens_per_second),
+        predicted_ttft_seconds: Some(p.ttft),
+        network_share: Some(p.network_time_per_token / p.time_per_token),
+        move_bytes: Some(mv.bytes),
+        move_seconds: Some(mv.seconds),
     }
 }
 
@@ -111,11 +144,14 @@ fn one_node(cost: &ModelCost, view: &View, o: &Options) -> Result<Plan, Placemen
     best.ok_or_else(|| err.unwrap_or(PlacementError::NoNodes))
 }
 
-/// The candidates for `cost` over `view`, with the context priced as the load policy would.
+/// The candidates for `cost` over `view`, with the context priced as the load policy would, and
+/// the bytes each moves given where they are (`weights`).
+#[allow(clippy::too_many_arguments)]
 pub fn candidates(
     key: &str,
     cost: &ModelCost,
     view: &View,
+    weights: &Weights,
     n_ctx_seq: u32,
     asked_ctx: bool,
     max_seq: u32,
@@ -128,21 +164,26 @@ pub fn candidates(
     };
     let o = Options { ctx, n_ubatch: N_BATCH, ..Options::default() };
     let str_err = |e: PlacementError| e.to_string();
+    let moves = |p: &Plan| placement::moves(cost, &view.cluster, weights, p);
     let candidates = vec![
         candidate(
             "exo-rs",
-            "ours: the fastest predicted placement that fits (what a load does now)",
+            "ours: the fastest predicted placement that fits, moving the fewest bytes among the nearly fastest \
+             (what a load does now)",
             ours.map(|d| d.plan).map_err(|e| e.to_string()),
+            moves,
         ),
         candidate(
             "exo-memory-split",
             "exo: every node, largest memory first, layers in proportion to memory",
             baselines::exo_memory_weighted(cost, &view.cluster, &o).map_err(str_err),
+            moves,
         ),
         candidate(
             "one-node",
             "the fastest single node that holds the whole model",
             one_node(cost, view, &o).map_err(str_err),
+            moves,
         ),
     ];
     Preview {
@@ -155,6 +196,21 @@ pub fn candidates(
         nodes: view.cluster.nodes.iter().map(|n| n.name.clone()).collect(),
         candidates,
     }
+}
+
+/// Smallest finished download whose rate says how fast this node pulls from the hub.
+const HUB_RATE_MIN_BYTES: u64 = 8 << 20;
+
+/// This node's rate from the hub: its most recent finished download of at least
+/// [`HUB_RATE_MIN_BYTES`] (smaller ones are mostly round trips). The peers do not share theirs,
+/// so their hub transfers are priced at `placement::DEFAULT_HUB_BANDWIDTH`.
+fn hub_rate(store: &crate::store::Store) -> Option<f64> {
+    store
+        .transfers
+        .list()
+        .into_iter()
+        .find(|t| t.kind == "download" && t.state == "done" && t.done_bytes >= HUB_RATE_MIN_BYTES && t.seconds > 0.0)
+        .map(|t| t.done_bytes as f64 / t.seconds)
 }
 
 /// What placement needs about a model on this machine or in the catalog, and its trained
@@ -199,7 +255,13 @@ impl Runtime {
         let n_ctx_seq = validate::num_ctx(num_ctx, self.limits.default_ctx, train)?;
         let key = model.key();
         let view = registry::view(self, self.registry.held(&key)).await?;
-        let local = matches!(resolved, Resolved::Local(_));
-        Ok(candidates(&key, &cost, &view, n_ctx_seq, num_ctx.is_some(), self.limits.parallel, local))
+        let local = matches!(&resolved, Resolved::Local(_));
+        let size = match &resolved {
+            Resolved::Local(m) if m.paths.len() == 1 => Some(m.size),
+            _ => None,
+        };
+        let mut weights = view.weights(&key, &cost, size);
+        weights.hub_bandwidth.extend(hub_rate(&self.store).map(|r| (view.here.clone(), r)));
+        Ok(candidates(&key, &cost, &view, &weights, n_ctx_seq, num_ctx.is_some(), self.limits.parallel, local))
     }
 }

@@ -194,6 +194,7 @@ pub(super) async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> 
         Ok(match &cluster {
             Some(c) => {
                 policy::view(&c.hello.node_name, &c.hello.node_id, c.peer_addr(), &c.profile(), held, &c.peers())
+                    .with_held_here(c.held_here())
             }
             None => policy::view("local", "", "", &crate::profile::snapshot(limit, None), held, &[]),
         })

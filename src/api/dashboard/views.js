@@ -42,12 +42,20 @@ export function topology(svg, cluster, names) {
     const [a, b] = [pos[l.from], pos[l.to]];
     if (!a || !b) continue;
     const bw = l.bandwidth_bytes_per_second ? bytes(l.bandwidth_bytes_per_second) + '/s' : 'measuring';
-    // two short lines, 60% of the way to the peer, so labels of neighbouring links stay apart
-    const [x, y] = [a[0] + 0.6 * (b[0] - a[0]), a[1] + 0.6 * (b[1] - a[1])];
+    // each direction is its own entry (measured by its own end, else the other): a -> b is
+    // labelled near b on one side of the line, b -> a near a on the other (the normal flips
+    // with the direction), each growing away from the line
+    const [dx, dy] = [b[0] - a[0], b[1] - a[1]];
+    const len = Math.hypot(dx, dy) || 1;
+    const [nx, ny] = [dy / len, -dx / len];
+    const [x, y] = [a[0] + 0.65 * dx + 6 * nx, a[1] + 0.65 * dy + 6 * ny];
+    const anchor = nx > 0.3 ? 'start' : nx < -0.3 ? 'end' : 'middle';
+    const top = ny < -0.3 ? y - 14 : ny > 0.3 ? y + 4 : y - 5;
+    const title = el('title', {}, `${l.from} → ${l.to}, measured by ${l.measured_by || '?'}`);
     svg.append(
       el('line', { x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: '#2a3542', 'stroke-width': 2, class: 'link' }),
-      el('text', { x, y: y - 6, class: 'link-label' }, `${fixed(l.rtt_ms, 2)} ms`),
-      el('text', { x, y: y + 5, class: 'link-label' }, bw),
+      el('text', { x, y: top, class: 'link-label', style: { textAnchor: anchor } }, `${fixed(l.rtt_ms, 2)} ms`, title),
+      el('text', { x, y: top + 10, class: 'link-label', style: { textAnchor: anchor } }, bw),
     );
   }
   for (const name of names) {
@@ -104,6 +112,10 @@ export function instanceCard(inst, status, names, rate, onUnload) {
       el('th', { class: 'num' }, 'compute'), el('th', { class: 'num hide-narrow' }, 'ms/batch')), rows));
 }
 
+// What a stage must receive before it loads: nothing, or bytes from a node (or the hub) and
+// the seconds that takes over the measured link.
+const toMove = (s) => (s.move_bytes ? `${bytes(s.move_bytes)} from ${s.move_from} (${fixed(s.move_seconds)} s)` : 'held');
+
 // The candidates of a placement preview, each with a button that places it.
 export function preview(box, p, names, onPlace) {
   box.replaceChildren(el('div', { class: 'muted' },
@@ -113,12 +125,14 @@ export function preview(box, p, names, onPlace) {
     return el('div', { class: 'candidate', 'data-strategy': c.strategy },
       el('div', { class: 'row' }, el('b', {}, c.strategy),
         el('span', {}, `${fixed(c.predicted_decode_tokens_per_second, 2)} tok/s predicted`),
+        el('span', { class: 'muted' }, c.move_bytes ? `moves ${bytes(c.move_bytes)}, ~${fixed(c.move_seconds)} s` : 'moves nothing'),
         el('button', { type: 'button', class: 'place', onclick: () => onPlace(p.model, c.stages) }, 'Place')),
       el('div', { class: 'layer-map' }, c.stages.map((s) => el('div', {
         class: 'stage', style: { flex: `${s.end - s.begin}`, '--c': colorOf(names, s.node) },
       }, `${s.node} ${s.begin}:${s.end}`))),
       el('table', {}, c.stages.map((s) => el('tr', {}, el('td', {}, s.node), el('td', {}, `${s.begin}:${s.end}`),
         el('td', { class: 'num' }, `${bytes(s.memory_bytes)} / ${bytes(s.offered_bytes)}`),
-        el('td', { class: 'num' }, `${fixed(100 * s.time_share)}% of time`)))));
+        el('td', { class: 'num' }, `${fixed(100 * s.time_share)}% of time`),
+        el('td', { class: 'num hide-narrow' }, toMove(s))))));
   }));
 }
