@@ -109,7 +109,10 @@ async fn chaos_rounds_lose_no_request_and_leak_nothing() {
         if action == "TERM" && !c.node(victim).wait_exit(Duration::from_secs(10).saturating_sub(hit.elapsed())) {
             panic!("{victim} did not leave within 10 s of SIGTERM\n{}", c.logs());
         }
+        let old = c.node_id(victim).await;
         c.restart(victim);
+        // the stopped process's entry may still be listed for a moment: wait for the new one
+        c.wait_rejoined(victim, old.as_deref()).await;
         c.wait_nodes(&["a", "b", "c", "d"]).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -82,7 +82,10 @@ async fn killed_hung_and_leaving_stage_nodes_never_lose_the_stream() {
     assert_eq!(got, want, "stage node stopped");
     eprintln!("stage node stopped: longest pause {pause:?}");
     assert!(pause < Duration::from_secs(5), "failover took {pause:?}");
+    let old = c.node_id("c").await;
     c.restart("c");
+    // the stopped process's entry may still be listed for a moment: wait for the new one
+    c.wait_rejoined("c", old.as_deref()).await;
     c.wait_nodes(&["a", "b", "c"]).await;
 
     // SIGTERM: the node leaves in order; the pause is no longer than a reload

@@ -177,6 +177,32 @@ impl Procs {
         self.http.get(url).send().await.ok()?.json().await.ok()
     }
 
+    /// The id under which the first node lists node `name` now.
+    pub async fn node_id(&self, name: &str) -> Option<String> {
+        let v = self.get(&format!("{}/cluster", self.nodes[0].base())).await?;
+        let n = v["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
+        n["node_id"].as_str().map(str::to_string)
+    }
+
+    /// Waits until the first node lists `name` under an id other than `old` (a restarted node,
+    /// not the entry of its previous process that has not timed out yet), with its profile.
+    pub async fn wait_rejoined(&self, name: &str, old: Option<&str>) {
+        let t = Instant::now();
+        loop {
+            if let Some(v) = self.get(&format!("{}/cluster", self.nodes[0].base())).await {
+                let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+                let fresh = |n: &&Value| n["name"] == name && n["profile"].is_object() && n["node_id"].as_str() != old;
+                if nodes.iter().any(|n| fresh(&n)) {
+                    return;
+                }
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                panic!("{name} did not rejoin\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the first node sees exactly `names` (with their profiles).
     pub async fn wait_nodes(&self, names: &[&str]) {
         let t = Instant::now();
