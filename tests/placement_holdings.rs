@@ -101,7 +101,11 @@ async fn placements_know_where_the_bytes_are() {
     // profiles, what a holds, and the links b and c measured (shared with their pongs)
     wait_for(&http, &format!("{api}/cluster"), |v| {
         let nodes = v["nodes"].as_array().map_or(&[][..], |n| n.as_slice());
-        let measured = |by: &str| v["links"].as_array().is_some_and(|l| l.iter().any(|l| l["measured_by"] == by));
+        // b's figure for c and c's for b (not only for a): what the stage-to-stage links use
+        let measured = |by: &str| {
+            let other = if by == "b" { "c" } else { "b" };
+            v["links"].as_array().is_some_and(|l| l.iter().any(|l| l["measured_by"] == by && l["to"] == other))
+        };
         nodes.len() == 3
             && nodes.iter().all(|x| x["profile"]["memory_offered"].is_u64())
             && nodes[0]["held"][0]["whole"] == true
@@ -185,9 +189,10 @@ async fn placements_know_where_the_bytes_are() {
     let stages = cl["instances"][0]["stages"].as_array().unwrap();
     assert!(stages.iter().all(|s| s["node"] == "c"), "{cl}");
     assert!(Partial::open(&Partial::path_in(dirs[2].path(), "tiny-llama")).unwrap().has_window(0, n));
-    // and once more, when a has heard: c holds every layer now, nothing moves
+    // and once more, when a has heard: c holds every layer now (its partial is complete and
+    // verified, so it is advertised whole), nothing moves
     wait_for(&http, &format!("{api}/cluster"), |v| {
-        v["nodes"].as_array().unwrap().iter().any(|x| x["name"] == "c" && x["held"][0]["windows"] == json!([[0, n]]))
+        v["nodes"].as_array().unwrap().iter().any(|x| x["name"] == "c" && x["held"][0]["whole"] == true)
     })
     .await;
     let p = preview(&http, &api).await;

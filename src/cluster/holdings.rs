@@ -73,9 +73,12 @@ pub fn scan(store: &Store) -> Vec<Held> {
         .map(|m| Held { model: m.name, size: m.size, whole: true, windows: vec![] })
         .collect();
     for p in store.partials() {
+        // a partial assembled whole and verified can send windows like the whole file
+        let whole = p.verified_whole();
         let s = p.sidecar;
-        if !s.windows.is_empty() && !v.iter().any(|h| h.model == s.model && h.whole) {
-            v.push(Held { model: s.model, size: s.size, whole: false, windows: s.windows });
+        if (whole || !s.windows.is_empty()) && !v.iter().any(|h| h.model == s.model && h.whole) {
+            let windows = if whole { vec![] } else { s.windows };
+            v.push(Held { model: s.model, size: s.size, whole, windows });
         }
     }
     v.dedup_by(|a, b| a.model == b.model && a.whole && b.whole);

@@ -39,7 +39,11 @@ fn whole(store: &crate::store::Store, model: &str) -> Result<(PathBuf, u64), Str
     match store.resolve_name(model) {
         Ok(Resolved::Local(m)) if m.paths.len() == 1 => Ok((m.paths[0].clone(), m.size)),
         Ok(Resolved::Local(_)) => Err(format!("{model} is a split set here; its windows cannot be sent")),
-        _ => Err(format!("this node does not have {model}")),
+        // a partial assembled whole and verified (e.g. every layer fetched from the hub)
+        _ => match store.partials().into_iter().find(|p| p.sidecar.model == model && p.verified_whole()) {
+            Some(p) => Ok((p.path, p.sidecar.size)),
+            None => Err(format!("this node does not have {model}")),
+        },
     }
 }
 
@@ -336,5 +340,39 @@ mod tests {
             let e = answer(&store, bad.clone()).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_partial_assembled_whole_and_verified_is_served_and_advertised_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.bin");
+        crate::synth::make_model(&crate::synth::preset("tiny-llama").unwrap(), &src).unwrap();
+        let bytes = std::fs::read(&src).unwrap();
+        let size = bytes.len() as u64;
+        let models = d.path().join("models");
+        let mut store = crate::store::Store::from_env();
+        (store.dirs, store.read_only, store.hf_cache, store.ollama) = (vec![models.clone()], vec![], None, None);
+        let mut p = crate::store::partial::Partial::create(&models, "copy", size, 8).unwrap();
+        p.write_at(0, &bytes[..size as usize - 10]).unwrap();
+        let sha = |b: &[u8]| crate::store::partial::hex(&<sha2::Sha256 as sha2::Digest>::digest(b));
+        let piece = |end: u64, unverified| crate::store::partial::Piece {
+            start: 0,
+            end,
+            sha256: sha(&bytes[..end as usize]),
+            unverified,
+        };
+        p.record(piece(size - 10, false)).unwrap();
+        let read = WeightsAsk::Read { model: "copy".into(), start: 0, len: 4 };
+        // not every byte yet: neither served nor advertised
+        assert!(answer(&store, read.clone()).unwrap_err().contains("does not have"));
+        assert!(crate::cluster::holdings::scan(&store).iter().all(|h| h.model != "copy"));
+        p.write_at(0, &bytes).unwrap();
+        p.record(piece(size, true)).unwrap();
+        // every byte, but taken by size alone and never checked whole
+        assert!(answer(&store, read.clone()).is_err());
+        p.record(piece(size, false)).unwrap();
+        assert_eq!(answer(&store, read).unwrap().1, b"GGUF");
+        let held = crate::cluster::holdings::scan(&store);
+        assert!(held.iter().any(|h| h.model == "copy" && h.whole && h.size == size), "{held:?}");
     }
 }

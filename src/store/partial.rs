@@ -291,6 +291,12 @@ impl Partial {
         self.covers(&[(0, self.sidecar.size)])
     }
 
+    /// Every byte present and checked against a source's hash (per range, or the hub's SHA-256
+    /// of the assembled file): as good as the whole file for sending windows to peers.
+    pub fn verified_whole(&self) -> bool {
+        self.complete() && self.sidecar.pieces.iter().all(|p| !p.unverified)
+    }
+
     /// Bytes the file takes on disk (allocated blocks).
     pub fn allocated(&self) -> u64 {
         allocated_bytes(&self.path)
