@@ -502,7 +502,7 @@ async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Inc
             Kind::WeightsAsk => weights::serve(&n, inc),
             // a stage on this node reports to itself: its transfer is listed here already
             Kind::LoadProgress if inc.conn.peer().node_id != n.hello.node_id => {
-                progress::record(&n, &inc.conn.peer().node_name, &inc.frame.payload)
+                progress::record(&n.store.transfers, &inc.conn.peer().node_name, &inc.frame.payload)
             }
             Kind::Bye => {
                 let id = inc.conn.peer().node_id.clone();

@@ -61,14 +61,14 @@ pub(super) async fn report(
 
 /// Records a stage node's report in this node's transfers (bounded: a peer's report sizes
 /// nothing beyond the caps).
-pub(super) fn record(node: &ClusterNode, from: &str, payload: &[u8]) {
+pub(super) fn record(transfers: &crate::store::Transfers, from: &str, payload: &[u8]) {
     let Ok(msg) = serde_json::from_slice::<LoadProgressMsg>(payload) else {
         tracing::debug!(peer = from, "malformed load progress");
         return;
     };
     let cut = |s: &str| s.chars().take(MAX_TEXT).collect::<String>();
     for t in msg.transfers.iter().take(MAX_PROGRESS_ITEMS) {
-        node.store.transfers.mirror(
+        transfers.mirror(
             &cut(from),
             t.id,
             &cut(&t.model),
@@ -76,7 +76,54 @@ pub(super) fn record(node: &ClusterNode, from: &str, payload: &[u8]) {
             (t.done_bytes, t.total_bytes),
             &t.state,
             t.error.as_deref().map(cut),
-            if t.seconds.is_finite() { t.seconds } else { 0.0 },
+            t.seconds,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_recorded_per_node_and_hostile_ones_bounded() {
+        let t = crate::store::Transfers::default();
+        let item = |id, state: &str, seconds| ProgressItem {
+            id,
+            model: "m".into(),
+            source: "node a".into(),
+            done_bytes: 5,
+            total_bytes: 9,
+            state: state.into(),
+            error: None,
+            seconds,
+        };
+        let msg = |v: Vec<ProgressItem>| {
+            serde_json::to_vec(&LoadProgressMsg { instance: 1, index: 0, transfers: v }).unwrap()
+        };
+        record(&t, "b", &msg(vec![item(7, "running", 0.5)]));
+        record(&t, "b", &msg(vec![item(7, "done", 1.0)]));
+        let l = t.list();
+        assert_eq!(l.len(), 1, "one transfer, updated");
+        assert_eq!((l[0].node.as_deref(), l[0].state, l[0].done_bytes), (Some("b"), "done", 5));
+        // the same id from another node is another transfer
+        record(&t, "c", &msg(vec![item(7, "running", 0.1)]));
+        assert_eq!(t.list().len(), 2);
+        // hostile: too many items, long texts, an unknown state, a negative or huge duration, garbage (JSON has no NaN)
+        let long = "x".repeat(10_000);
+        let mut many: Vec<ProgressItem> = (100..200).map(|i| item(i, "weird", -1.0)).collect();
+        many[0].model = long.clone();
+        many[0].error = Some(long.clone());
+        many[1].seconds = 1e300;
+        record(&t, &long, &msg(many));
+        record(&t, "d", b"{not json");
+        let l = t.list();
+        assert_eq!(l.len(), 2 + MAX_PROGRESS_ITEMS, "at most {MAX_PROGRESS_ITEMS} items per report");
+        for x in l.iter().filter(|x| x.node.as_deref() != Some("b") && x.node.as_deref() != Some("c")) {
+            assert_eq!(x.state, "failed", "an unknown state is not 'running'");
+            assert!(x.node.as_ref().unwrap().chars().count() <= MAX_TEXT && x.model.chars().count() <= MAX_TEXT);
+            assert!(x.error.as_ref().is_none_or(|e| e.chars().count() <= MAX_TEXT));
+            assert!((0.0..=1e7).contains(&x.seconds), "{}", x.seconds);
+        }
     }
 }

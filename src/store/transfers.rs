@@ -133,10 +133,12 @@ impl Transfers {
             }
         };
         let t = &mut g.1[i];
+        // a peer's figure: at most about 4 months
+        let seconds = if seconds.is_finite() { seconds.clamp(0.0, 1e7) } else { 0.0 };
         (t.done_bytes, t.total_bytes, t.state, t.error, t.seconds) =
             (done_bytes, total_bytes.max(done_bytes), state, error, seconds);
         // a reported transfer has its own clock: it is not re-timed here
-        t.t0 = Instant::now() - std::time::Duration::from_secs_f64(seconds.clamp(0.0, 1e7));
+        t.t0 = Instant::now() - std::time::Duration::from_secs_f64(seconds);
         Self::trim(&mut g.1);
     }
 
