@@ -93,3 +93,19 @@ pub async fn relay(listen: TcpListener, target: String, delay: Duration, bw: f64
         });
     }
 }
+
+/// Polls `base`'s `/cluster` until `pred` holds (30 s at most).
+pub async fn wait_cluster(http: &reqwest::Client, base: &str, pred: impl Fn(serde_json::Value) -> bool, what: &str) {
+    let t = Instant::now();
+    loop {
+        let v: Option<serde_json::Value> = match http.get(format!("{base}/cluster")).send().await {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        if v.is_some_and(&pred) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -20,7 +20,7 @@ use common::*;
 use exo::placement::{self, Backend, Cluster, LinkSpec, ModelCost, NodeSpec, Options};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 async fn decode_rate(http: &reqwest::Client, base: &str, placement: &Value, tokens: u32) -> f64 {
@@ -106,18 +106,13 @@ async fn main() {
         }
         let base = format!("http://127.0.0.1:{}", apis[0]);
         let http = reqwest::Client::new();
-        let t = Instant::now();
-        loop {
-            let v: Option<Value> = match http.get(format!("{base}/cluster")).send().await {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
-            if v.is_some_and(|v| v["links"].as_array().is_some_and(|l| l.iter().any(|x| x["rtt_ms"].is_f64()))) {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "nodes did not join");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_cluster(
+            &http,
+            &base,
+            |v| v["links"].as_array().is_some_and(|l| l.iter().any(|x| x["rtt_ms"].is_f64())),
+            "nodes did not join",
+        )
+        .await;
         let one = json!([{ "node": "a", "begin": 0, "end": l }]);
         let two = json!([{ "node": "a", "begin": 0, "end": l / 2 }, { "node": "b", "begin": l / 2, "end": l }]);
         decode_rate(&http, &base, &one, 8).await; // warm-up

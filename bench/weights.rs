@@ -53,18 +53,7 @@ async fn cold_cluster(model: &Path, bw: f64, da: &Path, db: &Path, config: &Path
     }
     let base = format!("http://127.0.0.1:{}", apis[0]);
     let http = reqwest::Client::new();
-    let t = Instant::now();
-    loop {
-        let v: Option<Value> = match http.get(format!("{base}/cluster")).send().await {
-            Ok(r) => r.json().await.ok(),
-            Err(_) => None,
-        };
-        if v.is_some_and(|v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)) {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "nodes did not join");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_cluster(&http, &base, |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2), "nodes did not join").await;
     (kids, base)
 }
 
