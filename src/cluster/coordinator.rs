@@ -129,7 +129,7 @@ impl ClusterChain {
                 n_seq_max: context.n_seq_max,
                 next: stages.get(i + 1).map(|s| s.addr.clone()),
                 index: i,
-                sources: super::weights::sources_for(&me.0, &peers, &st.node, &holders),
+                sources: super::weights::sources_for(&node.hello.node_id, &me.0, &peers, &st.node, &holders),
                 hub: origin.hub.clone(),
             };
             let (conn, st) = (conns[i].clone(), st.clone());

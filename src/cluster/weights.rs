@@ -138,24 +138,23 @@ impl RangeSource for PeerSource {
 const MAX_SOURCES: usize = 16;
 
 /// The peer addresses of `holders` (nodes holding the model whole: name, address), fastest
-/// first as seen from node `to`: by the bandwidth `to` measured to each, else the one each
-/// measured to `to`; holders with no figure keep their order, after the measured ones. `me` is
-/// this node's name, `peers` what it knows of the others.
-pub fn sources_for(me: &str, peers: &[PeerStatus], to: &str, holders: &[(String, String)]) -> Vec<String> {
-    let status = |name: &str| peers.iter().find(|p| p.name == name);
-    // bytes/s of the link from `a` to `b` as `a` measured it
-    let measured = |a: &str, b: &str| -> Option<f64> {
-        if a == me {
-            return status(b)?.bandwidth;
-        }
-        status(a)?.links.iter().find(|l| l.name == b)?.bandwidth
-    };
-    let mut v: Vec<(f64, &(String, String))> = holders
-        .iter()
-        .filter(|(name, _)| name != to)
-        .map(|h| (measured(to, &h.0).or_else(|| measured(&h.0, to)).filter(|b| b.is_finite()).unwrap_or(0.0), h))
-        .collect();
-    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+/// first for node `to`: by the bandwidth of the link holder -> `to` (the holder's own figure,
+/// else `to`'s for the reverse), ties and holders without a figure by name. `here_id` and `here`
+/// are this node's id and name, `peers` what it knows of the others.
+pub fn sources_for(
+    here_id: &str,
+    here: &str,
+    peers: &[PeerStatus],
+    to: &str,
+    holders: &[(String, String)],
+) -> Vec<String> {
+    // the direction the bytes travel, holder -> `to`, from the same figures placement prices
+    // its source with (each end's own measurement first), so the preview's source is tried first
+    let links = super::links::pairwise(here_id, here, peers);
+    let rate = |h: &str| links.iter().find(|l| l.from == h && l.to == to).and_then(|l| l.bandwidth).unwrap_or(0.0);
+    let mut v: Vec<(f64, &(String, String))> =
+        holders.iter().filter(|(name, _)| name != to).map(|h| (rate(&h.0), h)).collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1 .0.cmp(&b.1 .0)));
     v.into_iter().map(|(_, h)| h.1.clone()).collect()
 }
 
@@ -273,13 +272,13 @@ mod tests {
     #[test]
     fn sources_are_ordered_fastest_first_for_the_stage_node() {
         let link = |name: &str, bw: Option<f64>| crate::cluster::holdings::LinkFigure {
-            node_id: String::new(),
+            node_id: format!("id-{name}"),
             name: name.into(),
             rtt_ms: None,
             bandwidth: bw,
         };
         let peer = |name: &str, bw: Option<f64>, links| PeerStatus {
-            node_id: String::new(),
+            node_id: format!("id-{name}"),
             name: name.into(),
             address: format!("{name}:1"),
             rtt_ms: None,
@@ -291,21 +290,27 @@ mod tests {
             key: String::new(),
         };
         let h = |n: &str| (n.to_string(), format!("{n}:1"));
-        // c measured b faster than a; d measured nothing, but b measured d
+        let order =
+            |peers: &[PeerStatus], to: &str, holders: &[(String, String)]| sources_for("id-a", "a", peers, to, holders);
+        // this node is a; b measured b -> c and b -> d; c measured c -> a (a's own figure for
+        // c stands for a -> c) and c -> b (b's own figure wins); d measured nothing
         let peers = vec![
-            peer("b", Some(5e8), vec![link("d", Some(1e6))]),
-            peer("c", Some(1e9), vec![link("a", Some(1e7)), link("b", Some(1e8))]),
+            peer("b", Some(5e8), vec![link("c", Some(2e8)), link("d", Some(1e6))]),
+            peer("c", Some(1e9), vec![link("a", Some(1e7)), link("b", Some(3e9))]),
             peer("d", None, vec![]),
         ];
-        let holders = [h("a"), h("b"), h("d")];
-        assert_eq!(sources_for("a", &peers, "c", &holders), ["b:1", "a:1", "d:1"]);
-        // for this node: its own figures; itself is never its own source
-        assert_eq!(sources_for("a", &peers, "a", &holders), ["b:1", "d:1"]);
-        // for d: what the holders measured to it (b did, a did not)
-        assert_eq!(sources_for("a", &peers, "d", &holders), ["b:1", "a:1"]);
-        // a hostile NaN figure counts as unknown
+        let holders = [h("d"), h("b"), h("a")];
+        // to c: a -> c 1e9 (a's figure), b -> c 2e8 (b's figure, not c's 3e9), d unknown
+        assert_eq!(order(&peers, "c", &holders), ["a:1", "b:1", "d:1"]);
+        // to a: b -> a is b's figure (none), so a's for a -> b (5e8); d none; a never itself
+        assert_eq!(order(&peers, "a", &holders), ["b:1", "d:1"]);
+        // to d: b measured b -> d; a nothing for d: by name after
+        assert_eq!(order(&peers, "d", &holders), ["b:1", "a:1"]);
+        // a hostile NaN or negative figure counts as unknown; unknowns by name
+        let peers = vec![peer("b", Some(f64::NAN), vec![]), peer("d", Some(-1.0), vec![])];
+        assert_eq!(order(&peers, "a", &holders), ["b:1", "d:1"]);
         let peers = vec![peer("b", Some(f64::NAN), vec![]), peer("d", Some(1.0), vec![])];
-        assert_eq!(sources_for("a", &peers, "a", &holders), ["d:1", "b:1"]);
+        assert_eq!(order(&peers, "a", &holders), ["d:1", "b:1"]);
     }
 
     #[test]

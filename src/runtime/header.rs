@@ -57,7 +57,7 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
     let quiet: OnProgress = Arc::new(|_, _| {});
     let mut tried = Vec::new();
     let mut got = None;
-    for addr in sources_for(&me, &node.peers(), &me, &holders) {
+    for addr in sources_for(&node.hello.node_id, &me, &node.peers(), &me, &holders) {
         let src: Arc<dyn RangeSource> = match node.conn(&addr).await {
             Ok(conn) => Arc::new(PeerSource { conn, model: name.to_string() }),
             Err(e) => {
