@@ -58,7 +58,7 @@ async fn decide(rt: &Runtime, f: &Fixed) -> Result<(policy::Decision, policy::Vi
         model: f.key.clone(),
         reason: format!("no placement over the nodes there are now fits: {reason}"),
     };
-    match policy::decide(&f.key, &f.shape, &view, f.n_ctx_seq, true, f.n_seq, f.n_batch, None) {
+    match policy::decide_off_worker(&f.key, &f.shape, &view, f.n_ctx_seq, true, f.n_seq, f.n_batch, None).await {
         Ok(d) if d.n_seq == f.n_seq => Ok((d, view)),
         Ok(_) => Err(fits(format!("{} sequences of {} tokens do not fit", f.n_seq, f.n_ctx_seq))),
         Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => Err(fits(e.to_string())),

@@ -225,6 +225,24 @@ pub fn decide(
     decide_cost(model, &cost, view, n_ctx_seq, asked_ctx, max_seq, n_batch, forced)
 }
 
+/// [`decide`] on a blocking thread, for async callers: the search (every placement near the
+/// fastest, priced in bytes to move) takes up to a second on large clusters.
+#[allow(clippy::too_many_arguments)]
+pub async fn decide_off_worker(
+    model: &str,
+    shape: &ModelShape,
+    view: &View,
+    n_ctx_seq: u32,
+    asked_ctx: bool,
+    max_seq: u32,
+    n_batch: u32,
+    forced: Option<&Forced>,
+) -> Result<Decision, RuntimeError> {
+    let (model, shape, view, forced) = (model.to_string(), shape.clone(), view.clone(), forced.cloned());
+    super::blocking(move || decide(&model, &shape, &view, n_ctx_seq, asked_ctx, max_seq, n_batch, forced.as_ref()))
+        .await
+}
+
 /// [`decide`] for a model known by its cost alone (a catalog model not on this node yet).
 #[allow(clippy::too_many_arguments)]
 pub fn decide_cost(

@@ -262,6 +262,8 @@ impl Runtime {
         };
         let mut weights = view.weights(&key, &cost, size);
         weights.hub_bandwidth.extend(hub_rate(&self.store).map(|r| (view.here.clone(), r)));
-        Ok(candidates(&key, &cost, &view, &weights, n_ctx_seq, num_ctx.is_some(), self.limits.parallel, local))
+        // several searches: off the async workers
+        let (asked, parallel) = (num_ctx.is_some(), self.limits.parallel);
+        blocking(move || Ok(candidates(&key, &cost, &view, &weights, n_ctx_seq, asked, parallel, local))).await
     }
 }

@@ -294,7 +294,7 @@ async fn place_and_build(
     let decision: Decision;
     let view = loop {
         let view = view(rt, rt.registry.held(key)).await?;
-        match policy::decide(
+        match policy::decide_off_worker(
             key,
             shape,
             &view,
@@ -303,7 +303,9 @@ async fn place_and_build(
             rt.limits.parallel,
             n_batch,
             opts.forced.as_ref(),
-        ) {
+        )
+        .await
+        {
             Ok(d) => {
                 decision = d;
                 break view;
