@@ -315,3 +315,108 @@ async fn exo_run_shows_each_node_fetching_its_window() {
     assert_eq!((t["state"].as_str(), t["kind"].as_str()), (Some("done"), Some("window")), "{t}");
     assert!(t["done_bytes"].as_u64().unwrap().abs_diff(window) < window / 20 + (1 << 20), "{t} vs {window}");
 }
+
+/// `exo run` with no node running here joins the cluster itself (EXO_PEERS): a model only node a
+/// holds comes as a header, then this process's own window, and never whole; the text is the one
+/// node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exo_run_without_a_local_node_fetches_only_its_window() {
+    let model = common::model("tiny-llama");
+    let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("tiny-llama.gguf")).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let free = common::nodes::free_port;
+    let pa = (free(), free());
+    let _a = spawn_env("a", da.path(), pa, &[], &[], &env);
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("http://127.0.0.1:{}/cluster", pa.0), |v| v["nodes"].is_array()).await;
+    // nothing answers at EXO_API_ADDR, so the runtime runs in the `exo run` process
+    let no_api = format!("127.0.0.1:{}", free());
+    let run = |models: PathBuf, args: Vec<String>, peers: Option<String>| {
+        let (cfg, no_api) = (config.path().to_path_buf(), no_api.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+                .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
+                .args(args)
+                .args(["--threads", "1"])
+                .env("EXO_API_ADDR", no_api)
+                .env("EXO_CONFIG_DIR", cfg)
+                .env("EXO_MODELS_DIRS", &models)
+                .env("EXO_MODELS_READ_ONLY_DIRS", "")
+                .env("HOME", &models)
+                .env("EXO_OFFLINE", "1")
+                .env("EXO_NO_DISCOVERY", "1")
+                .env("EXO_NODE_NAME", "r")
+                .env("EXO_PEERS", peers.unwrap_or_default())
+                .output()
+                .unwrap()
+        })
+    };
+    let want = run(da.path().to_path_buf(), vec![], None).await.unwrap();
+    assert!(want.status.success(), "{}", String::from_utf8_lossy(&want.stderr));
+    let split = vec!["--split".to_string(), "r=0:5,a=5:8".to_string()];
+    let got = run(dr.path().to_path_buf(), split, Some(format!("127.0.0.1:{}", pa.1))).await.unwrap();
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(got.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&got.stdout), String::from_utf8_lossy(&want.stdout), "{err}");
+    let p = partial_of(dr.path(), "tiny-llama").expect("a partial model");
+    assert!(p.has_window(0, 5));
+    let window = window_bytes(&model, 0, 5);
+    assert!(p.allocated().abs_diff(window) <= window / 20 + (1 << 20), "r holds {} for {window}", p.allocated());
+    assert!(common::offline_store(dr.path()).resolve_name("tiny-llama").is_err(), "nothing whole at r");
+}
+
+/// An automatic placement over two nodes where only a holds the model: neither node alone has
+/// the memory (each offers 80% of what one stage holding everything needs; wide layers, so that
+/// half the weights save more than a second stage's compute buffers cost), so the load policy
+/// splits it by itself; b fetches its window from a, the text is the one node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_split_fetches_the_other_nodes_window() {
+    let model = wide_model();
+    let config = tempfile::tempdir().unwrap();
+    let env = [("EXO_CONFIG_DIR", config.path().to_str().unwrap())];
+    let free = common::nodes::free_port;
+    let http = reqwest::Client::new();
+    let prompt = "The quick brown fox jumps over";
+    // one sequence, so the policy cannot fit one node by shrinking the KV cache instead
+    let one = ["--parallel", "1"];
+    // what one node needs: the preview of a node alone holding the model
+    let dr = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model, dr.path().join("wide-llama.gguf")).unwrap();
+    let pr = (free(), free());
+    let _r = spawn_env("ref", dr.path(), pr, &[], &one, &[]);
+    let api_r = format!("http://127.0.0.1:{}", pr.0);
+    let p =
+        wait_for(&http, &format!("{api_r}/placements/preview?model=wide-llama"), |v| v["candidates"].is_array()).await;
+    let ours = p["candidates"].as_array().unwrap().iter().find(|c| c["strategy"] == "exo-rs").cloned().unwrap();
+    let need = ours["stages"][0]["memory_bytes"].as_u64().unwrap_or_else(|| panic!("{ours}"));
+    let want = generate_n(&http, &api_r, "wide-llama", prompt, 16).await;
+
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::os::unix::fs::symlink(&model, da.path().join("wide-llama.gguf")).unwrap();
+    let limit = format!("{}", need * 8 / 10);
+    let args = ["--parallel", "1", "--memory-limit", limit.as_str()];
+    let (pa, pb) = ((free(), free()), (free(), free()));
+    let _a = spawn_env("a", da.path(), pa, &[pb.1], &args, &env);
+    let _b = spawn_env("b", db.path(), pb, &[pa.1], &args, &env);
+    let api = format!("http://127.0.0.1:{}", pa.0);
+    wait_for(&http, &format!("{api}/cluster"), |v| {
+        v["nodes"].as_array().is_some_and(|n| {
+            n.len() == 2
+                && n.iter().all(|x| x["profile"]["memory_offered"].is_u64())
+                && n[0]["held"][0]["whole"] == true
+        })
+    })
+    .await;
+    assert_eq!(generate_n(&http, &api, "wide-llama", prompt, 16).await, want, "split by the policy");
+    let cl: Value = http.get(format!("{api}/cluster")).send().await.unwrap().json().await.unwrap();
+    let stages = cl["instances"][0]["stages"].as_array().unwrap().clone();
+    assert_eq!(stages.len(), 2, "{cl}");
+    let on_b = stages.iter().find(|s| s["node"] == "b").unwrap_or_else(|| panic!("no stage on b: {cl}"));
+    let (b, e) = (on_b["begin"].as_u64().unwrap() as u32, on_b["end"].as_u64().unwrap() as u32);
+    let p = partial_of(db.path(), "wide-llama").expect("a partial model");
+    assert!(p.has_window(b, e), "{cl}");
+    let window = window_bytes(&model, b, e);
+    assert!(p.allocated().abs_diff(window) <= window / 20 + (1 << 20), "b holds {} for {window}", p.allocated());
+}

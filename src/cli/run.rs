@@ -9,7 +9,7 @@ use crate::engine::{ChatMessage, LayerRange, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement;
 use crate::runtime::{Event, Forced, GenRequest, Input, Limits, LoadOptions, ModelRef, Runtime};
-use crate::store::{LocalModel, Store};
+use crate::store::{LocalModel, Resolved, Store};
 use clap::Args;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,22 +81,11 @@ async fn run_async(a: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let (model, _, forced) = local_model(&a.model, a.split.as_deref()).await?;
     let mut limits = Limits { parallel: 1, queue: 1, ..Limits::default() };
     if let Some(t) = a.threads {
         limits.threads = t;
     }
-    // in-process stages stay in this process; anything else may use the cluster
-    let cluster = match forced {
-        Some(Forced::Local(_)) => None,
-        _ => embedded_cluster(&limits, named).await?,
-    };
-    if let (Some(Forced::Nodes(stages)), Some(c)) = (&forced, &cluster) {
-        wait_for_nodes(c, stages).await;
-    }
-    let runtime = Runtime::new(Store::from_env(), limits, cluster.clone());
-    // the file the user named, or the one the store found (and perhaps pulled) for the name
-    let model = ModelRef::Path(model.first().to_path_buf());
+    let (runtime, cluster, model, forced) = prepare(&a, limits, named).await?;
     let opts = LoadOptions { num_ctx: a.ctx_size, n_batch: None, forced, no_mmap: a.no_mmap };
     let t = Instant::now();
     // stage nodes without the model fetch their windows from here: a bar per node
@@ -134,6 +123,45 @@ fn placement_of(rt: &Runtime, i: &crate::runtime::Instance) -> String {
     i.pipe().stages(&here).iter().map(|(n, r)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The runtime for this process, its cluster (if any), and the model and placement it loads.
+/// In-process stages need the file here (pulled whole when missing); otherwise a model this
+/// machine lacks is located on the cluster: its header from a node holding it (or the hub), so
+/// that this process, like every stage, fetches only its window. Alone, it is pulled whole.
+async fn prepare(
+    a: &RunArgs,
+    limits: Limits,
+    named: bool,
+) -> anyhow::Result<(Arc<Runtime>, Option<Arc<crate::cluster::ClusterNode>>, ModelRef, Option<Forced>)> {
+    let store = Store::from_env();
+    let in_process = a.split.is_some() && !named;
+    let here = {
+        let (s, n) = (store.clone(), a.model.clone());
+        matches!(tokio::task::spawn_blocking(move || s.resolve(&n)).await?, Ok(Resolved::Local(_)))
+    };
+    let lacks = !here && !in_process && ModelRef::name(&a.model).is_ok();
+    let local = if lacks { None } else { Some(local_model(&a.model, a.split.as_deref()).await?) };
+    let cluster = if in_process { None } else { embedded_cluster(&limits, named).await? };
+    let runtime = Runtime::new(store, limits, cluster.clone());
+    let on_cluster = cluster.as_ref().is_some_and(|c| !c.peers().is_empty());
+    let (model, forced) = match local {
+        // the file the user named, or the one the store found for the name
+        Some((m, _, forced)) => (ModelRef::Path(m.first().to_path_buf()), forced),
+        None if on_cluster => {
+            let name = ModelRef::Name(a.model.clone());
+            let (_, shape) = runtime.locate(&name).await.map_err(usage_or_runtime)?;
+            (name, forced_split(a.split.as_deref(), shape.n_layer)?)
+        }
+        None => {
+            let (m, _, forced) = local_model(&a.model, a.split.as_deref()).await?;
+            (ModelRef::Path(m.first().to_path_buf()), forced)
+        }
+    };
+    if let (Some(Forced::Nodes(stages)), Some(c)) = (&forced, &cluster) {
+        wait_for_nodes(c, stages).await;
+    }
+    Ok((runtime, cluster, model, forced))
+}
+
 /// Joins the cluster for this session (peers from EXO_PEERS, discovery unless
 /// EXO_NO_DISCOVERY) without an HTTP server; None when there is nobody to find.
 async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option<Arc<crate::cluster::ClusterNode>>> {
@@ -165,8 +193,16 @@ async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option
     };
     match crate::cluster::ClusterNode::start(cfg, Store::from_env()).await {
         Ok(n) => {
-            // give discovery a moment to find peers, so placement can use them
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // give discovery a moment to find peers, and the peers a moment to say (in their
+            // first pong) what they offer and hold, so placement and sources can use them
+            let t = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let heard = n.peers().iter().all(|p| p.profile.is_some());
+                if (heard && t.elapsed() >= Duration::from_millis(1500)) || t.elapsed() >= Duration::from_secs(5) {
+                    break;
+                }
+            }
             Ok(Some(n))
         }
         Err(e) if !named => {
@@ -282,19 +318,20 @@ pub(super) async fn local_model(
     let model = super::models::ensure_local(&store, name).await?;
     let first = model.first().to_path_buf();
     let shape = tokio::task::spawn_blocking(move || ModelShape::from_files(&ModelFiles::open(&first)?)).await??;
-    let forced = match split {
-        None => None,
-        Some(s) => {
-            let stages =
-                placement::parse_split(s, shape.n_layer).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
-            if stages.iter().all(|s| s.node.is_none()) {
-                Some(Forced::Local(stages.into_iter().map(|s| s.range).collect()))
-            } else if stages.iter().all(|s| s.node.is_some()) {
-                Some(Forced::Nodes(stages.into_iter().map(|s| (s.node.unwrap_or_default(), s.range)).collect()))
-            } else {
-                return Err(UsageError("mix of named and unnamed ranges in --split".into()).into());
-            }
-        }
-    };
+    let forced = forced_split(split, shape.n_layer)?;
     Ok((model, shape, forced))
+}
+
+/// The placement a `--split` forces on a model of `n_layer` layers: unnamed ranges run as
+/// in-process stages, named ones on those nodes.
+fn forced_split(split: Option<&str>, n_layer: u32) -> anyhow::Result<Option<Forced>> {
+    let Some(s) = split else { return Ok(None) };
+    let stages = placement::parse_split(s, n_layer).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
+    if stages.iter().all(|s| s.node.is_none()) {
+        Ok(Some(Forced::Local(stages.into_iter().map(|s| s.range).collect())))
+    } else if stages.iter().all(|s| s.node.is_some()) {
+        Ok(Some(Forced::Nodes(stages.into_iter().map(|s| (s.node.unwrap_or_default(), s.range)).collect())))
+    } else {
+        Err(UsageError("mix of named and unnamed ranges in --split".into()).into())
+    }
 }

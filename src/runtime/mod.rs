@@ -297,6 +297,16 @@ impl Runtime {
         .await
     }
 
+    /// The model a load would use and its header: on this node, or, on a cluster where this
+    /// node lacks it, a header-only partial fetched from a holder or the hub (each stage then
+    /// fetches only its window).
+    pub async fn locate(&self, model: &ModelRef) -> Result<(LocalModel, ModelShape), RuntimeError> {
+        let local = header::locate(self, model).await?;
+        let l = local.clone();
+        let shape = blocking(move || registry::read_shape(&l)).await?;
+        Ok((local, shape))
+    }
+
     /// Models on this node (blocking scans run off the async workers).
     pub async fn local_models(&self) -> Vec<LocalModel> {
         let store = self.store.clone();
