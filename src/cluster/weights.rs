@@ -8,29 +8,74 @@ use crate::store::Resolved;
 use crate::transport::{Conn, Incoming, Kind, LoadRefusal, LoadStage, WeightsAsk, WeightsMeta, MAX_WEIGHTS_READ};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest wait for one chunk or hash (a hash reads the whole range on the source).
 const ASK_TIMEOUT: Duration = Duration::from_secs(120);
+/// Asks read or hashed at once (each answer may hold a 16 MiB buffer until it is sent).
+const SERVE_AT_ONCE: usize = 8;
+/// Asks waiting or being answered, from all peers together: beyond it an ask is refused at once,
+/// so a flood of asks (or a peer that never reads its answers) holds no more memory or tasks.
+/// An asker keeps 4 chunks and a hash in flight per fetch.
+const MAX_OUTSTANDING: usize = 64;
+/// Longest wait to send a "busy" refusal.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest range hashed for one ask: a piece, or a header.
+const MAX_HASHED: u64 = if fetch::PIECE > fetch::MAX_HEADER { fetch::PIECE } else { fetch::MAX_HEADER };
 
-/// Answers one [`WeightsAsk`] (in its own task: reads and hashes are blocking work).
+static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SERVE_AT_ONCE);
+static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
+
+/// One outstanding ask, counted until dropped.
+struct Outstanding;
+
+impl Outstanding {
+    fn take() -> Option<Outstanding> {
+        if OUTSTANDING.fetch_add(1, Ordering::SeqCst) >= MAX_OUTSTANDING {
+            OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Outstanding)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers one [`WeightsAsk`] (in its own task: reads and hashes are blocking work), at most
+/// [`SERVE_AT_ONCE`] at a time; an answer not taken within [`ASK_TIMEOUT`] is dropped.
 pub(super) fn serve(node: &Arc<ClusterNode>, inc: Incoming) {
     let store = node.store.clone();
+    let (conn, request) = (inc.conn.clone(), inc.frame.request);
+    let reply = move |conn: Conn, kind: Kind, payload: Vec<u8>| async move {
+        let _ = tokio::time::timeout(ASK_TIMEOUT, conn.send(kind, request, payload)).await;
+    };
+    let Some(counted) = Outstanding::take() else {
+        // briefly: a peer flooding asks without reading gets no pile of waiting refusals
+        let busy = format!("busy: {MAX_OUTSTANDING} weight requests are already waiting here").into_bytes();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(BUSY_TIMEOUT, conn.send(Kind::Error, request, busy)).await;
+        });
+        return;
+    };
     tokio::spawn(async move {
-        let (conn, request) = (inc.conn, inc.frame.request);
+        let _counted = counted;
         let ask: WeightsAsk = match serde_json::from_slice(&inc.frame.payload) {
             Ok(a) => a,
-            Err(e) => {
-                let _ = conn.send(Kind::Error, request, format!("malformed weights request: {e}").into_bytes()).await;
-                return;
-            }
+            Err(e) => return reply(conn, Kind::Error, format!("malformed weights request: {e}").into_bytes()).await,
         };
+        drop(inc);
+        let Ok(_permit) = SERVING.acquire().await else { return };
         let r = tokio::task::spawn_blocking(move || answer(&store, ask)).await.unwrap_or_else(|e| Err(e.to_string()));
-        let _ = match r {
-            Ok((kind, payload)) => conn.send(kind, request, payload).await,
-            Err(e) => conn.send(Kind::Error, request, e.into_bytes()).await,
-        };
+        match r {
+            Ok((kind, payload)) => reply(conn, kind, payload).await,
+            Err(e) => reply(conn, Kind::Error, e.into_bytes()).await,
+        }
     });
 }
 
@@ -59,6 +104,9 @@ fn answer(store: &crate::store::Store, ask: WeightsAsk) -> Result<(Kind, Vec<u8>
             let (path, size) = whole(store, &model)?;
             if start >= end || end > size {
                 return Err(format!("range {start}..{end} is not within the file's {size} bytes"));
+            }
+            if end - start > MAX_HASHED {
+                return Err(format!("range {start}..{end} is longer than the {MAX_HASHED} bytes hashed at once"));
             }
             let sha256 = crate::store::partial::hash_range(&path, start, end).map_err(|e| e.to_string())?;
             Ok((Kind::WeightsMeta, json(&WeightsMeta::Hash { sha256 })))
@@ -165,6 +213,10 @@ async fn kept(node: &Arc<ClusterNode>, ls: &LoadStage) -> Option<PathBuf> {
     tokio::task::spawn_blocking(move || {
         let mut p = store.partial_window(&model, size, begin, end)?;
         p.verify().ok().filter(|bad| bad.is_empty())?;
+        // reused: the last to be evicted
+        if let Err(e) = p.touch() {
+            tracing::warn!(model = %model, "cannot record the use of a partial model: {e}");
+        }
         Some(p.path)
     })
     .await
@@ -226,6 +278,20 @@ async fn fetch_from(
     dir: &std::path::Path,
     src: Arc<dyn RangeSource>,
 ) -> Result<Result<PathBuf, String>, LoadRefusal> {
+    // the source's file must be the coordinator's before anything is written: another size would
+    // recreate the partial file, dropping the windows it holds
+    match src.info().await {
+        Ok(i) if i.size == ls.model_size => {}
+        Ok(i) => {
+            return Ok(Err(format!(
+                "{}: its file has {} bytes, the coordinator's {}",
+                src.name(),
+                i.size,
+                ls.model_size
+            )))
+        }
+        Err(e) => return Ok(Err(format!("{}: {e}", src.name()))),
+    }
     let t = std::time::Instant::now();
     let (model, from) = (ls.model.clone(), src.name());
     // a line every 2 s: a window of a big model takes minutes
@@ -345,6 +411,25 @@ mod tests {
             let e = answer(&store, bad.clone()).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+        // a hash reads its whole range: one ask hashes at most a piece or a header (the file
+        // grown sparse beyond that, so the range is within it)
+        std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(MAX_HASHED + (8 << 20)).unwrap();
+        let e = answer(&store, WeightsAsk::Hash { model: name(), start: 0, end: MAX_HASHED + 1 }).unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        assert!(answer(&store, WeightsAsk::Hash { model: name(), start: 4096, end: 8192 }).is_ok());
+    }
+
+    #[test]
+    fn outstanding_asks_are_capped() {
+        // other tests may hold some: take what is left, then one more is refused
+        let mut held = Vec::new();
+        while let Some(o) = Outstanding::take() {
+            held.push(o);
+            assert!(held.len() <= MAX_OUTSTANDING);
+        }
+        assert!(Outstanding::take().is_none());
+        held.pop();
+        assert!(Outstanding::take().is_some(), "a finished ask makes room");
     }
 
     #[test]
