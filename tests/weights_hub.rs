@@ -110,6 +110,13 @@ async fn a_window_from_the_hub_takes_only_its_bytes_and_survives_a_dropped_conne
         fetch_window(d.path(), NAME, (2, 5), hub_source(&store, &model).await, PIECE, quiet()).await.unwrap();
     assert_eq!((done.repaired, done.bytes), (1, victim.end - victim.start));
     assert!(h.data_bytes(FILE) - before <= (victim.end - victim.start) + probe);
+    // the header asked again (a stage checks the size first, then fetches) is read once
+    let src = hub_source(&store, &model).await;
+    let before = h.data_bytes(FILE);
+    let first = src.info().await.unwrap();
+    let once = h.data_bytes(FILE) - before;
+    assert_eq!(src.info().await.unwrap(), first);
+    assert_eq!(h.data_bytes(FILE) - before, once, "the second ask reads nothing more");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,8 +150,9 @@ impl RangeSource for HubRange {
             let mut head = self.head.lock().await;
             let mut buf: Vec<u8> = head.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
             let cap = self.size.min(MAX_HEADER);
+            // what was read before is parsed again first: asked twice, the header is read once
+            let mut want = if buf.is_empty() { FIRST_PROBE.min(cap) } else { buf.len() as u64 };
             loop {
-                let want = if buf.is_empty() { FIRST_PROBE } else { buf.len() as u64 * 4 }.min(cap);
                 if want > buf.len() as u64 {
                     let more = self.get_again(buf.len() as u64, want - buf.len() as u64).await?;
                     buf.extend_from_slice(&more);
@@ -161,7 +162,7 @@ impl RangeSource for HubRange {
                         *head = Some(buf.into());
                         return Ok(FileInfo { size: self.size, data_offset: g.data_offset });
                     }
-                    Ok(None) if (buf.len() as u64) < cap => continue,
+                    Ok(None) if (buf.len() as u64) < cap => want = (buf.len() as u64 * 4).min(cap),
                     Ok(None) => return Err(format!("no complete GGUF header in the first {cap} bytes")),
                     Err(e) => return Err(e.to_string()),
                 }
