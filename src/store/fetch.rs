@@ -282,14 +282,31 @@ async fn download(
             next += n;
         }
         let (off, n, job) = queue.pop_front().expect("a chunk is in flight");
-        let data = job.await.map_err(|e| err(e.to_string()))?.map_err(err)?;
-        if data.len() as u64 != n {
-            queue.iter().for_each(|j| j.2.abort());
-            return Err(err(format!("asked for {n} bytes at {off}, got {}", data.len())));
-        }
-        h.update(&data);
+        let data = match job.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(d) if d.len() as u64 == n => d,
+            // the chunks still in flight are of no use now
+            failed => {
+                queue.iter().for_each(|j| j.2.abort());
+                return Err(err(match failed {
+                    Ok(d) => format!("asked for {n} bytes at {off}, got {}", d.len()),
+                    Err(e) => e,
+                }));
+            }
+        };
+        // hashing 4 MiB and writing it are blocking work
         let pp = p.clone();
-        blocking(move || pp.write_at(off, &data)).await?;
+        let written = blocking(move || {
+            h.update(&data);
+            pp.write_at(off, &data).map(|_| h)
+        })
+        .await;
+        h = match written {
+            Ok(h) => h,
+            Err(e) => {
+                queue.iter().for_each(|j| j.2.abort());
+                return Err(e.into());
+            }
+        };
         at += n;
         on_progress(at);
     }
