@@ -132,9 +132,17 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// A file name for a model name (names may hold `/` and `:`).
+/// A file name for a model name (names may hold `/` and `:`): the name with other characters as
+/// `_`, and then a short hash of the exact name, so that `org/m:q4` and `org/m_q4` get two files.
 fn file_stem(model: &str) -> String {
-    model.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+    let plain: String = model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
+    if plain == model {
+        return plain;
+    }
+    format!("{plain}-{}", &sha256_hex(model.as_bytes())[..8])
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
@@ -264,6 +272,12 @@ impl Partial {
         self.save()
     }
 
+    /// Marks the file used now (eviction drops the least recently used first).
+    pub fn touch(&mut self) -> Result<(), StoreError> {
+        self.sidecar.last_used = now_secs();
+        self.save()
+    }
+
     /// Whether a complete window holds `[begin, end)`.
     pub fn has_window(&self, begin: u32, end: u32) -> bool {
         self.sidecar.windows.iter().any(|&(b, e)| b <= begin && end <= e)
@@ -361,6 +375,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_that_differ_get_files_that_differ() {
+        let d = Path::new("/m");
+        assert_eq!(Partial::path_in(d, "tiny-llama"), Path::new("/m/partial/tiny-llama.gguf"));
+        let (a, b) = (Partial::path_in(d, "hf.co/org/m:q4"), Partial::path_in(d, "hf.co/org/m_q4"));
+        assert_ne!(a, b);
+        assert_eq!(b.parent(), Some(Path::new("/m/partial")));
+        for p in [&a, &b] {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with("hf.co_org_m_q4") && !name.contains('/') && !name.contains(':'), "{name}");
+        }
+        assert_eq!(Partial::path_in(d, "../x").parent(), Some(Path::new("/m/partial")));
+    }
+
+    #[test]
     fn range_arithmetic() {
         assert_eq!(merge(vec![(10, 20), (0, 5), (21, 30), (40, 40)], 1), vec![(0, 5), (10, 30)]);
         assert_eq!(merge(vec![(10, 20), (0, 5), (21, 30)], 0), vec![(0, 5), (10, 20), (21, 30)]);
@@ -373,7 +401,8 @@ mod tests {
     fn sidecar_roundtrip_rejects_a_foreign_file() {
         let d = tempfile::tempdir().unwrap();
         let mut p = Partial::create(d.path(), "hf.co/a/b:q4", 1 << 20, 4).unwrap();
-        assert!(p.path.ends_with("partial/hf.co_a_b_q4.gguf"));
+        let file = p.path.file_name().unwrap().to_str().unwrap();
+        assert!(p.path.parent().unwrap().ends_with("partial") && file.starts_with("hf.co_a_b_q4-"), "{file}");
         p.write_at(4096, b"hello").unwrap();
         p.record(Piece { start: 4096, end: 4101, sha256: sha256_hex(b"hello"), unverified: false }).unwrap();
         assert!(p.write_at((1 << 20) - 2, b"abc").is_err(), "past the end");
