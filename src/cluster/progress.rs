@@ -125,5 +125,18 @@ mod tests {
             assert!(x.error.as_ref().is_none_or(|e| e.chars().count() <= MAX_TEXT));
             assert!((0.0..=1e7).contains(&x.seconds), "{}", x.seconds);
         }
+        // a node reporting ever new running transfers (or dying mid-fetch again and again)
+        // keeps only its latest few
+        for r in 0..40u64 {
+            record(
+                &t,
+                "e",
+                &msg((0..MAX_PROGRESS_ITEMS as u64).map(|i| item(1000 + r * 100 + i, "running", 0.1)).collect()),
+            );
+        }
+        let from_e: Vec<_> = t.list().into_iter().filter(|x| x.node.as_deref() == Some("e")).collect();
+        assert_eq!(from_e.len(), crate::store::KEEP_RUNNING_PER_NODE);
+        assert!(from_e.iter().all(|x| x.state == "running"));
+        assert_eq!(t.list().iter().filter(|x| x.node.as_deref() == Some("c")).count(), 1, "other nodes keep theirs");
     }
 }

@@ -33,6 +33,9 @@ impl super::PullProgress for Shown {
 
 /// Finished transfers kept for display.
 const KEEP_FINISHED: usize = 16;
+/// Running transfers kept per reporting node: a node reporting more (or that died mid-fetch,
+/// again and again) loses its oldest.
+pub const KEEP_RUNNING_PER_NODE: usize = 16;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Transfer {
@@ -112,6 +115,12 @@ impl Transfers {
         let i = match at {
             Some(i) => i,
             None => {
+                let running = |t: &Transfer| t.node.as_deref() == Some(node) && t.state == "running";
+                if g.1.iter().filter(|t| running(t)).count() >= KEEP_RUNNING_PER_NODE {
+                    if let Some(oldest) = g.1.iter().position(running) {
+                        g.1.remove(oldest);
+                    }
+                }
                 g.0 += 1;
                 let (id, now) = (g.0, SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64));
                 g.1.push_back(Transfer {
