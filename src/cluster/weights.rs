@@ -129,11 +129,17 @@ fn answer(store: &crate::store::Store, ask: WeightsAsk) -> Result<(Kind, Vec<u8>
 
 /// A peer that holds the whole model.
 pub struct PeerSource {
-    pub conn: Conn,
-    pub model: String,
+    conn: Conn,
+    model: String,
+    /// What the peer said of the file (asked once: a fetch checks the size, then reads the header).
+    info: tokio::sync::OnceCell<FileInfo>,
 }
 
 impl PeerSource {
+    pub fn new(conn: Conn, model: &str) -> PeerSource {
+        PeerSource { conn, model: model.to_string(), info: tokio::sync::OnceCell::new() }
+    }
+
     async fn ask(&self, a: WeightsAsk, want: Kind) -> Result<Vec<u8>, String> {
         let f = self
             .conn
@@ -159,10 +165,13 @@ impl RangeSource for PeerSource {
 
     fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
         Box::pin(async move {
-            match self.meta(WeightsAsk::Info { model: self.model.clone() }).await? {
-                WeightsMeta::Info { size, data_offset } => Ok(FileInfo { size, data_offset }),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+            let ask = || async {
+                match self.meta(WeightsAsk::Info { model: self.model.clone() }).await? {
+                    WeightsMeta::Info { size, data_offset } => Ok(FileInfo { size, data_offset }),
+                    other => Err(format!("unexpected answer {other:?}")),
+                }
+            };
+            self.info.get_or_try_init(ask).await.cloned()
         })
     }
 
@@ -248,7 +257,7 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
                 continue;
             }
         };
-        let src = Arc::new(PeerSource { conn, model: ls.model.clone() });
+        let src = Arc::new(PeerSource::new(conn, &ls.model));
         match fetch_from(node, ls, &dir, src).await? {
             Ok(path) => return Ok(path),
             Err(e) => tried.push(e),

@@ -59,7 +59,7 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
     let mut got = None;
     for addr in sources_for(&node.hello.node_id, &me, &node.peers(), &me, &holders) {
         let src: Arc<dyn RangeSource> = match node.conn(&addr).await {
-            Ok(conn) => Arc::new(PeerSource { conn, model: name.to_string() }),
+            Ok(conn) => Arc::new(PeerSource::new(conn, name)),
             Err(e) => {
                 tried.push(format!("node at {addr}: {e}"));
                 continue;
