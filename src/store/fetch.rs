@@ -271,44 +271,36 @@ async fn download(
     on_progress: &mut impl FnMut(u64),
 ) -> Result<String, FetchError> {
     type Job = tokio::task::JoinHandle<Result<Vec<u8>, String>>;
-    let mut h = sha2::Sha256::new();
     let mut queue: VecDeque<(u64, u64, Job)> = VecDeque::new();
-    let (mut next, mut at) = (start, start);
-    while at < end {
-        while queue.len() < IN_FLIGHT && next < end {
-            let n = (end - next).min(CHUNK as u64);
-            let (s, off) = (src.clone(), next);
-            queue.push_back((off, n, tokio::spawn(async move { s.read(off, n as u32).await })));
-            next += n;
+    let received = async {
+        let mut h = sha2::Sha256::new();
+        let (mut next, mut at) = (start, start);
+        while at < end {
+            while queue.len() < IN_FLIGHT && next < end {
+                let n = (end - next).min(CHUNK as u64);
+                let (s, off) = (src.clone(), next);
+                queue.push_back((off, n, tokio::spawn(async move { s.read(off, n as u32).await })));
+                next += n;
+            }
+            let (off, n, job) = queue.pop_front().expect("a chunk is in flight");
+            let data = job.await.map_err(|e| err(e.to_string()))?.map_err(err)?;
+            if data.len() as u64 != n {
+                return Err(err(format!("asked for {n} bytes at {off}, got {}", data.len())));
+            }
+            // hashing 4 MiB and writing it are blocking work
+            let pp = p.clone();
+            h = blocking(move || {
+                h.update(&data);
+                pp.write_at(off, &data).map(|_| h)
+            })
+            .await?;
+            at += n;
+            on_progress(at);
         }
-        let (off, n, job) = queue.pop_front().expect("a chunk is in flight");
-        let data = match job.await.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(d) if d.len() as u64 == n => d,
-            // the chunks still in flight are of no use now
-            failed => {
-                queue.iter().for_each(|j| j.2.abort());
-                return Err(err(match failed {
-                    Ok(d) => format!("asked for {n} bytes at {off}, got {}", d.len()),
-                    Err(e) => e,
-                }));
-            }
-        };
-        // hashing 4 MiB and writing it are blocking work
-        let pp = p.clone();
-        let written = blocking(move || {
-            h.update(&data);
-            pp.write_at(off, &data).map(|_| h)
-        })
-        .await;
-        h = match written {
-            Ok(h) => h,
-            Err(e) => {
-                queue.iter().for_each(|j| j.2.abort());
-                return Err(e.into());
-            }
-        };
-        at += n;
-        on_progress(at);
+        Ok(hex(&h.finalize()))
     }
-    Ok(hex(&h.finalize()))
+    .await;
+    // on a failure the chunks still in flight are of no use
+    queue.iter().for_each(|j| j.2.abort());
+    received
 }
