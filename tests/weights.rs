@@ -274,6 +274,20 @@ async fn an_automatic_placement_on_a_node_without_the_model_fetches_it() {
     assert_eq!(got, generate(&http, &api_r, prompt).await);
 }
 
+/// `exo run tiny-llama "Once upon a time"` (8 greedy tokens) with `args` and `env`.
+async fn exo_run(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+            .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
+            .args(args)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// `exo run` through node a, placing a stage on b which lacks the model: b reports its fetch to
 /// a, a lists it among its transfers, and `exo run` says (a bar on a terminal, a line here) how
 /// b's window came.
@@ -291,19 +305,13 @@ async fn exo_run_shows_each_node_fetching_its_window() {
     let api = format!("http://127.0.0.1:{}", pa.0);
     let http = reqwest::Client::new();
     wait_for(&http, &format!("{api}/cluster"), |v| v["nodes"].as_array().is_some_and(|n| n.len() == 2)).await;
-    let (addr, cfg) = (format!("127.0.0.1:{}", pa.0), config.path().to_path_buf());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
-            .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
-            .args(["--split", "b=0:5,a=5:8"])
-            .env("EXO_API_ADDR", addr)
-            .env("EXO_CONFIG_DIR", cfg)
-            .env("EXO_MODELS_DIRS", "/nonexistent")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let args = vec!["--split".into(), "b=0:5,a=5:8".into()];
+    let env = vec![
+        ("EXO_API_ADDR", format!("127.0.0.1:{}", pa.0)),
+        ("EXO_CONFIG_DIR", config.path().display().to_string()),
+        ("EXO_MODELS_DIRS", "/nonexistent".into()),
+    ];
+    let out = exo_run(args, env).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!out.stdout.is_empty());
@@ -333,30 +341,25 @@ async fn exo_run_without_a_local_node_fetches_only_its_window() {
     wait_for(&http, &format!("http://127.0.0.1:{}/cluster", pa.0), |v| v["nodes"].is_array()).await;
     // nothing answers at EXO_API_ADDR, so the runtime runs in the `exo run` process
     let no_api = format!("127.0.0.1:{}", free());
-    let run = |models: PathBuf, args: Vec<String>, peers: Option<String>| {
-        let (cfg, no_api) = (config.path().to_path_buf(), no_api.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
-                .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
-                .args(args)
-                .args(["--threads", "1"])
-                .env("EXO_API_ADDR", no_api)
-                .env("EXO_CONFIG_DIR", cfg)
-                .env("EXO_MODELS_DIRS", &models)
-                .env("EXO_MODELS_READ_ONLY_DIRS", "")
-                .env("HOME", &models)
-                .env("EXO_OFFLINE", "1")
-                .env("EXO_NO_DISCOVERY", "1")
-                .env("EXO_NODE_NAME", "r")
-                .env("EXO_PEERS", peers.unwrap_or_default())
-                .output()
-                .unwrap()
-        })
+    let run = |models: &Path, args: Vec<String>, peers: Option<String>| {
+        let models = models.display().to_string();
+        let env = vec![
+            ("EXO_API_ADDR", no_api.clone()),
+            ("EXO_CONFIG_DIR", config.path().display().to_string()),
+            ("EXO_MODELS_DIRS", models.clone()),
+            ("EXO_MODELS_READ_ONLY_DIRS", String::new()),
+            ("HOME", models),
+            ("EXO_OFFLINE", "1".into()),
+            ("EXO_NO_DISCOVERY", "1".into()),
+            ("EXO_NODE_NAME", "r".into()),
+            ("EXO_PEERS", peers.unwrap_or_default()),
+        ];
+        exo_run([args, vec!["--threads".into(), "1".into()]].concat(), env)
     };
-    let want = run(da.path().to_path_buf(), vec![], None).await.unwrap();
+    let want = run(da.path(), vec![], None).await;
     assert!(want.status.success(), "{}", String::from_utf8_lossy(&want.stderr));
     let split = vec!["--split".to_string(), "r=0:5,a=5:8".to_string()];
-    let got = run(dr.path().to_path_buf(), split, Some(format!("127.0.0.1:{}", pa.1))).await.unwrap();
+    let got = run(dr.path(), split, Some(format!("127.0.0.1:{}", pa.1))).await;
     let err = String::from_utf8_lossy(&got.stderr);
     assert!(got.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&got.stdout), String::from_utf8_lossy(&want.stdout), "{err}");
