@@ -19,7 +19,7 @@ fn store(dir: &Path) -> Store {
 }
 
 fn ctx() -> ContextParams {
-    ContextParams { n_ctx: 512, n_batch: 16, n_ubatch: 16, n_threads: 1, n_seq_max: 4 }
+    ContextParams { n_ctx: 512, n_batch: 16, n_ubatch: 16, n_threads: 1, n_seq_max: 4, exact: true }
 }
 
 async fn node(name: &str, models: &Path, namespace: &str) -> Arc<ClusterNode> {
@@ -294,7 +294,7 @@ async fn a_stage_node_that_dies_ends_the_request_quickly() {
 async fn eight_batched_requests_over_two_nodes_equal_each_alone() {
     use exo::runtime::{Event, Forced, GenRequest, Input, Limits, ModelRef, Runtime};
     let d = tempfile::tempdir().unwrap();
-    // the calm model: batched and single decoding pick the same tokens (tests/batching.rs)
+    // batch-invariant kernels: batched and single decoding pick the same tokens (tests/exact.rs)
     std::os::unix::fs::symlink(common::model("tiny-llama-calm"), d.path().join("tiny-llama.gguf")).unwrap();
     let (a, b) = (node("a", d.path(), "t").await, node("b", d.path(), "t").await);
     let t = Instant::now();

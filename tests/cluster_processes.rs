@@ -34,7 +34,7 @@ async fn generate_with(
 async fn three_processes() {
     let models = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(common::model("tiny-llama"), models.path().join("tiny-llama.gguf")).unwrap();
-    // for batched requests: greedy text as alone (tests/batching.rs)
+    // for batched requests: text as alone (batch-invariant kernels, tests/exact.rs)
     std::os::unix::fs::symlink(common::model("tiny-llama-calm"), models.path().join("calm.gguf")).unwrap();
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let a = spawn("a", models.path(), free_port(), pa, &[pb, pc]);
@@ -73,8 +73,8 @@ async fn three_processes() {
             assert_eq!(generate(&http, &a.api, p, 0, 0.0).await, want[i].0, "greedy over {placement}");
             assert_eq!(generate(&http, &a.api, p, 100 + i as i64, 0.9).await, want[i].1, "seeded over {placement}");
         }
-        // four at once, batched together: greedy text as when alone (batched numerics differ
-        // at the rounding level, tests/batching.rs; seeded draws may then differ)
+        // four at once, batched together: greedy text as when alone (batch-invariant kernels,
+        // tests/exact.rs)
         let jobs: Vec<_> = (0..4)
             .map(|k| {
                 let (http, api, p) = (http.clone(), a.api.clone(), prompts[k % 2]);

@@ -23,7 +23,7 @@ const TOL: f32 = 1e-5;
 const GEN: u32 = 32;
 
 fn ctx() -> ContextParams {
-    ContextParams { n_ctx: 512, n_batch: 64, n_ubatch: 8, n_threads: 2, n_seq_max: 2 }
+    ContextParams { n_ctx: 512, n_batch: 64, n_ubatch: 8, n_threads: 2, n_seq_max: 2, exact: true }
 }
 
 /// The first Vulkan device, or `None` (a failure under CI) with the reason printed.

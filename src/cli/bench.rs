@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// CPU threads per in-process stage (default: all available cores).
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
+    /// Batch-invariant kernels (as `exo serve --exact`); `--exact false` measures llama.cpp's
+    /// fastest kernels. In this process only (a node benchmarks with its own setting).
+    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    pub exact: bool,
     /// Tokens per decode call (n_batch = n_ubatch): the chunks a prompt is cut into, which the
     /// stages of a pipeline work on side by side. Applies in-process and with a named --split.
     #[arg(long, env = "EXO_BATCH_SIZE", default_value_t = 512)]
@@ -98,8 +102,14 @@ fn local(a: &BenchArgs, cfg: &BenchConfig, rt: &tokio::runtime::Runtime) -> anyh
     };
     let path = model.first().to_path_buf();
     let n_ctx = cfg.n_ctx_needed().next_multiple_of(256);
-    let mut context =
-        ContextParams { n_ctx, n_batch: a.batch_size, n_ubatch: a.batch_size, n_seq_max: 1, ..Default::default() };
+    let mut context = ContextParams {
+        n_ctx,
+        n_batch: a.batch_size,
+        n_ubatch: a.batch_size,
+        n_seq_max: 1,
+        exact: a.exact,
+        ..Default::default()
+    };
     if let Some(t) = a.threads {
         context.n_threads = t;
     }

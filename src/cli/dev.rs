@@ -21,6 +21,21 @@ pub enum DevCommand {
         #[arg(long)]
         layers: Option<u32>,
     },
+    /// Write a copy of a GGUF with its weights in another type, with llama.cpp's own quantizer
+    /// (already quantized weights are quantized again, like `llama-quantize --allow-requantize`).
+    Quantize {
+        /// The model to read.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// One of: f16, q4_0, q4_1, q4_k_m, q8_0.
+        #[arg(long = "type")]
+        to: String,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+    },
     /// Compare our placement with exo's and llama.cpp's on realistic clusters (markdown).
     PlacementScenarios {
         /// Write the report here instead of stdout.
@@ -48,6 +63,17 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
             synth::make_model(&spec, &out).with_context(|| format!("writing {}", out.display()))?;
             let size = std::fs::metadata(&out)?.len();
             eprintln!("wrote {} ({:.1} MB) in {:.1?}", out.display(), size as f64 / 1e6, t.elapsed());
+            Ok(())
+        }
+        DevCommand::Quantize { input, out, to, threads } => {
+            let names: Vec<&str> = crate::engine::QuantType::ALL.iter().map(|(n, _)| *n).collect();
+            let t = crate::engine::QuantType::parse(&to)
+                .ok_or_else(|| super::UsageError(format!("unknown type {to:?}; types: {}", names.join(", "))))?;
+            let started = std::time::Instant::now();
+            crate::engine::quantize(&input, &out, t, threads.max(1))
+                .with_context(|| format!("writing {}", out.display()))?;
+            let size = std::fs::metadata(&out)?.len();
+            eprintln!("wrote {} ({:.1} MB) in {:.1?}", out.display(), size as f64 / 1e6, started.elapsed());
             Ok(())
         }
         DevCommand::PlacementScenarios { out, models } => {

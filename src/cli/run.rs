@@ -44,6 +44,12 @@ pub struct RunArgs {
     pub ctx_size: Option<u32>,
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
+    /// Batch-invariant kernels: a request's text never depends on what else is decoded beside it,
+    /// and recovery after a node loss continues it byte for byte (`--exact false`: llama.cpp's
+    /// fastest kernels; faster prefill, but concurrent requests, prompt-cache hits and replays
+    /// may drift from the solo text).
+    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    pub exact: bool,
     /// Read weights with read() instead of mmap.
     #[arg(long)]
     pub no_mmap: bool,
@@ -81,7 +87,7 @@ async fn run_async(a: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut limits = Limits { parallel: 1, queue: 1, ..Limits::default() };
+    let mut limits = Limits { parallel: 1, queue: 1, exact: a.exact, ..Limits::default() };
     if let Some(t) = a.threads {
         limits.threads = t;
     }

@@ -29,6 +29,12 @@ pub struct ServeArgs {
     pub keep_alive: u64,
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
+    /// Batch-invariant kernels: a request's text never depends on what else is decoded beside it,
+    /// and recovery after a node loss continues it byte for byte (`--exact false`: llama.cpp's
+    /// fastest kernels; faster prefill, but concurrent requests, prompt-cache hits and replays
+    /// may drift from the solo text).
+    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    pub exact: bool,
     /// Where peers connect (node-to-node traffic).
     #[arg(long, env = "EXO_PEER_ADDR", default_value = "0.0.0.0:52416")]
     pub peer_addr: SocketAddr,
@@ -87,6 +93,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         default_ctx: a.ctx_size,
         keep_alive: Duration::from_secs(a.keep_alive),
         max_tokens: a.max_tokens_cap.filter(|n| *n > 0),
+        exact: a.exact,
         ..Limits::default()
     };
     if let Some(t) = a.threads {

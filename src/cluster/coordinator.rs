@@ -127,6 +127,7 @@ impl ClusterChain {
                 n_ctx: context.n_ctx,
                 n_batch: context.n_batch,
                 n_seq_max: context.n_seq_max,
+                exact: context.exact,
                 next: stages.get(i + 1).map(|s| s.addr.clone()),
                 index: i,
                 sources: super::weights::sources_for(&node.hello.node_id, &me.0, &peers, &st.node, &holders),

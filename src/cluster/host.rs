@@ -324,6 +324,7 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::
             n_batch: ls.n_batch,
             n_ubatch: ls.n_batch,
             n_seq_max: ls.n_seq_max,
+            exact: ls.exact,
             // this node's --threads, not the coordinator's
             n_threads: node.threads.max(1),
         },

@@ -16,11 +16,26 @@ pub struct ContextParams {
     pub n_threads: i32,
     /// Sequences that can be decoded side by side.
     pub n_seq_max: u32,
+    /// Batch-invariant execution: a token's hidden state and logits are bit-identical whether it
+    /// is decoded alone, beside other sequences, in a prefill chunk of any size or in a replay.
+    /// On the CPU: ggml's reference kernels (one accumulation order per output element whatever
+    /// the number of rows), no repacked weights, one KV stream per sequence (its cells in
+    /// position order, so attention sums them in one order), full-size sliding-window caches
+    /// and flash attention (which skips masked cells instead of adding their zeros). Costs
+    /// prefill speed (bench/results/exact.md).
+    pub exact: bool,
 }
 
 impl Default for ContextParams {
     fn default() -> Self {
-        ContextParams { n_ctx: 4096, n_batch: 512, n_ubatch: 512, n_threads: default_threads(), n_seq_max: 4 }
+        ContextParams {
+            n_ctx: 4096,
+            n_batch: 512,
+            n_ubatch: 512,
+            n_threads: default_threads(),
+            n_seq_max: 4,
+            exact: true,
+        }
     }
 }
 
@@ -84,8 +99,19 @@ impl Context {
         cp.n_seq_max = p.n_seq_max;
         cp.n_threads = p.n_threads;
         cp.n_threads_batch = p.n_threads;
-        // one KV pool shared by all sequences, as a server wants
-        cp.kv_unified = true;
+        if p.exact {
+            // a stream per sequence: its cells hold its positions in order, whoever else shares
+            // the context (a unified pool interleaves sequences, and reuses freed cells out of
+            // order); sliding-window layers keep every cell (a ring buffer would reorder them)
+            cp.kv_unified = false;
+            cp.swa_full = true;
+            if !offloaded {
+                cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_ENABLED;
+            }
+        } else {
+            // one KV pool shared by all sequences, as a server wants
+            cp.kv_unified = true;
+        }
         // embeddings (switched on per batch, see `set_embeddings`) come back per token; the
         // pooling happens in `pooling`, across batches, whatever the model's own pooling type
         cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
@@ -99,6 +125,10 @@ impl Context {
                 end: model.range.end,
                 reason: log::take_errors(),
             });
+        }
+        if p.exact {
+            // SAFETY: live context; only flips a flag of its CPU backends, read at the next compute.
+            unsafe { ffi::llama_shard_set_exact(ptr, true) };
         }
         let pool = ThreadPool::new(p.n_threads.max(1));
         if let Some(pool) = &pool {

@@ -11,6 +11,7 @@ mod grammar;
 mod log;
 mod model;
 mod pooling;
+mod quantize;
 mod sampler;
 mod stage;
 
@@ -19,6 +20,7 @@ pub use detok::TokenDecoder;
 pub use grammar::{json_schema_to_grammar, MAX_GRAMMAR};
 pub use model::{Device, LayerRange, ModelWindow};
 pub use pooling::{normalize, Pooling};
+pub use quantize::{quantize, QuantType};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
 pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
 

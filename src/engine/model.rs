@@ -85,7 +85,10 @@ pub(super) struct Model {
 unsafe impl Send for Model {}
 
 impl Model {
-    pub fn load(w: &ModelWindow) -> Result<Model, EngineError> {
+    /// `exact`: no repacked weight copies (ggml's extra buffer types): their matmuls use one
+    /// kernel for a single row and another for several, so a token's result would depend on its
+    /// batch (see [`super::ContextParams::exact`]).
+    pub fn load(w: &ModelWindow, exact: bool) -> Result<Model, EngineError> {
         super::init()?;
         if !w.path.exists() {
             return Err(EngineError::NotFound { path: w.path.clone() });
@@ -108,6 +111,7 @@ impl Model {
             p.devices = d.as_mut_ptr();
         }
         p.vocab_only = w.vocab_only;
+        p.use_extra_bufts = !exact;
         p.load_mode = if w.use_mmap { sys::LLAMA_LOAD_MODE_MMAP } else { sys::LLAMA_LOAD_MODE_NONE };
         let paths = files.paths();
         let cpaths: Vec<CString> = paths.iter().map(|p| cstring_path(p)).collect::<Result<_, _>>()?;

@@ -350,7 +350,7 @@ struct Stage {
 
 impl Stage {
     fn load(spec: &StageSpec) -> Result<Stage, EngineError> {
-        let model = Model::load(&spec.window)?;
+        let model = Model::load(&spec.window, spec.context.exact)?;
         let ctx = if spec.window.vocab_only {
             None
         } else {

@@ -55,6 +55,9 @@ pub struct Limits {
     pub memory_limit: Option<u64>,
     /// Most tokens one request may generate (None: the context).
     pub max_tokens: Option<u32>,
+    /// Batch-invariant kernels on every stage (`engine::ContextParams::exact`): a request's
+    /// tokens never depend on what else the instance computes, and recovery replays exactly.
+    pub exact: bool,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             threads: crate::engine::ContextParams::default().n_threads,
             memory_limit: None,
             max_tokens: None,
+            exact: crate::engine::ContextParams::default().exact,
         }
     }
 }

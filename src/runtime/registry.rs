@@ -330,6 +330,7 @@ pub(super) fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextPa
         n_ubatch: n_batch,
         n_threads: rt.limits.threads,
         n_seq_max: d.n_seq,
+        exact: rt.limits.exact,
     }
 }
 

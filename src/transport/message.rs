@@ -86,6 +86,10 @@ pub struct LoadStage {
     pub n_ctx: u32,
     pub n_batch: u32,
     pub n_seq_max: u32,
+    /// Batch-invariant kernels (see `engine::ContextParams::exact`); every stage of an instance
+    /// computes the same way (older coordinators send none: llama.cpp's fastest kernels).
+    #[serde(default)]
+    pub exact: bool,
     /// Where this stage's output goes: the next stage (node address, stage index), or `None`
     /// for the last stage, which samples and answers the coordinator.
     pub next: Option<String>,

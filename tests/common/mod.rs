@@ -65,9 +65,7 @@ pub fn exo(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Eight prompts of different lengths for batching tests: tests/batching.rs measures the margin
-/// between the two best logits over `BATCH_STEPS` greedy steps of each on `tiny-llama-calm`, which
-/// the tests comparing batched with single text rely on.
+/// Eight prompts of different lengths for batching tests (tests/runtime.rs, tests/cluster.rs).
 pub const BATCH_PROMPTS: [&str; 8] = [
     "Once upon a time",
     "The quick brown fox jumps over the lazy dog and then",

@@ -1,7 +1,8 @@
 //! A cluster of `exo serve` processes on loopback that tests stop, kill and start again
-//! (tests/recovery.rs, tests/chaos.rs). Every node serves the calm generated model as
-//! "tiny-llama": text replayed in one batch equals text decoded token by token, so a recovered
-//! stream can be compared with an uninterrupted one byte for byte.
+//! (tests/recovery.rs, tests/chaos.rs). Every node serves one model: the calm generated one as
+//! "tiny-llama", or the real SmolLM2 as "smollm2-135m" ([`Procs::start_serving`]). The nodes
+//! compute with batch-invariant kernels (the default), so a recovered stream, replayed in one
+//! batch, can be compared with an uninterrupted one byte for byte.
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
@@ -108,15 +109,23 @@ pub struct Procs {
     pub http: reqwest::Client,
     /// The model's end-of-generation token (banned, so that every stream runs to its length).
     pub eos: u64,
+    /// The name the nodes serve the model under.
+    pub model: &'static str,
 }
 
 impl Procs {
     /// Starts the nodes (name, extra `exo serve` arguments), each peered with all the others,
     /// and waits until the first sees them all. The first is the one the tests talk to.
     pub async fn start(specs: &[(&'static str, &[&str])]) -> Procs {
+        Self::start_serving(&super::model("tiny-llama-calm"), "tiny-llama", specs).await
+    }
+
+    /// The same with the GGUF `model` served as `name`.
+    pub async fn start_serving(model: &Path, name: &'static str, specs: &[(&'static str, &[&str])]) -> Procs {
         let dir = tempfile::tempdir().unwrap();
-        let model = super::model("tiny-llama-calm");
-        std::os::unix::fs::symlink(&model, dir.path().join("tiny-llama.gguf")).unwrap();
+        std::fs::hard_link(model, dir.path().join(format!("{name}.gguf")))
+            .or_else(|_| std::fs::copy(model, dir.path().join(format!("{name}.gguf"))).map(|_| ()))
+            .unwrap();
         let eos =
             exo::gguf::GgufFile::open(&model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
         let ports: Vec<u16> = specs.iter().map(|_| free_port()).collect();
@@ -129,7 +138,7 @@ impl Procs {
         for n in &mut nodes {
             n.start(dir.path());
         }
-        let c = Procs { dir, nodes, http: reqwest::Client::new(), eos };
+        let c = Procs { dir, nodes, http: reqwest::Client::new(), eos, model: name };
         let names: Vec<&str> = specs.iter().map(|s| s.0).collect();
         c.wait_nodes(&names).await;
         c
@@ -234,7 +243,7 @@ impl Procs {
         let r = self
             .http
             .post(format!("{}/instances", self.nodes[0].base()))
-            .json(&json!({ "model": "tiny-llama", "placement": placement }))
+            .json(&json!({ "model": self.model, "placement": placement }))
             .send()
             .await
             .unwrap();
@@ -249,7 +258,13 @@ impl Procs {
 
     /// A streaming greedy completion through the first node.
     pub fn client(&self) -> Client {
-        Client { http: self.http.clone(), base: self.nodes[0].base(), eos: self.eos }
+        Client {
+            http: self.http.clone(),
+            base: self.nodes[0].base(),
+            eos: self.eos,
+            model: self.model,
+            sampling: json!({ "temperature": 0 }),
+        }
     }
 }
 
@@ -259,6 +274,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     eos: u64,
+    model: &'static str,
+    /// Sampling fields of every request (greedy by default).
+    sampling: Value,
 }
 
 /// A completed stream: its text and the longest pause between two pieces.
@@ -268,12 +286,21 @@ pub struct Streamed {
 }
 
 impl Client {
+    /// The same client sampling with `fields` (e.g. `{"temperature": 0.8, "seed": 7}`).
+    pub fn sampling(mut self, fields: Value) -> Client {
+        self.sampling = fields;
+        self
+    }
+
     /// Streams `tokens` greedy tokens (end of generation banned) with the OpenAI completions
     /// route; `on_piece(n)` runs as the nth piece arrives. An error event, a stream that ends
     /// without `[DONE]` or a 60 s silence is an `Err` with what was seen.
     pub async fn stream(&self, prompt: &str, tokens: u32, mut on_piece: impl FnMut(usize)) -> Result<Streamed, String> {
-        let body = json!({ "model": "tiny-llama", "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+        let mut body = json!({ "model": self.model, "prompt": prompt, "max_tokens": tokens,
             "stream": true, "logit_bias": { self.eos.to_string(): -100 } });
+        for (k, v) in self.sampling.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
         let mut r = self
             .http
             .post(format!("{}/v1/completions", self.base))
