@@ -74,3 +74,4 @@ else
 fi
 
 scripts/fetch-test-model.sh >/dev/null
+scripts/fetch-swa-test-model.sh >/dev/null

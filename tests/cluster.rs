@@ -19,7 +19,7 @@ fn store(dir: &Path) -> Store {
 }
 
 fn ctx() -> ContextParams {
-    ContextParams { n_ctx: 512, n_batch: 16, n_ubatch: 16, n_threads: 1, n_seq_max: 4, exact: true }
+    ContextParams { n_ctx: 512, n_batch: 16, n_ubatch: 16, n_threads: 1, n_seq_max: 4, exact: false }
 }
 
 async fn node(name: &str, models: &Path, namespace: &str) -> Arc<ClusterNode> {

@@ -1,8 +1,8 @@
 //! Batch-invariant execution (`ContextParams::exact`): the logits computed for a token are
 //! bit-identical (max |Δlogit| = 0) whether it is decoded alone, beside 1, 2 or 7 other sequences,
 //! as part of a prefill chunk of 1, 7, 64 or 512 tokens, or in a replay of its prefix after the
-//! KV was dropped; on every generated architecture and on the real SmolLM2, whole and in 2
-//! stages. A negative control shows the comparison has teeth: llama.cpp's default kernels
+//! KV was dropped; on every generated architecture and on the real SmolLM2 (as shipped, Q4_1,
+//! and derived in Q8_0, Q4_0, Q4_K_M and F16), whole and in 2 stages. A negative control shows the comparison has teeth: llama.cpp's default kernels
 //! (`exact: false`) do change the real model's logits with the batch shape.
 
 mod common;
@@ -176,6 +176,33 @@ async fn generated_architectures_are_batch_invariant() {
 async fn real_model_is_batch_invariant() {
     let Some(path) = common::real::model() else { return };
     check_model("smollm2-135m", &path, 13).await;
+}
+
+/// A real model with sliding-window attention (Gemma 3 270M: 5 of every 6 layers attend to the
+/// last 512 positions; Q4_K_M; 262,144-token vocabulary): the 530-token prompt crosses the
+/// window, whose cells a ring-buffer cache would reuse out of order (exact mode keeps them all).
+#[tokio::test]
+async fn sliding_window_real_model_is_batch_invariant() {
+    let Some(path) = common::real::swa_model() else { return };
+    let name = "gemma-3-270m";
+    let reference = load(&path, 1, true, None);
+    check_chunks(name, &reference).await;
+    check_concurrent(name, &path, &reference, 3, None).await;
+    check_concurrent(name, &path, &reference, 2, Some(9)).await;
+}
+
+/// Every weight type the cost table measures (bench/results/exact.md), derived from the real
+/// model: Q8_0, Q4_0 and F16 go through llamafile's sgemm for any batch size in exact mode,
+/// Q4_K_M through the reference vec_dot.
+#[tokio::test]
+async fn real_model_weight_types_are_batch_invariant() {
+    for t in ["q8_0", "q4_0", "q4_k_m", "f16"] {
+        let Some(path) = common::real::variant(t) else { return };
+        let name = format!("smollm2-135m {t}");
+        let reference = load(&path, 1, true, None);
+        check_chunks(&name, &reference).await;
+        check_concurrent(&name, &path, &reference, 3, None).await;
+    }
 }
 
 /// The negative control: llama.cpp's default kernels pick other reduction orders by batch shape,

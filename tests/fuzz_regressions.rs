@@ -155,7 +155,7 @@ async fn write_seeds() {
         n_ctx: 512,
         n_batch: 16,
         n_seq_max: 4,
-        exact: true,
+        exact: false,
         next: Some("127.0.0.1:2".into()),
         index: 0,
         sources: vec![],

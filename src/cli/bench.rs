@@ -39,9 +39,9 @@ pub struct BenchArgs {
     /// CPU threads per in-process stage (default: all available cores).
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
-    /// Batch-invariant kernels (as `exo serve --exact`); `--exact false` measures llama.cpp's
-    /// fastest kernels. In this process only (a node benchmarks with its own setting).
-    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    /// Batch-invariant kernels (as `exo serve --exact`); without it llama.cpp's fastest kernels.
+    /// In this process only (a node benchmarks with its own setting).
+    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub exact: bool,
     /// Tokens per decode call (n_batch = n_ubatch): the chunks a prompt is cut into, which the
     /// stages of a pipeline work on side by side. Applies in-process and with a named --split.

@@ -30,10 +30,10 @@ pub struct ServeArgs {
     #[arg(long, env = "EXO_THREADS")]
     pub threads: Option<i32>,
     /// Batch-invariant kernels: a request's text never depends on what else is decoded beside it,
-    /// and recovery after a node loss continues it byte for byte (`--exact false`: llama.cpp's
-    /// fastest kernels; faster prefill, but concurrent requests, prompt-cache hits and replays
-    /// may drift from the solo text).
-    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
+    /// and recovery after a node loss continues it byte for byte. Off by default (llama.cpp's
+    /// fastest kernels: concurrent requests, prompt-cache hits and replays may drift from the
+    /// solo text); costs up to 47% of decode speed (bench/results/exact.md).
+    #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub exact: bool,
     /// Where peers connect (node-to-node traffic).
     #[arg(long, env = "EXO_PEER_ADDR", default_value = "0.0.0.0:52416")]

@@ -117,11 +117,16 @@ impl Procs {
     /// Starts the nodes (name, extra `exo serve` arguments), each peered with all the others,
     /// and waits until the first sees them all. The first is the one the tests talk to.
     pub async fn start(specs: &[(&'static str, &[&str])]) -> Procs {
-        Self::start_serving(&super::model("tiny-llama-calm"), "tiny-llama", specs).await
+        Self::launch(&super::model("tiny-llama-calm"), "tiny-llama", false, specs).await
     }
 
-    /// The same with the GGUF `model` served as `name`.
+    /// The same with the GGUF `model` served as `name`, every node with `--exact`
+    /// (batch-invariant kernels: a replay gives the bits the decode gave).
     pub async fn start_serving(model: &Path, name: &'static str, specs: &[(&'static str, &[&str])]) -> Procs {
+        Self::launch(model, name, true, specs).await
+    }
+
+    async fn launch(model: &Path, name: &'static str, exact: bool, specs: &[(&'static str, &[&str])]) -> Procs {
         let dir = tempfile::tempdir().unwrap();
         std::fs::hard_link(model, dir.path().join(format!("{name}.gguf")))
             .or_else(|_| std::fs::copy(model, dir.path().join(format!("{name}.gguf"))).map(|_| ()))
@@ -133,7 +138,8 @@ impl Procs {
         for (i, (name, extra)) in specs.iter().enumerate() {
             let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
             let extra = extra.iter().map(|s| s.to_string()).collect();
-            nodes.push(Proc { name, api: free_port(), peer: ports[i], peers, extra, env: vec![], child: None });
+            let env = if exact { vec![("EXO_EXACT".to_string(), "true".to_string())] } else { vec![] };
+            nodes.push(Proc { name, api: free_port(), peer: ports[i], peers, extra, env, child: None });
         }
         for n in &mut nodes {
             n.start(dir.path());
