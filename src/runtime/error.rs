@@ -122,6 +122,8 @@ pub enum RuntimeError {
     ModelNotFound { name: String, hint: String },
     #[error("the prompt has {prompt} tokens but the context holds {n_ctx}; shorten it or raise num_ctx")]
     PromptTooLong { prompt: usize, n_ctx: u32 },
+    #[error("the prompt has at least {at_least} tokens (counted before tokenizing it all) but the context holds {n_ctx}; shorten it or raise num_ctx")]
+    PromptAtLeast { at_least: usize, n_ctx: u32 },
     #[error("{model} is serving {active} requests and {waiting} more are waiting; try again shortly")]
     Busy { model: String, active: usize, waiting: usize },
     #[error("{model} does not fit: {reason}")]
@@ -156,6 +158,7 @@ impl RuntimeError {
             RuntimeError::InvalidField { .. }
             | RuntimeError::InvalidName { .. }
             | RuntimeError::PromptTooLong { .. }
+            | RuntimeError::PromptAtLeast { .. }
             | RuntimeError::NoCluster
             | RuntimeError::BadPlacement { .. } => ErrorKind::Invalid,
             RuntimeError::ModelNotFound { .. } => ErrorKind::NotFound,
