@@ -328,6 +328,9 @@ async fn the_hostile_corpus_gets_no_server_error_and_no_panic() {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             bad.push(format!("{method} {uri} {short}: {status} {}", text.chars().take(300).collect::<String>()));
         }
+        if t.elapsed() > Duration::from_millis(500) {
+            println!("slow: {method} {uri} {short}: {status} in {:?}", t.elapsed());
+        }
         if t.elapsed() > Duration::from_secs(10) {
             bad.push(format!("{method} {uri} {short}: took {:?}", t.elapsed()));
         }

@@ -204,6 +204,10 @@ impl From<crate::pipeline::PipelineError> for RuntimeError {
         use crate::pipeline::PipelineError as P;
         match e {
             P::PromptTooLong { prompt, n_ctx } => RuntimeError::PromptTooLong { prompt, n_ctx },
+            // a grammar llama.cpp cannot use comes from the request's schema or tools
+            P::Engine(E::Grammar { reason }) => {
+                RuntimeError::field(Field::Format, format!("the schema's grammar cannot be used: {reason}"))
+            }
             P::Engine(E::Template { reason }) => RuntimeError::field(Field::Prompt, format!("chat template: {reason}")),
             P::Engine(E::Tokenize { reason }) => {
                 RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}"))
