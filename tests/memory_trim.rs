@@ -22,7 +22,7 @@ fn rss_returns_near_its_start_after_stages_unload() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let load = || {
         let window = ModelWindow { use_mmap: false, ..ModelWindow::full(&path) };
-        StageHandle::load(StageSpec { window, context: context.clone() }).unwrap()
+        StageHandle::load(StageSpec { window, context }).unwrap()
     };
     // the first load also initializes the backend once: measure from after it
     drop(load());

@@ -20,8 +20,10 @@ pub const MAX_PENDING: usize = 64;
 pub struct Pending {
     per_address: usize,
     total: usize,
-    open: Mutex<std::collections::VecDeque<(IpAddr, std::sync::Weak<tokio::sync::Notify>)>>,
+    open: Mutex<PendingQueue>,
 }
+
+type PendingQueue = std::collections::VecDeque<(IpAddr, std::sync::Weak<tokio::sync::Notify>)>;
 
 /// A handshaking connection's place; [`Ticket::evicted`] completes when a newer one took it.
 pub struct Ticket {

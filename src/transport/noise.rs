@@ -190,7 +190,10 @@ static FIRST_MESSAGES: std::sync::LazyLock<Seen> = std::sync::LazyLock::new(Seen
 
 /// Ephemeral keys seen, the newest [`Seen::CAP`] of them.
 #[derive(Default)]
-struct Seen(std::sync::Mutex<(std::collections::HashSet<[u8; 32]>, std::collections::VecDeque<[u8; 32]>)>);
+struct Seen(std::sync::Mutex<SeenKeys>);
+
+/// The keys (for lookups) and their order (to forget the oldest).
+type SeenKeys = (std::collections::HashSet<[u8; 32]>, std::collections::VecDeque<[u8; 32]>);
 
 impl Seen {
     const CAP: usize = 1 << 16;
