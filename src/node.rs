@@ -42,8 +42,10 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let runtime = Runtime::new(cfg.store, cfg.limits, node.clone());
-    let app = api::router_with(AppState { runtime: runtime.clone() }, &cfg.access);
-    if !addr.ip().is_loopback() && cfg.access.api_key.is_none() {
+    // a loopback-bound API answers only loopback Host names (DNS rebinding)
+    let access = api::Access { loopback_only: addr.ip().is_loopback(), ..cfg.access };
+    let app = api::router_with(AppState { runtime: runtime.clone() }, &access);
+    if !addr.ip().is_loopback() && access.api_key.is_none() {
         tracing::warn!(%addr, "the API listens beyond this machine WITHOUT an API key: anyone who can reach it can use it (set --api-key or EXO_API_KEY)");
     }
     tracing::info!(%addr, "serving the API");
@@ -59,5 +61,5 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
             n.drain(DRAIN).await;
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(NodeError::Serve)
+    api::server::serve(listener, app, api::server::ServeLimits::default(), stop).await.map_err(NodeError::Serve)
 }

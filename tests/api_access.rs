@@ -18,7 +18,7 @@ fn app(dir: &std::path::Path, access: Access) -> Router {
 }
 
 fn keyed() -> Access {
-    Access { api_key: Some("s3cret".into()), origins: vec![] }
+    Access { api_key: Some("s3cret".into()), ..Access::default() }
 }
 
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {

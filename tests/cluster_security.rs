@@ -295,34 +295,57 @@ async fn a_tampered_or_replayed_record_closes_that_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_per_address_and_the_handshake_are_bounded() {
+async fn connection_floods_cannot_keep_a_member_out_and_the_handshake_is_bounded() {
     let m = models();
     let a = node("a", m.path(), opts(common::test_security())).await;
     let b = node("b", m.path(), opts(common::test_security())).await;
-    // 32 silent connections hold this address's slots; the next one is closed at once
+    let pending = exo::cluster::limits::MAX_PENDING_PER_ADDRESS;
+    // 32 silent connections from b's own address: beyond the pending cap the oldest close at once
     let mut silent = Vec::new();
     for _ in 0..32 {
         silent.push(TcpStream::connect(a.peer_addr()).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut extra = TcpStream::connect(a.peer_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut buf = [0u8; 8];
-    let n =
-        tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
-    assert_eq!(n, 0);
-    assert!(b.conn(a.peer_addr()).await.is_err(), "the address is full");
-    // silent connections are closed when the handshake time is up, which frees the slots
+    let mut closed = 0;
+    for s in &mut silent[..32 - pending] {
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.expect("closed at once");
+        closed += (n.unwrap_or(0) == 0) as usize;
+    }
+    assert_eq!(closed, 32 - pending);
+    // a member from the same address joins while the flood holds every pending place
     let t = Instant::now();
-    let n = tokio::time::timeout(Duration::from_secs(10), silent[0].read(&mut buf)).await.expect("closed").unwrap_or(0);
+    let c = b.conn(a.peer_addr()).await.expect("a member is never locked out");
+    c.request(Kind::Ping, vec![], Duration::from_secs(5)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // silent connections still pending are closed when the handshake time is up
+    let t = Instant::now();
+    let last = silent.last_mut().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), last.read(&mut buf)).await.expect("closed").unwrap_or(0);
     assert_eq!(n, 0);
-    let waited = t.elapsed();
-    assert!(
-        waited >= Duration::from_secs(3) && waited < exo::transport::HANDSHAKE_TIMEOUT + Duration::from_secs(2),
-        "{waited:?}"
-    );
+    assert!(t.elapsed() < exo::transport::HANDSHAKE_TIMEOUT + Duration::from_secs(2), "{:?}", t.elapsed());
     drop(silent);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    b.conn(a.peer_addr()).await.expect("slots are given back");
+
+    // from many addresses (127.0.0.2-.81 on loopback): the total cap holds, a member still joins
+    let mut flood = Vec::new();
+    for i in 0..80u8 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, 2 + i], 0))).unwrap();
+        flood.push(sock.connect(a.peer_addr().parse().unwrap()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // a node that has no connection to `a` yet
+    let fresh = node("c", m.path(), opts(common::test_security())).await;
+    let t = Instant::now();
+    let c = fresh.conn(a.peer_addr()).await.expect("a member joins through a flood from many addresses");
+    c.request(Kind::Ping, vec![], Duration::from_secs(5)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let mut open = 0;
+    for s in &mut flood {
+        let r = tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await;
+        open += r.is_err() as usize;
+    }
+    assert!(open <= exo::cluster::limits::MAX_PENDING, "{open} handshaking connections open at once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

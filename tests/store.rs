@@ -297,3 +297,42 @@ async fn pull_list_rm_and_run_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("did you mean") && err.contains("llama-3.1-8b"), "{err}");
 }
+
+/// Models dirs that are links, links inside them: a delete through a linked models dir removes
+/// the file and says so (no 500 for the second unlink); a planted link to a file that is no GGUF
+/// is never a model; a link loop in the hub layout does not hang the listing; errors name files
+/// relative to their models dir.
+#[test]
+fn links_in_and_to_models_dirs() {
+    let real = tempfile::tempdir().unwrap();
+    let at = tempfile::tempdir().unwrap();
+    let linked = at.path().join("models");
+    std::os::unix::fs::symlink(real.path(), &linked).unwrap();
+    exo::synth::make_model(&exo::synth::preset("tiny-llama").unwrap(), &real.path().join("tiny.gguf")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", real.path().join("passwd.gguf")).unwrap();
+    // a loop in the hub layout: a snapshot dir that links back to the repo dir
+    let snap = real.path().join("hf/models--org--loop/snapshots/r1");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::os::unix::fs::symlink(real.path().join("hf/models--org--loop"), snap.join("again")).unwrap();
+    let mut s = store("http://127.0.0.1:1", &linked);
+    s.offline = true;
+    let t = std::time::Instant::now();
+    let names: Vec<String> = s.local_models().into_iter().map(|m| m.name).collect();
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(names, ["tiny"], "only the real GGUF is a model");
+    assert!(s.remove("passwd").is_err());
+    assert!(std::path::Path::new("/etc/passwd").exists());
+
+    let gone = s.remove("tiny").unwrap();
+    assert_eq!(s.relative(gone.first()), Path::new("tiny.gguf"));
+    assert!(!real.path().join("tiny.gguf").exists());
+    assert!(s.local_models().is_empty());
+
+    // a model outside the writable dirs: refused, naming no absolute path
+    let ro = tempfile::tempdir().unwrap();
+    exo::synth::make_model(&exo::synth::preset("tiny-llama").unwrap(), &ro.path().join("shared.gguf")).unwrap();
+    s.read_only = vec![ro.path().to_path_buf()];
+    let e = s.remove("shared").unwrap_err().to_string();
+    assert!(!e.contains(&*ro.path().to_string_lossy()), "{e}");
+    assert!(e.contains("shared.gguf"), "{e}");
+}

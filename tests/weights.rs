@@ -423,3 +423,26 @@ async fn an_automatic_split_fetches_the_other_nodes_window() {
     let window = window_bytes(&model, b, e);
     assert!(p.allocated().abs_diff(window) <= window / 20 + (1 << 20), "b holds {} for {window}", p.allocated());
 }
+
+/// A disk without room for the window: refused before a byte of it moves, naming what is needed
+/// and what is free; no partial file is left behind (one holding a finished window is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_does_not_fit_the_disk_is_refused_before_fetching() {
+    use exo::store::fetch::fetch_window_on;
+    let whole = wide_model();
+    let d = tempfile::tempdir().unwrap();
+    let want = window_bytes(&whole, 2, 6);
+    let small = move |_: &std::path::Path| Ok(want / 2);
+    let src = FileSource::new(&whole, u64::MAX);
+    let err = fetch_window_on(d.path(), "wide", (2, 6), src.clone(), PIECE, quiet(), &small).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not enough free space") && msg.contains("free"), "{msg}");
+    assert!(Partial::open(&Partial::path_in(d.path(), "wide")).is_none(), "no partial left: {msg}");
+    assert!(!Partial::path_in(d.path(), "wide").exists());
+
+    // room for one window: it is fetched; the next that does not fit leaves it in place
+    let (path, _) = fetch_window(d.path(), "wide", (2, 4), src.clone(), PIECE, quiet()).await.unwrap();
+    let tiny = |_: &std::path::Path| Ok(1024);
+    assert!(fetch_window_on(d.path(), "wide", (4, 6), src.clone(), PIECE, quiet(), &tiny).await.is_err());
+    assert!(Partial::open(&path).is_some_and(|p| p.has_window(2, 4)), "the finished window stays");
+}

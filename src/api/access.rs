@@ -5,6 +5,7 @@
 //! CORS is tower-http's `CorsLayer`: preflight answers, `Vary`, and the allow-* headers have
 //! enough corner cases that the maintained implementation is worth the small dependency.
 
+use super::server::Admission;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,6 +22,12 @@ pub struct Access {
     pub api_key: Option<String>,
     /// Browser origins allowed by CORS (patterns with `*`); none: no CORS headers at all.
     pub origins: Vec<String>,
+    /// Host names answered besides loopback ones when the API is bound to loopback
+    /// (`EXO_ALLOWED_HOSTS`, patterns with `*`): see [`super::guard`].
+    pub allowed_hosts: Vec<String>,
+    /// Answer only loopback `Host` names (and `allowed_hosts`): set by the node when the API
+    /// listens on a loopback address (DNS rebinding).
+    pub loopback_only: bool,
 }
 
 /// Wraps `router` with the key check and, when origins are given, CORS (outermost, so that
@@ -30,8 +37,15 @@ pub fn apply(router: Router, access: &Access) -> Router {
     if let Some(key) = access.api_key.as_deref().filter(|k| !k.is_empty()) {
         let want: Arc<[u8; 32]> = Arc::new(Sha256::digest(key.as_bytes()).into());
         r = r.layer(middleware::from_fn_with_state(want, require_key));
+    } else {
+        // no key: a request that passed the browser checks admits its connection
+        r = r.layer(middleware::from_fn(|req: Request, next: Next| async move {
+            Admission::admit_request(&req);
+            next.run(req).await
+        }));
     }
     let origins: Vec<String> = access.origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+    let origins_list = origins.clone();
     if !origins.is_empty() {
         let origins = Arc::new(origins);
         let cors = CorsLayer::new()
@@ -50,7 +64,13 @@ pub fn apply(router: Router, access: &Access) -> Router {
             .max_age(std::time::Duration::from_secs(3600));
         r = r.layer(cors);
     }
-    r
+    // outermost: a rebinding or cross-site request is refused before CORS or the key see it
+    let rules = super::guard::Rules {
+        loopback_only: access.loopback_only,
+        allowed_hosts: access.allowed_hosts.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
+        origins: origins_list,
+    };
+    r.layer(middleware::from_fn_with_state(Arc::new(rules), super::guard::check))
 }
 
 /// Routes anyone may call: a liveness probe and the version (what clients check first), and the
@@ -60,15 +80,16 @@ fn is_public(method: &Method, path: &str) -> bool {
         && (path == "/" || path == "/api/version" || crate::api::dashboard::is_asset(path))
 }
 
-/// The key a client presented: `Authorization: Bearer KEY` (OpenAI's SDK, Ollama clients with
-/// a header) or `x-api-key: KEY` (Anthropic's SDK).
-fn presented(h: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = h.get("x-api-key") {
-        return Some(v.as_bytes());
-    }
-    let v = h.get(header::AUTHORIZATION)?.as_bytes();
-    let scheme = v.get(..7)?;
-    scheme.eq_ignore_ascii_case(b"bearer ").then(|| v[7..].trim_ascii())
+/// The keys a client presented: `x-api-key: KEY` (Anthropic's SDK) and `Authorization: Bearer
+/// KEY` (OpenAI's SDK, Ollama clients with a header). Empty values count as absent, so that an
+/// empty `x-api-key` an SDK adds does not hide a good Bearer key.
+fn presented(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    let x = h.get("x-api-key").map(|v| v.as_bytes().trim_ascii());
+    let bearer = h.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        v.get(..7)?.eq_ignore_ascii_case(b"bearer ").then(|| v[7..].trim_ascii())
+    });
+    x.into_iter().chain(bearer).filter(|k| !k.is_empty())
 }
 
 /// Compares digests, in constant time, so that timing says nothing about the key.
@@ -81,10 +102,18 @@ async fn require_key(State(want): State<Arc<[u8; 32]>>, req: Request, next: Next
     if is_public(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    match presented(req.headers()) {
-        Some(k) if key_matches(k, &want) => next.run(req).await,
-        given => unauthorized(req.uri().path(), given.is_some()),
+    let (mut given, mut ok) = (false, false);
+    for k in presented(req.headers()) {
+        given = true;
+        // both compared whatever the first says: timing tells nothing about which matched
+        ok |= key_matches(k, &want);
     }
+    if ok {
+        // a connection that showed the key is no longer one of the unauthenticated many
+        Admission::admit_request(&req);
+        return next.run(req).await;
+    }
+    unauthorized(req.uri().path(), given)
 }
 
 /// A 401 in the error shape of the API the path belongs to.
@@ -149,16 +178,33 @@ mod tests {
     #[test]
     fn keys_are_read_from_either_header() {
         let want: [u8; 32] = Sha256::digest(b"k1").into();
+        let ok = |h: &HeaderMap| presented(h).any(|k| key_matches(k, &want));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
-        assert!(key_matches(presented(&h).unwrap(), &want));
+        assert!(ok(&h));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  k1 "));
-        assert!(key_matches(presented(&h).unwrap(), &want));
+        assert!(ok(&h));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
-        assert!(presented(&h).is_none());
+        assert_eq!(presented(&h).count(), 0);
         h.insert("x-api-key", HeaderValue::from_static("k2"));
-        assert!(!key_matches(presented(&h).unwrap(), &want));
+        assert!(!ok(&h));
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        assert!(ok(&h));
         assert!(is_public(&Method::GET, "/") && is_public(&Method::GET, "/api/version"));
         assert!(!is_public(&Method::POST, "/api/version") && !is_public(&Method::GET, "/api/tags"));
+    }
+
+    #[test]
+    fn an_empty_x_api_key_neither_counts_nor_hides_the_bearer_key() {
+        let want: [u8; 32] = Sha256::digest(b"k1").into();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static(""));
+        assert_eq!(presented(&h).count(), 0, "an empty key is no key");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert!(presented(&h).any(|k| key_matches(k, &want)));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(presented(&h).count(), 0);
+        // and an empty key never matches a digest of anything
+        assert!(!key_matches(b"", &want));
     }
 }

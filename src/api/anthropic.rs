@@ -20,7 +20,7 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/messages", post(messages))
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     let kind = match status {
         StatusCode::NOT_FOUND => "not_found_error",
         StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",

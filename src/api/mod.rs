@@ -5,15 +5,18 @@
 
 pub mod access;
 pub mod anthropic;
+mod body;
 pub mod cluster;
 pub mod dashboard;
 mod embed;
+mod guard;
 pub mod metrics;
 pub mod ollama;
 mod ollama_chat;
 pub mod openai;
 mod openai_stream;
 mod responses;
+pub mod server;
 mod tools;
 mod util;
 
@@ -52,7 +55,20 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // bodies read whole (bounded in size and time) before any handler runs
+        .layer(axum::middleware::from_fn(body::bounded))
         .with_state(state)
+}
+
+/// An error in the shape of the API `path` belongs to (for layers that run before a route).
+fn error_for(path: &str, status: StatusCode, msg: impl std::fmt::Display) -> axum::response::Response {
+    if path.starts_with("/v1/messages") {
+        anthropic::error(status, msg)
+    } else if path.starts_with("/v1/") {
+        openai::error(status, msg)
+    } else {
+        ollama::error(status, msg)
+    }
 }
 
 /// [`router`] behind the API key check and CORS that `access` asks for ([`access::apply`]).

@@ -65,6 +65,11 @@ pub struct Options {
     repeat_last_n: Option<i32>,
 }
 
+/// `options` must be an object (`"options": []` is refused, naming the field).
+fn options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Options, D::Error> {
+    super::util::object(d).map_err(|e: D::Error| serde::de::Error::custom(format!("options: {e}")))
+}
+
 fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> {
     let d = SamplingParams::default();
     let seed = match o.seed {
@@ -127,7 +132,7 @@ struct GenerateReq {
     #[serde(default)]
     raw: bool,
     stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "options")]
     options: Options,
     keep_alive: Option<Value>,
     format: Option<Value>,
@@ -141,7 +146,7 @@ struct ChatReq {
     #[serde(default)]
     messages: Vec<MessageIn>,
     stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "options")]
     options: Options,
     keep_alive: Option<Value>,
     tools: Option<Value>,
@@ -567,7 +572,13 @@ async fn remove(State(state): State<AppState>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     match state.runtime.delete(&m).await {
-        Ok(_) => StatusCode::OK.into_response(),
+        // what was deleted, relative to its models dir (Ollama answers an empty 200; clients
+        // look at the status only)
+        Ok(gone) => {
+            let files: Vec<String> =
+                gone.paths.iter().map(|p| state.runtime.store().relative(p).to_string_lossy().into_owned()).collect();
+            axum::Json(json!({ "status": "success", "deleted": files })).into_response()
+        }
         Err(e) => runtime_error(e),
     }
 }

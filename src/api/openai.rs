@@ -228,6 +228,8 @@ async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Re
         };
         for k in 0..n {
             let mut r = base.clone();
+            // the n choices share one request's token budget
+            r.shares = n as u32;
             r.sampling.seed = base.sampling.seed.wrapping_add(k as u32);
             reqs.push(r);
         }

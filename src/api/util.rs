@@ -14,6 +14,33 @@ pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))
 }
 
+/// For `#[serde(deserialize_with)]` on struct-typed fields: only a JSON object (or null: the
+/// default) is accepted. serde's derive also takes a struct from an array of its fields in
+/// order, so `"options": []` would pass silently.
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    use serde::Deserialize;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(T::default()),
+        v @ serde_json::Value::Object(_) => serde_json::from_value(v).map_err(serde::de::Error::custom),
+        v => Err(serde::de::Error::custom(format!("expected an object, got {}", kind(&v)))),
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// Message content as OpenAI and Anthropic send it: a string, or a list of typed parts of which
 /// only `{"type": "text", "text": ...}` is supported.
 #[derive(serde::Deserialize)]
@@ -167,5 +194,28 @@ mod tests {
         assert!(keep_alive(&json!(1e300)).is_err());
         assert!(keep_alive(&json!("99999999999999999h")).is_err());
         assert!(keep_alive(&json!(f64::MAX)).is_err());
+    }
+
+    #[test]
+    fn struct_fields_taken_only_from_objects() {
+        #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+        #[serde(default)]
+        struct O {
+            a: Option<u32>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct R {
+            #[serde(default, deserialize_with = "object")]
+            options: O,
+        }
+        let p = |s: &str| parse::<R>(&Bytes::from(s.to_string()));
+        assert_eq!(p(r#"{"options": {"a": 3}}"#).unwrap().options, O { a: Some(3) });
+        assert_eq!(p(r#"{"options": null}"#).unwrap().options, O::default());
+        assert_eq!(p(r#"{}"#).unwrap().options, O::default());
+        for bad in [r#"{"options": []}"#, r#"{"options": [5]}"#, r#"{"options": "x"}"#, r#"{"options": 1}"#] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("expected an object"), "{bad}: {e}");
+        }
+        assert!(p(r#"{"options": {"a": "x"}}"#).is_err());
     }
 }

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// (e.g. `http://localhost:*`); none by default.
     #[arg(long, env = "EXO_ORIGINS", value_delimiter = ',')]
     pub origins: Vec<String>,
+    /// Host names the API answers besides loopback ones when it listens on loopback
+    /// (DNS-rebinding protection), comma-separated, `*` wildcards (e.g. `mybox.lan`).
+    #[arg(long, env = "EXO_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// UNSAFE, benchmarks only: peer records travel unencrypted (the handshake still
     /// authenticates). Only nodes with the same setting talk to each other.
     #[arg(long, env = "EXO_UNSAFE_PLAINTEXT_PEERS", hide = true, value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -126,7 +130,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         api_addr: a.api_addr,
         limits,
         store: Store::from_env(),
-        access: crate::api::Access { api_key, origins: a.origins },
+        access: crate::api::Access {
+            api_key,
+            origins: a.origins,
+            allowed_hosts: a.allowed_hosts,
+            loopback_only: false,
+        },
         cluster: Some(crate::cluster::NodeConfig {
             namespace: a.namespace,
             node_name: a.node_name.unwrap_or_else(host_name),

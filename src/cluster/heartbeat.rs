@@ -13,6 +13,17 @@ const BULK: usize = 1 << 20;
 /// Every how many heartbeats the bandwidth is measured again.
 const BULK_EVERY: u64 = 20;
 
+/// Longest wait between dials of a static peer that refused us (another cluster, another
+/// namespace, a bad handshake) and of one that did not answer: each failure doubles the wait.
+const MAX_REDIAL_REFUSED: Duration = Duration::from_secs(60);
+const MAX_REDIAL_DOWN: Duration = Duration::from_secs(4);
+
+/// The next wait after a failed dial that waited `last`.
+fn backoff(last: Duration, refused: bool) -> Duration {
+    let cap = if refused { MAX_REDIAL_REFUSED } else { MAX_REDIAL_DOWN };
+    (last * 2).clamp(HEARTBEAT, cap)
+}
+
 /// Longest wait for one pong: pings go to every peer at once, so a peer that hangs delays
 /// nobody else's.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -22,6 +33,8 @@ pub(super) async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<S
     let mut dialing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     // a refusal is worth saying once (not every heartbeat); an absent peer is not
     let last_error: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    // when each static peer that failed may be dialed again, and the wait that led there
+    let redial: Arc<Mutex<HashMap<String, (Instant, Duration)>>> = Arc::default();
     loop {
         beat += 1;
         let Some(n) = node.upgrade() else { return };
@@ -41,14 +54,19 @@ pub(super) async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<S
             if n.alive(addr) || dialing.get(addr).is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            let (weak, a, errors) = (node.clone(), addr.clone(), last_error.clone());
+            if redial.lock().unwrap().get(addr).is_some_and(|(at, _)| Instant::now() < *at) {
+                continue;
+            }
+            let (weak, a, errors, redial) = (node.clone(), addr.clone(), last_error.clone(), redial.clone());
             dialing.insert(
                 addr.clone(),
                 tokio::spawn(async move {
                     let Some(n) = weak.upgrade() else { return };
-                    match n.conn(&a).await {
+                    let refused = match n.conn(&a).await {
                         Ok(_) => {
                             errors.lock().unwrap().remove(&a);
+                            redial.lock().unwrap().remove(&a);
+                            return;
                         }
                         Err(
                             e @ (TransportError::OtherCluster { .. }
@@ -60,11 +78,18 @@ pub(super) async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<S
                             let mut errors = errors.lock().unwrap();
                             if errors.get(&a) != Some(&msg) {
                                 tracing::warn!(addr = %a, "cannot join peer: {msg}");
-                                errors.insert(a, msg);
+                                errors.insert(a.clone(), msg);
                             }
+                            true
                         }
-                        Err(e) => tracing::debug!(addr = %a, "static peer not reachable: {e}"),
-                    }
+                        Err(e) => {
+                            tracing::debug!(addr = %a, "static peer not reachable: {e}");
+                            false
+                        }
+                    };
+                    let mut r = redial.lock().unwrap();
+                    let wait = backoff(r.get(&a).map_or(Duration::ZERO, |x| x.1), refused);
+                    r.insert(a, (Instant::now() + wait, wait));
                 }),
             );
         }
@@ -110,5 +135,29 @@ async fn ping(node: std::sync::Weak<ClusterNode>, id: String, c: Conn, bulk: boo
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_peers_are_dialed_ever_less_often_down_ones_soon_again() {
+        let mut w = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            w = backoff(w, true);
+            waits.push(w);
+        }
+        assert_eq!(waits[0], HEARTBEAT);
+        assert!(waits.windows(2).all(|p| p[1] >= p[0]));
+        assert_eq!(*waits.last().unwrap(), MAX_REDIAL_REFUSED);
+        // a refusal every 0.5 s forever became at most one a minute
+        let mut w = Duration::ZERO;
+        for _ in 0..12 {
+            w = backoff(w, false);
+        }
+        assert_eq!(w, MAX_REDIAL_DOWN);
     }
 }

@@ -6,7 +6,7 @@ mod coordinator;
 mod heartbeat;
 pub mod holdings;
 mod host;
-mod limits;
+pub mod limits;
 pub mod links;
 mod progress;
 mod weights;
@@ -114,6 +114,8 @@ pub struct ClusterNode {
     endpoint: Endpoint,
     /// Inbound connections per remote address.
     accepted: Arc<limits::PerAddress>,
+    /// Inbound connections still in their handshake ([`limits::Pending`]).
+    pending: limits::Pending,
     /// Outgoing connections by peer address.
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
     /// Data bytes sent on connections since replaced in `conns`.
@@ -156,6 +158,7 @@ impl ClusterNode {
         let node = Arc::new(ClusterNode {
             endpoint: Endpoint::new(hello.clone(), cfg.security.clone(), tx),
             accepted: Arc::new(limits::PerAddress::new(limits::MAX_CONNS_PER_ADDRESS)),
+            pending: limits::Pending::new(limits::MAX_PENDING_PER_ADDRESS, limits::MAX_PENDING),
             hello,
             store,
             conns: tokio::sync::Mutex::new(HashMap::new()),
@@ -447,22 +450,53 @@ fn random_u64() -> u64 {
 }
 
 async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::TcpListener) {
+    let mut backoff = std::time::Duration::ZERO;
     loop {
-        let Ok((stream, from)) = listener.accept().await else { continue };
-        let Some(n) = node.upgrade() else { return };
-        // a slot per connection, held until it closes; beyond the limit the socket just closes
-        let Some(slot) = n.accepted.clone().take(from.ip()) else {
-            tracing::warn!(%from, "refused a peer connection: {} connections from this address already", n.accepted.max);
-            continue;
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => {
+                backoff = std::time::Duration::ZERO;
+                x
+            }
+            Err(e) => {
+                // out of file descriptors and the like: retrying at once would spin a core
+                backoff = (backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+                if backoff == std::time::Duration::from_millis(10) {
+                    tracing::warn!(error = %e, "cannot accept peer connections; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
+        let Some(n) = node.upgrade() else { return };
+        // handshaking: a pending place (the oldest pending one goes when there are too many);
+        // the per-address slot only once the peer proved it holds the cluster's key
+        let ticket = n.pending.admit(from.ip());
         let endpoint = n.endpoint.clone();
         let weak = node.clone();
+        drop(n);
         tokio::spawn(async move {
-            match transport::accept(stream, &endpoint, slot).await {
+            let r = tokio::select! {
+                r = transport::accept(stream, &endpoint, ()) => r,
+                _ = ticket.evicted() => {
+                    tracing::debug!(%from, "closed a handshaking peer connection: too many pending");
+                    return;
+                }
+            };
+            drop(ticket);
+            match r {
                 Ok(c) => {
-                    if let Some(n) = weak.upgrade() {
-                        n.note_peer(&c);
-                    }
+                    let Some(n) = weak.upgrade() else { return };
+                    let Some(slot) = n.accepted.clone().take(from.ip()) else {
+                        tracing::warn!(%from, "closing a peer connection: {} connections from this address already", n.accepted.max);
+                        c.close();
+                        return;
+                    };
+                    n.note_peer(&c);
+                    // the slot lives as long as the connection
+                    tokio::spawn(async move {
+                        c.closed().await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => tracing::warn!(%from, "refused a peer connection: {e}"),
             }

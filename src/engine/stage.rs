@@ -214,7 +214,11 @@ impl StageHandle {
                 };
                 if ready_tx.send(Ok(stage.info.clone())).is_ok() {
                     stage.run(rx, &thread_counters);
+                } else {
+                    drop(stage);
                 }
+                // the model and its context are freed: give their pages back
+                super::memory::trim();
             })
             .map_err(|e| EngineError::Backend { reason: format!("cannot start a stage thread: {e}") })?;
         let info = ready_rx.recv().map_err(|_| EngineError::StageGone)??;

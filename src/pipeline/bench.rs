@@ -20,6 +20,12 @@ pub struct BenchConfig {
     pub repeat: u32,
 }
 
+/// Most pp tests in one run, most runs per test, longest prompt or generation: bounds what one
+/// bench request can ask for (and keeps [`BenchConfig::n_ctx_needed`] from overflowing).
+pub const MAX_PP_TESTS: usize = 32;
+pub const MAX_REPEAT: u32 = 100;
+pub const MAX_BENCH_TOKENS: u32 = 1 << 20;
+
 impl BenchConfig {
     /// Context the tests need: the longest prompt, or the tg run from position 0.
     pub fn n_ctx_needed(&self) -> u32 {
@@ -35,6 +41,15 @@ impl BenchConfig {
         }
         if self.pp.contains(&0) {
             return Err("--pp lengths must be positive".into());
+        }
+        if self.pp.len() > MAX_PP_TESTS {
+            return Err(format!("--pp: {} lengths; at most {MAX_PP_TESTS}", self.pp.len()));
+        }
+        if self.repeat > MAX_REPEAT {
+            return Err(format!("--repeat: {}; at most {MAX_REPEAT}", self.repeat));
+        }
+        if let Some(n) = self.pp.iter().copied().chain([self.tg]).find(|n| *n > MAX_BENCH_TOKENS) {
+            return Err(format!("--pp/--tg: {n} tokens; at most {MAX_BENCH_TOKENS}"));
         }
         Ok(())
     }
@@ -339,6 +354,12 @@ mod tests {
         assert_eq!(c.n_ctx_needed(), 513);
         assert!(BenchConfig { repeat: 0, ..c.clone() }.validate().is_err());
         assert!(BenchConfig { pp: vec![], tg: 0, ..c.clone() }.validate().is_err());
-        assert!(BenchConfig { pp: vec![0], ..c }.validate().is_err());
+        assert!(BenchConfig { pp: vec![0], ..c.clone() }.validate().is_err());
+        // hostile sizes: refused before anything is sized by them
+        assert!(BenchConfig { pp: vec![1; 100_000], ..c.clone() }.validate().is_err());
+        assert!(BenchConfig { pp: vec![1; MAX_PP_TESTS], ..c.clone() }.validate().is_ok());
+        assert!(BenchConfig { pp: vec![u32::MAX], ..c.clone() }.validate().is_err());
+        assert!(BenchConfig { tg: u32::MAX, ..c.clone() }.validate().is_err());
+        assert!(BenchConfig { repeat: 1_000_000, ..c }.validate().is_err());
     }
 }

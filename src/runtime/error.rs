@@ -122,6 +122,8 @@ pub enum RuntimeError {
     ModelNotFound { name: String, hint: String },
     #[error("the prompt has {prompt} tokens but the context holds {n_ctx}; shorten it or raise num_ctx")]
     PromptTooLong { prompt: usize, n_ctx: u32 },
+    #[error("the prompt has at least {at_least} tokens (counted before tokenizing it all) but the context holds {n_ctx}; shorten it or raise num_ctx")]
+    PromptAtLeast { at_least: usize, n_ctx: u32 },
     #[error("{model} is serving {active} requests and {waiting} more are waiting; try again shortly")]
     Busy { model: String, active: usize, waiting: usize },
     #[error("{model} does not fit: {reason}")]
@@ -156,6 +158,7 @@ impl RuntimeError {
             RuntimeError::InvalidField { .. }
             | RuntimeError::InvalidName { .. }
             | RuntimeError::PromptTooLong { .. }
+            | RuntimeError::PromptAtLeast { .. }
             | RuntimeError::NoCluster
             | RuntimeError::BadPlacement { .. } => ErrorKind::Invalid,
             RuntimeError::ModelNotFound { .. } => ErrorKind::NotFound,
@@ -201,6 +204,10 @@ impl From<crate::pipeline::PipelineError> for RuntimeError {
         use crate::pipeline::PipelineError as P;
         match e {
             P::PromptTooLong { prompt, n_ctx } => RuntimeError::PromptTooLong { prompt, n_ctx },
+            // a grammar llama.cpp cannot use comes from the request's schema or tools
+            P::Engine(E::Grammar { reason }) => {
+                RuntimeError::field(Field::Format, format!("the schema's grammar cannot be used: {reason}"))
+            }
             P::Engine(E::Template { reason }) => RuntimeError::field(Field::Prompt, format!("chat template: {reason}")),
             P::Engine(E::Tokenize { reason }) => {
                 RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}"))

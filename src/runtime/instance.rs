@@ -133,6 +133,8 @@ pub struct Instance {
     pub created: SystemTime,
     /// The chat template and tool format, read once ([`super::chat`]).
     pub(crate) formatter: tokio::sync::OnceCell<Arc<super::chat::Formatter>>,
+    /// What bounds a prompt's tokens before tokenizing it ([`super::tokens`]), read once.
+    vocab_facts: tokio::sync::OnceCell<Arc<super::tokens::VocabFacts>>,
 }
 
 impl Instance {
@@ -169,7 +171,19 @@ impl Instance {
             keep_alive: Mutex::new(keep_alive),
             created: SystemTime::now(),
             formatter: Default::default(),
+            vocab_facts: Default::default(),
         })
+    }
+
+    /// Tokenizes a prompt with its cost bounded before and during the work ([`super::tokens`]);
+    /// refuses one that needs `n_ctx` tokens or more.
+    pub(crate) async fn tokenize_prompt(&self, text: &str) -> Result<Vec<Token>, RuntimeError> {
+        let facts = self
+            .vocab_facts
+            .get_or_try_init(|| async { super::tokens::VocabFacts::read(&self.vocab).await.map(Arc::new) })
+            .await
+            .map_err(RuntimeError::from)?;
+        super::tokens::prompt(&self.vocab, facts, text, self.loaded.n_ctx).await
     }
 
     pub fn name(&self) -> &str {

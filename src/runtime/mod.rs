@@ -18,6 +18,7 @@ mod registry;
 pub mod request;
 mod session;
 mod thinking;
+mod tokens;
 pub mod validate;
 
 pub use chat::capabilities;
@@ -222,7 +223,7 @@ impl Runtime {
             inst.set_keep_alive(k);
         }
         let prepared = chat::prepare(&inst, &req).await?;
-        let prompt = inst.vocab.tokenize(&prepared.text, true, true).await?;
+        let prompt = inst.tokenize_prompt(&prepared.text).await?;
         let n_ctx = inst.loaded.n_ctx;
         if prompt.is_empty() {
             return Err(RuntimeError::field(Field::Prompt, "the prompt is empty"));
@@ -240,7 +241,7 @@ impl Runtime {
                 format!("token {t} is outside the vocabulary of {n_vocab}"),
             ));
         }
-        let max_tokens = validate::max_tokens(req.max_tokens, self.limits.max_tokens, n_ctx);
+        let max_tokens = validate::shared_max_tokens(req.max_tokens, self.limits.max_tokens, n_ctx, req.shares);
         let (seq_tx, seq_rx) = mpsc::unbounded_channel();
         let prompt_tokens = prompt.len();
         inst.enqueue(batcher::SeqRequest {

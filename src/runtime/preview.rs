@@ -218,10 +218,7 @@ fn hub_rate(store: &crate::store::Store) -> Option<f64> {
 pub fn cost_of(resolved: &Resolved) -> Result<(ModelCost, u32), RuntimeError> {
     match resolved {
         Resolved::Local(m) => {
-            let bad = |e: &dyn std::fmt::Display| RuntimeError::Load {
-                model: m.first().display().to_string(),
-                reason: e.to_string(),
-            };
+            let bad = |e: &dyn std::fmt::Display| super::registry::unusable(m, e);
             let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
             let shape = ModelShape::from_files(&files).map_err(|e| bad(&e))?;
             Ok((ModelCost::from_shape(&m.name, &shape), shape.context_length))

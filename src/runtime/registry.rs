@@ -179,12 +179,18 @@ pub(super) fn resolve_local(store: &Store, model: &ModelRef) -> Result<LocalMode
 }
 
 pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
-    let bad = |e: &dyn std::fmt::Display| RuntimeError::Load {
-        model: m.first().display().to_string(),
-        reason: e.to_string(),
-    };
+    let bad = |e: &dyn std::fmt::Display| unusable(m, e);
     let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
     ModelShape::from_files(&files).map_err(|e| bad(&e))
+}
+
+/// A file behind a model name that is no usable GGUF (not one, truncated, malformed): the
+/// request named a model that cannot run, a 400 naming `model` (not a server error), and the
+/// message names the file, not its absolute path.
+pub(super) fn unusable(m: &LocalModel, e: &dyn std::fmt::Display) -> RuntimeError {
+    let file = m.first().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let reason = e.to_string().replace(&*m.first().to_string_lossy(), &file);
+    RuntimeError::field(crate::runtime::Field::Model, format!("{} is not a usable GGUF model: {reason}", m.name))
 }
 
 /// The nodes a placement may use now (profiles refreshed off the async workers).

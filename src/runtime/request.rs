@@ -126,6 +126,10 @@ pub struct GenRequest {
     pub format: Option<OutputFormat>,
     /// Reasoning on or off for templates that support it (None: the template's default).
     pub think: Option<bool>,
+    /// Generations this one shares its request's token budget with (OpenAI's `n`): each gets
+    /// 1/`shares` of the server's cap (the context when there is none), so `n` multiplies no
+    /// cost.
+    pub shares: u32,
 }
 
 impl GenRequest {
@@ -143,6 +147,7 @@ impl GenRequest {
             tool_choice: ToolChoice::Auto,
             format: None,
             think: None,
+            shares: 1,
         }
     }
 }

@@ -86,7 +86,13 @@ pub fn num_ctx(asked: Option<u32>, default: u32, n_ctx_train: u32) -> Result<u32
 /// The generation limit of a request on an instance whose sequences hold `n_ctx` tokens: the
 /// smaller of what was asked and the server's cap (by default, the context).
 pub fn max_tokens(asked: Option<u64>, cap: Option<u32>, n_ctx: u32) -> u32 {
-    let cap = cap.unwrap_or(n_ctx).max(1);
+    shared_max_tokens(asked, cap, n_ctx, 1)
+}
+
+/// [`max_tokens`] for one of `shares` generations of one request: the cap is split between
+/// them, so a request of `n` choices generates no more than one of one choice.
+pub fn shared_max_tokens(asked: Option<u64>, cap: Option<u32>, n_ctx: u32, shares: u32) -> u32 {
+    let cap = (cap.unwrap_or(n_ctx) / shares.max(1)).max(1);
     asked.map_or(cap, |a| a.min(cap as u64) as u32)
 }
 
@@ -152,6 +158,13 @@ mod tests {
         assert_eq!(max_tokens(None, None, 512), 512);
         assert_eq!(max_tokens(Some(1_000_000), None, 512), 512);
         assert_eq!(max_tokens(Some(7), Some(100), 512), 7);
+        // n choices split the budget: 16 choices generate what one would, no more
+        assert_eq!(shared_max_tokens(None, Some(1600), 4096, 16), 100);
+        assert_eq!(shared_max_tokens(Some(1000), Some(1600), 4096, 16), 100);
+        assert_eq!(shared_max_tokens(Some(5), None, 512, 16), 5);
+        assert_eq!(shared_max_tokens(None, None, 512, 16), 32);
+        assert_eq!(shared_max_tokens(None, Some(3), 512, 16), 1);
+        assert_eq!(shared_max_tokens(None, None, 512, 1), max_tokens(None, None, 512));
         assert_eq!(repeat_last_n(-1, 512).unwrap(), 512);
         assert!(repeat_last_n(513, 512).is_err());
     }

@@ -120,10 +120,63 @@ pub async fn fetch_header(
 pub async fn fetch_window(
     dir: &Path,
     model: &str,
+    window: (u32, u32),
+    src: Arc<dyn RangeSource>,
+    piece: u64,
+    progress: OnProgress,
+) -> Result<(PathBuf, Fetched), FetchError> {
+    fetch_window_on(dir, model, window, src, piece, progress, &|d: &Path| fs4::available_space(d)).await
+}
+
+/// Free bytes on the file system of a dir.
+pub type FreeSpace = dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync;
+
+/// Bytes kept free beyond what a fetch writes (the sidecar, logs, the rest of the system).
+pub const SPARE: u64 = 16 << 20;
+
+/// [`fetch_window`] with the free space of `dir` told by `free`: a window whose missing bytes
+/// do not fit is refused before any of them is fetched (naming what is needed and what is
+/// free), and a fetch that runs out of space anyway removes its partial file unless it holds
+/// finished windows: a disk is never left full by a transfer that cannot finish.
+pub async fn fetch_window_on(
+    dir: &Path,
+    model: &str,
     (begin, end): (u32, u32),
     src: Arc<dyn RangeSource>,
     piece: u64,
     progress: OnProgress,
+    free: &FreeSpace,
+) -> Result<(PathBuf, Fetched), FetchError> {
+    let r = fetch_window_inner(dir, model, (begin, end), src, piece, progress, free).await;
+    if let Err(e) = &r {
+        if is_out_of_space(e) {
+            // only one that holds no finished window: those stay usable
+            let p = Partial::open(&Partial::path_in(dir, model));
+            if let Some(p) = p.filter(|p| p.sidecar.windows.is_empty()) {
+                tracing::warn!(model, "out of disk space: removing the partial model");
+                let _ = p.remove();
+            }
+        }
+    }
+    r
+}
+
+fn is_out_of_space(e: &FetchError) -> bool {
+    match e {
+        FetchError::Store(StoreError::NoSpace { .. }) => true,
+        FetchError::Store(StoreError::Io { source, .. }) => source.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
+async fn fetch_window_inner(
+    dir: &Path,
+    model: &str,
+    (begin, end): (u32, u32),
+    src: Arc<dyn RangeSource>,
+    piece: u64,
+    progress: OnProgress,
+    free: &FreeSpace,
 ) -> Result<(PathBuf, Fetched), FetchError> {
     let piece = piece.max(1);
     let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
@@ -155,6 +208,16 @@ pub async fn fetch_window(
         .flat_map(|(s, e)| (s..e).step_by(piece as usize).map(move |a| (a, (a + piece).min(e))))
         .collect();
     let total: u64 = todo.iter().map(|r| r.1 - r.0).sum();
+    // the partial file is sparse: what it takes more is what is still to be written
+    let available = free(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+    if total.saturating_add(SPARE) > available {
+        return Err(StoreError::NoSpace {
+            name: model.into(),
+            needed: total + SPARE,
+            dirs: vec![(dir.to_path_buf(), available)],
+        }
+        .into());
+    }
     let mut moved = 0;
     for (s, e) in todo {
         moved += fetch_range(&mut p, &src, model, (s, e), &progress, (moved, total)).await?;

@@ -79,19 +79,65 @@ pub fn quant_from_name(name: &str) -> Option<String> {
     best.map(|q| q.to_ascii_lowercase())
 }
 
+/// GGUF files under `dir` (and its subdirectories when `recursive`). Links are hostile until
+/// checked: a linked file counts only when it is a GGUF (its magic, so a planted link to
+/// `/etc/passwd` is never listed nor served to peers); a linked directory is entered only when it
+/// lies inside `dir`; a directory seen before (a link loop) or [`MAX_DEPTH`] deep is skipped.
 fn ggufs(dir: &Path, recursive: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(root) = std::fs::canonicalize(dir) else { return out };
+    let mut seen = std::collections::HashSet::new();
+    walk(dir, &root, recursive, 0, &mut seen, &mut out);
+    out.sort();
+    out
+}
+
+/// Deepest directory a scan enters (the hub layout needs 3 or 4).
+pub const MAX_DEPTH: usize = 16;
+
+fn walk(
+    dir: &Path,
+    root: &Path,
+    recursive: bool,
+    depth: usize,
+    seen: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) {
+    let Ok(canon) = std::fs::canonicalize(dir) else { return };
+    if depth > MAX_DEPTH || !seen.insert(canon) {
+        tracing::debug!(dir = %dir.display(), "skipped: a link loop or too deep");
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        if p.is_dir() && recursive {
-            out.extend(ggufs(&p, true));
-        } else if p.extension().is_some_and(|x| x == "gguf") && p.is_file() {
+        let Ok(ft) = e.file_type() else { continue };
+        let is_gguf_name = p.extension().is_some_and(|x| x == "gguf");
+        if ft.is_symlink() {
+            // metadata follows the link; a loop of file links fails here (ELOOP) and is skipped
+            let Ok(m) = std::fs::metadata(&p) else { continue };
+            if m.is_dir() && recursive {
+                if std::fs::canonicalize(&p).is_ok_and(|c| c.starts_with(root)) {
+                    walk(&p, root, recursive, depth + 1, seen, out);
+                }
+            } else if m.is_file() && is_gguf_name && has_gguf_magic(&p) {
+                out.push(p);
+            }
+        } else if ft.is_dir() {
+            if recursive {
+                walk(&p, root, recursive, depth + 1, seen, out);
+            }
+        } else if ft.is_file() && is_gguf_name {
             out.push(p);
         }
     }
-    out.sort();
-    out
+}
+
+/// The file starts with `GGUF`.
+fn has_gguf_magic(p: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"GGUF"
 }
 
 /// Groups files into models: single files, and split sets whose every member is present.
@@ -277,7 +323,38 @@ fn header_quant(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::quant_from_name;
+    use super::{ggufs, quant_from_name};
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_are_listed_only_to_ggufs_and_loops_end() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(root.join("real.gguf"), b"GGUF....").unwrap();
+        std::fs::write(outside.path().join("model.gguf"), b"GGUF....").unwrap();
+        std::fs::write(outside.path().join("secret"), b"root:x:0:0").unwrap();
+        // a link to a GGUF elsewhere (how tests and users share models) is a model
+        symlink(outside.path().join("model.gguf"), root.join("shared.gguf")).unwrap();
+        // a planted link to a file that is no GGUF is not
+        symlink(outside.path().join("secret"), root.join("passwd.gguf")).unwrap();
+        symlink("/etc/passwd", root.join("etc.gguf")).unwrap();
+        // link loops: a file link to itself, a dir link to its parent, a dir link outside
+        symlink(root.join("self.gguf"), root.join("self.gguf")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/deep.gguf"), b"GGUF....").unwrap();
+        symlink(root, root.join("sub/up")).unwrap();
+        symlink(root.join("sub"), root.join("sub/again")).unwrap();
+        symlink(outside.path(), root.join("out")).unwrap();
+        let t = std::time::Instant::now();
+        let names = |v: Vec<std::path::PathBuf>| -> Vec<String> {
+            v.iter().map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names(ggufs(root, false)), ["real.gguf", "shared.gguf"]);
+        // recursive: each directory once, whatever links lead back to it; none outside
+        assert_eq!(names(ggufs(root, true)), ["real.gguf", "shared.gguf", "sub/deep.gguf"]);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    }
 
     #[test]
     fn quants_from_file_names() {

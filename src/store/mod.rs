@@ -40,6 +40,7 @@ pub enum StoreError {
     #[error("download of {file} is corrupt ({reason}); the file was removed")]
     Corrupt { file: String, reason: String },
     #[error("{name} is in the {} ({}); exo only deletes from its writable models dirs", location.label(), path.display())]
+    // `path`: relative to its models dir (see Store::relative)
     NotOurs { name: String, location: Location, path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -418,9 +419,8 @@ impl Store {
         Err(StoreError::NoSpace { name: name.into(), needed, dirs: seen })
     }
 
-    /// Deletes a model from a writable models dir.
     /// Deletes a model by name, only when every file of it (links resolved) lies inside one of
-    /// the writable models dirs.
+    /// the writable models dirs. Errors name files relative to their models dir.
     pub fn remove(&self, name: &str) -> Result<LocalModel, StoreError> {
         let m = match self.resolve_name(name)? {
             Resolved::Local(m) => m,
@@ -435,18 +435,35 @@ impl Store {
             m.location == Location::ModelsDir && m.paths.iter().all(|p| inside(p) && p.parent().is_some_and(inside));
         if !ours {
             let location = if m.location == Location::ModelsDir { Location::ReadOnlyDir } else { m.location.clone() };
-            return Err(StoreError::NotOurs { name: name.into(), location, path: m.paths[0].clone() });
+            return Err(StoreError::NotOurs { name: name.into(), location, path: self.relative(&m.paths[0]) });
         }
+        let io = |p: &Path| {
+            let path = self.relative(p);
+            move |source| StoreError::Io { path, source }
+        };
         for p in &m.paths {
-            // hub layout: the snapshot entry is a link to a blob; remove both
-            if let Ok(target) = std::fs::canonicalize(p) {
-                if target != *p {
-                    std::fs::remove_file(&target).map_err(|source| StoreError::Io { path: target.clone(), source })?;
-                }
+            let target = std::fs::canonicalize(p).map_err(io(p))?;
+            // the file itself (a hub blob, or the same file reached through a linked models dir),
+            // then the link to it when there is one
+            std::fs::remove_file(&target).map_err(io(p))?;
+            let is_link = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                std::fs::remove_file(p).map_err(io(p))?;
             }
-            std::fs::remove_file(p).map_err(|source| StoreError::Io { path: p.clone(), source })?;
+            tracing::info!(model = name, file = %self.relative(p).display(), "deleted");
         }
         Ok(m)
+    }
+
+    /// `p` relative to the models dir it is in (errors and logs show no absolute paths); its
+    /// file name when it is in none.
+    pub fn relative(&self, p: &Path) -> PathBuf {
+        let dirs = self.dirs.iter().chain(&self.read_only).chain(&self.hf_cache).chain(&self.ollama);
+        dirs.filter_map(|d| p.strip_prefix(d).ok())
+            .next()
+            .map(Path::to_path_buf)
+            .or_else(|| p.file_name().map(PathBuf::from))
+            .unwrap_or_default()
     }
 }
 

@@ -17,6 +17,16 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The whole handshake (Noise and hello) must be done within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A frame's payload must keep coming once its header arrived: all of it within this plus a
+/// second per [`PAYLOAD_MIN_RATE`] bytes, or the connection closes (giving back its share of
+/// [`QUEUE_BUDGET`]), so that stalled frames cannot hold the budget every peer reads into.
+pub const PAYLOAD_GRACE: Duration = Duration::from_secs(10);
+pub const PAYLOAD_MIN_RATE: u64 = 1 << 20;
+
+fn payload_deadline(len: u32) -> Duration {
+    PAYLOAD_GRACE + Duration::from_secs(len as u64 / PAYLOAD_MIN_RATE)
+}
+
 /// Bytes of received frames a node holds before they are handled (all connections together):
 /// a reader waits for room before it allocates a payload, so TCP pushes back on the sender.
 pub const QUEUE_BUDGET: usize = 512 << 20;
@@ -102,6 +112,14 @@ impl Conn {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection: the writer ends (shutting the socket for writing), so the peer
+    /// sees it end; anything it still sends is read and dropped until it does.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.closed_watch.send_replace(true);
+        self.inner.close.notify_one();
     }
 
     /// Completes once the connection has closed (at once if it has).
@@ -208,9 +226,11 @@ fn spawn<G: Send + 'static>(
             };
             // room in the budget first, then the allocation
             let Ok(queued) = budget.clone().acquire_many_owned(h.len + HEADER_LEN as u32).await else { break None };
-            let payload = match rd.read_payload(h.len).await {
-                Ok(p) => p,
-                Err(e) => break Some(e),
+            let limit = payload_deadline(h.len);
+            let payload = match tokio::time::timeout(limit, rd.read_payload(h.len)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => break Some(e),
+                Err(_) => break Some(TransportError::Timeout(limit)),
             };
             let f = Frame { kind: h.kind, request: h.request, payload };
             if is_answer(f.kind) {

@@ -184,6 +184,38 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securi
     finish(hs, sec)
 }
 
+/// First handshake messages answered lately, by their ephemeral key (a fresh one per handshake
+/// from an honest peer), in this process.
+static FIRST_MESSAGES: std::sync::LazyLock<Seen> = std::sync::LazyLock::new(Seen::default);
+
+/// Ephemeral keys seen, the newest [`Seen::CAP`] of them.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<SeenKeys>);
+
+/// The keys (for lookups) and their order (to forget the oldest).
+type SeenKeys = (std::collections::HashSet<[u8; 32]>, std::collections::VecDeque<[u8; 32]>);
+
+impl Seen {
+    const CAP: usize = 1 << 16;
+
+    /// Records the ephemeral key `msg` starts with; false when it was seen before.
+    fn fresh(&self, msg: &[u8]) -> bool {
+        let Some(e) = msg.get(..32).and_then(|e| <[u8; 32]>::try_from(e).ok()) else { return false };
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *g;
+        if !set.insert(e) {
+            return false;
+        }
+        order.push_back(e);
+        if order.len() > Self::CAP {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 /// The accepting side's handshake; refuses a peer of another cluster with both key ids.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Security) -> Result<Session, TransportError> {
     let f = read_frame_capped(s, MAX_HANDSHAKE_FRAME).await?.ok_or(TransportError::Closed)?;
@@ -214,6 +246,11 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securit
         return Err(TransportError::Handshake(
             "the peer's first message failed authentication: it names this cluster's key id but does not hold its secret".into(),
         ));
+    }
+    // a recorded first message sent again passes the check above (it is authentic), and
+    // answering it costs the DH work of the second message: a repeat is refused before that
+    if !FIRST_MESSAGES.fresh(&f.payload[PREAMBLE_LEN..]) {
+        return Err(TransportError::Handshake("a replayed first handshake message".into()));
     }
     let n = hs.write_message(&[], &mut buf).map_err(hs_err("second message"))?;
     write_frame(s, &handshake_frame(buf[..n].to_vec())).await?;
@@ -428,6 +465,40 @@ mod tests {
         assert!(r.to_string().contains("does not hold"), "{r}");
         let f = read_frame_capped(&mut x, 512).await.unwrap().unwrap();
         assert_eq!(f.kind, Kind::Refused as u16, "no static key or handshake message in reply");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_first_message_is_refused_before_any_dh_work() {
+        let honest = sec(7);
+        // a genuine first message, recorded
+        let mut hs = honest.handshake(true).unwrap();
+        let mut buf = [0u8; 256];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        let mut first = honest.preamble().to_vec();
+        first.extend_from_slice(&buf[..n]);
+        let answer = |msg: Vec<u8>| {
+            let honest = honest.clone();
+            async move {
+                let (mut x, mut y) = tokio::io::duplex(1 << 16);
+                write_frame(&mut x, &handshake_frame(msg)).await.unwrap();
+                drop(x);
+                let t = std::time::Instant::now();
+                (respond(&mut y, &honest).await.err().unwrap().to_string(), t.elapsed())
+            }
+        };
+        // the first time it is answered (the reply costs the DH work; the replayer cannot go on)
+        let (e, _) = answer(first.clone()).await;
+        assert!(!e.contains("replayed"), "{e}");
+        // replays are refused before that, 200 of them in well under the time of 200 DHs
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let (e, _) = answer(first.clone()).await;
+            assert!(e.contains("replayed"), "{e}");
+        }
+        println!("200 replays refused in {:?}", t.elapsed());
+        // an honest peer's new handshake still works
+        let (i, r) = pair(honest.clone(), honest.clone()).await;
+        assert!(i.is_ok() && r.is_ok());
     }
 
     #[tokio::test]
