@@ -18,7 +18,7 @@ fn rss_returns_near_its_start_after_stages_unload() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
     }
-    let context = ContextParams { n_ctx: 1024, n_batch: 64, n_ubatch: 64, n_threads: 1, n_seq_max: 1 };
+    let context = ContextParams { n_ctx: 1024, n_batch: 64, n_ubatch: 64, n_threads: 1, n_seq_max: 1, exact: false };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let load = || {
         let window = ModelWindow { use_mmap: false, ..ModelWindow::full(&path) };
