@@ -6,7 +6,9 @@
 //!   the worst row; the largest |Δ| over the row's largest |logit| is printed too) and the same
 //!   greedy tokens, on every generated test model and on the real model when present;
 //! - 2 Vulkan stages equal 1 Vulkan stage (logits within 1e-5, greedy and seeded tokens);
-//! - a mixed pipeline, stage 0 on the CPU and stage 1 on Vulkan, equals the CPU within 1e-2.
+//! - a mixed pipeline, stage 0 on the CPU and stage 1 on Vulkan, equals the CPU within 1e-2;
+//! - how much the batch shape moves Vulkan's logits (measured and bounded, not zero).
+//!
 //! The real model runs only in the first (lavapipe computes it slowly); the generated models,
 //! which cover llama (tied and untied), qwen2 and qwen3moe, run in all three.
 

@@ -132,7 +132,7 @@ impl Procs {
             .or_else(|_| std::fs::copy(model, dir.path().join(format!("{name}.gguf"))).map(|_| ()))
             .unwrap();
         let eos =
-            exo::gguf::GgufFile::open(&model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
+            exo::gguf::GgufFile::open(model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
         let ports: Vec<u16> = specs.iter().map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for (i, (name, extra)) in specs.iter().enumerate() {
