@@ -1,4 +1,4 @@
-//! Where things live by default, from flags and environment variables (PRODUCT.md §2).
+//! Where things live by default, from flags and environment variables (docs/configuration.md).
 
 use std::path::PathBuf;
 

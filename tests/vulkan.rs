@@ -92,7 +92,7 @@ async fn vulkan_matches_cpu() {
         );
         // the real model (Q4_1, 30 layers) differs far more on lavapipe than the generated ones:
         // 0.166 relative on its worst row, 1-16% on every row, the same with ggml-vulkan's F16
-        // and integer-dot paths off; not explained yet (README, Test), so it is held to what
+        // and integer-dot paths off; not explained yet (docs/testing.md), so it is held to what
         // was measured, and to identical greedy tokens
         let tol = if name == REAL { REAL_REL_TOL } else { REL_TOL };
         assert!(rel <= tol, "{name}: relative difference {rel}");
@@ -143,7 +143,7 @@ async fn cpu_stage_then_vulkan_stage() {
 /// Batch invariance on Vulkan (exact mode only changes the CPU's kernels): the same tokens
 /// prefilled one at a time and in chunks of 8 and 64. ggml-vulkan picks other shaders by batch
 /// size (a matrix-vector shader for one row, tiled matrix products for several), so the logits
-/// may differ at the rounding level: printed (README, *Numerics*), bounded here by the
+/// may differ at the rounding level: printed (docs/exact.md), bounded here by the
 /// Vulkan-vs-CPU tolerance. The 2-stage = 1-stage equality above does hold exactly.
 #[tokio::test]
 async fn vulkan_batch_shape_difference_is_measured() {

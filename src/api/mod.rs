@@ -1,4 +1,4 @@
-//! The HTTP API every node serves (PRODUCT.md §5): Ollama at the root, OpenAI under `/v1`,
+//! The HTTP API every node serves (docs/serving.md): Ollama at the root, OpenAI under `/v1`,
 //! Anthropic's `/v1/messages`, and the cluster's own routes. Each is a thin translation over the
 //! [`crate::runtime`]: requests become [`crate::runtime::GenRequest`]s, runtime errors become
 //! each API's status and error shape in one place per API.

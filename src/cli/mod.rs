@@ -1,4 +1,4 @@
-//! The `exo` command line (PRODUCT.md §1). The only place that prints to stdout/stderr directly.
+//! The `exo` command line (README.md, CLI). The only place that prints to stdout/stderr directly.
 
 /// `println!` that ends the program quietly when stdout is a closed pipe (`exo list | head`).
 macro_rules! outln {

@@ -1,4 +1,4 @@
-//! `exo plan MODEL --cluster FILE`: a placement preview (PRODUCT.md §1, §4) for a described
+//! `exo plan MODEL --cluster FILE`: a placement preview (docs/placement.md) for a described
 //! cluster; without `--cluster`, for the live cluster of the running node (EXO_API_ADDR), whose
 //! `GET /placements/preview` prices its own placement next to exo's split and one node, with the
 //! bytes each stage must receive, from where, and how long that takes.
@@ -34,7 +34,7 @@ pub struct PlanArgs {
     pub require: Vec<String>,
     #[arg(long)]
     pub max_stages: Option<usize>,
-    /// Print one JSON object (PRODUCT.md §4) instead of a table.
+    /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,4 +1,4 @@
-//! Hypothetical clusters for `exo plan --cluster FILE.toml` (PRODUCT.md §4). Parses text (the
+//! Hypothetical clusters for `exo plan --cluster FILE.toml` (docs/placement.md). Parses text (the
 //! caller reads the file); errors name the field and say why.
 
 use super::types::{Backend, Cluster, LinkSpec, NodeSpec};

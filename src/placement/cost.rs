@@ -1,4 +1,4 @@
-//! The cost model (PRODUCT.md §4, refined as documented in the README):
+//! The cost model (documented in docs/placement.md):
 //!
 //! - time per token = Σ stages (layer bytes [+ output head + other tensors on the last stage]) ÷
 //!   the node's decode GB/s, + Σ hops between consecutive stages and from the last back to the

@@ -60,7 +60,7 @@ pub enum Backend {
 
 impl Backend {
     /// Prompt-processing speed assumed when a node has no measured one (TFLOP/s, rough, documented
-    /// in the README): CPUs are slow at it, GPUs fast.
+    /// in docs/placement.md): CPUs are slow at it, GPUs fast.
     pub fn default_prefill_tflops(self) -> f64 {
         match self {
             Backend::Cpu => 0.5,

@@ -12,7 +12,7 @@ use crate::placement::{
 };
 use crate::profile::Profile;
 
-/// Estimates for what has not been measured yet (documented in the README's cost model).
+/// Estimates for what has not been measured yet (documented in docs/placement.md).
 const DEFAULT_GBPS: f64 = 10.0;
 const DEFAULT_BANDWIDTH: f64 = 125e6; // 1 Gbit/s
 const DEFAULT_RTT_MS: f64 = 1.0;

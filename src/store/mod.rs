@@ -1,5 +1,5 @@
 //! Models: names, the catalog, local dirs (writable and read-only), other tools' caches used in
-//! place, and downloads (PRODUCT.md §2, §3).
+//! place, and downloads (docs/models.md).
 //!
 //! Resolution order for a MODEL argument: an existing path → a model already on disk (models
 //! dirs, read-only dirs, Hugging Face cache, Ollama store) → the catalog or `hf.co/ORG/REPO[:QUANT]`
@@ -102,7 +102,7 @@ fn truthy(v: &str) -> bool {
 }
 
 impl Store {
-    /// From the environment (PRODUCT.md §2).
+    /// From the environment (docs/configuration.md).
     pub fn from_env() -> Store {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = env("HOME").map(PathBuf::from);
