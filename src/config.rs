@@ -3,6 +3,14 @@
 use std::path::PathBuf;
 
 /// `EXO_MODELS_DIRS` (colon list, writable) or the platform default.
+/// Where a node's HTTP API listens unless told otherwise (Ollama's port is 11434, exo's 52415).
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:52415";
+
+/// The API address commands talk to: EXO_API_ADDR, or [`DEFAULT_API_ADDR`].
+pub fn api_addr() -> String {
+    std::env::var("EXO_API_ADDR").ok().filter(|a| !a.is_empty()).unwrap_or_else(|| DEFAULT_API_ADDR.into())
+}
+
 pub fn models_dirs() -> Vec<PathBuf> {
     match std::env::var_os("EXO_MODELS_DIRS") {
         Some(v) if !v.is_empty() => std::env::split_paths(&v).collect(),

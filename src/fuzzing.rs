@@ -2,7 +2,7 @@
 //! arbitrary bytes to a parser that takes input from outside: peer frames and records, every
 //! peer message decoder, the Noise handshake, the GGUF header reader, the cluster file and
 //! `--split` parsers, and every API route's JSON body through the router. They panic only on a
-//! broken invariant; `tests/fuzz_regressions.rs` replays the seed corpora and every input a
+//! broken invariant; `tests/inproc/fuzz_regressions.rs` replays the seed corpora and every input a
 //! fuzzer ever crashed on through them in the normal test suite.
 
 use crate::transport::noise::{self, Security, Session};

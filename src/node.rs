@@ -31,8 +31,26 @@ pub struct NodeConfig {
     pub cluster: Option<cluster::NodeConfig>,
 }
 
+/// Where a node listens once its sockets are bound (a port 0 in the config is chosen by the OS).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub api: SocketAddr,
+    /// The peer address other nodes are told (None: no peer side).
+    pub peer: Option<String>,
+}
+
 /// Serves the API until `shutdown` completes; in-flight streams end when their generation does.
 pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    serve_announced(cfg, shutdown, |_| {}).await
+}
+
+/// As [`serve`], calling `announce` once both ports are bound and before the first request is
+/// answered (what `exo serve` prints: the addresses are real then, also when a port was 0).
+pub async fn serve_announced(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    announce: impl FnOnce(&Bound),
+) -> Result<(), NodeError> {
     let listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
         .map_err(|source| NodeError::Bind { addr: cfg.api_addr, source })?;
@@ -49,6 +67,7 @@ pub async fn serve(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 
         tracing::warn!(%addr, "the API listens beyond this machine WITHOUT an API key: anyone who can reach it can use it (set --api-key or EXO_API_KEY)");
     }
     tracing::info!(%addr, "serving the API");
+    announce(&Bound { api: addr, peer: node.as_ref().map(|n| n.peer_addr().to_string()) });
     // on shutdown: running generations end with an error, peers are told, then the server
     // drains; stages unload when their instances drop
     let stop = async move {

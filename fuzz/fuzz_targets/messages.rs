@@ -1,4 +1,4 @@
 #![no_main]
-// The harness lives in the library (exo::fuzzing::messages) so that tests/fuzz_regressions.rs replays
+// The harness lives in the library (exo::fuzzing::messages) so that tests/inproc/fuzz_regressions.rs replays
 // the corpus through exactly the same code in the normal test suite.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| exo::fuzzing::messages(data));

@@ -6,7 +6,7 @@
 
 use super::AppState;
 use crate::metrics::{Labels, Text};
-use crate::pipeline::{Pipeline, StageReport};
+use crate::pipeline::StageReport;
 use crate::runtime::{Instance, Runtime};
 use axum::extract::State;
 use axum::http::header;

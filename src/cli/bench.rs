@@ -63,7 +63,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let named = a.split.as_deref().is_some_and(|s| s.contains('='));
-    let api_addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
+    let api_addr = crate::config::api_addr();
     let node = if a.local || (a.split.is_some() && !named) {
         None
     } else {

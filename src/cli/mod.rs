@@ -63,7 +63,7 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         what: Option<ClusterCommand>,
-        #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
+        #[arg(long, env = "EXO_API_ADDR", default_value = crate::config::DEFAULT_API_ADDR)]
         api_addr: String,
     },
     /// Preview a placement: which node runs which layers, memory and predicted speed (for the
@@ -72,7 +72,7 @@ enum Command {
     /// Models the running node has loaded: size, context, which node runs which layers, and
     /// until when they stay loaded.
     Ps {
-        #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
+        #[arg(long, env = "EXO_API_ADDR", default_value = crate::config::DEFAULT_API_ADDR)]
         api_addr: String,
     },
     /// Measure prompt and generation speed (like llama-bench), per stage and per node.

@@ -189,7 +189,7 @@ fn live(a: &PlanArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
+    let addr = crate::config::api_addr();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let v: serde_json::Value = rt.block_on(async {
         let base = super::remote::running_node(&addr).await.ok_or_else(|| {

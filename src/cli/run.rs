@@ -72,7 +72,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 async fn run_async(a: RunArgs) -> anyhow::Result<()> {
     // through a running node: always for a split that names nodes, otherwise when one answers
     // (flags only an in-process run honours keep it here)
-    let api_addr = std::env::var("EXO_API_ADDR").unwrap_or_else(|_| "127.0.0.1:52415".into());
+    let api_addr = crate::config::api_addr();
     let named = a.split.as_deref().is_some_and(|s| s.contains('='));
     if (named || a.split.is_none()) && !a.ignore_eos && !a.no_mmap {
         if let Some(base) = super::remote::running_node(&api_addr).await {

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Where the HTTP API listens (0.0.0.0:52415 to expose it).
-    #[arg(long, env = "EXO_API_ADDR", default_value = "127.0.0.1:52415")]
+    #[arg(long, env = "EXO_API_ADDR", default_value = crate::config::DEFAULT_API_ADDR)]
     pub api_addr: SocketAddr,
     /// Requests decoded side by side per loaded model.
     #[arg(long, env = "EXO_PARALLEL", default_value_t = 4)]
@@ -152,8 +152,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        eprintln!("exo {} serving on http://{} (cluster key id {key_id})", env!("CARGO_PKG_VERSION"), cfg.api_addr);
-        node::serve(cfg, shutdown_signal()).await
+        // printed once bound (a failed bind prints only its error; a port 0 shows the real one):
+        // tests read the addresses back from this line
+        node::serve_announced(cfg, shutdown_signal(), |b| {
+            let peer = b.peer.as_deref().unwrap_or("none");
+            eprintln!(
+                "exo {} serving on http://{} (peer port {peer}, cluster key id {key_id})",
+                env!("CARGO_PKG_VERSION"),
+                b.api
+            );
+        })
+        .await
     })?;
     eprintln!("exo stopped");
     Ok(())

@@ -292,13 +292,16 @@ impl ClusterChain {
     }
 }
 
+impl ClusterChain {
+    /// Tokenizes, formats and detokenizes for this pipeline.
+    pub fn vocab(&self) -> &StageHandle {
+        &self.vocab
+    }
+}
+
 impl Pipeline for ClusterChain {
     fn info(&self) -> &StageInfo {
         &self.info
-    }
-
-    fn vocab(&self) -> &StageHandle {
-        &self.vocab
     }
 
     async fn set_sampler(&self, seq: i32, params: SamplingParams, history: Vec<Token>) -> Result<(), PipelineError> {

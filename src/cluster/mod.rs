@@ -8,6 +8,7 @@ pub mod holdings;
 mod host;
 pub mod limits;
 pub mod links;
+mod pipe_impl;
 mod progress;
 mod weights;
 

@@ -1,6 +1,6 @@
 //! Hand-written declarations of what `ggml-patches/` adds to llama.cpp (`include/llama-shard.h`,
 //! `include/llama-shard-exact.h` and the hook-generated `ggml_patches_id`). bindgen in llama-cpp-sys-2 reads only the pristine
-//! headers, so these must be kept in step with the patch by hand; `tests/engine_errors.rs` checks
+//! headers, so these must be kept in step with the patch by hand; `tests/inproc/engine_errors.rs` checks
 //! the stamp and every entry point is exercised by the equivalence tests.
 
 use llama_cpp_sys_2::{llama_context, llama_model, llama_model_params};

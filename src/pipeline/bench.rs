@@ -109,7 +109,7 @@ pub struct BenchReport {
 }
 
 /// Runs the tests on sequence `seq` (cleared before every run and at the end).
-pub async fn run_bench<P: Pipeline>(
+pub async fn run_bench<P: Pipeline + ?Sized>(
     p: &P,
     model: &str,
     seq: i32,
@@ -172,13 +172,18 @@ pub async fn run_bench<P: Pipeline>(
 }
 
 /// Greedy, with end-of-generation banned: every tg run generates exactly the asked count.
-fn sampling<P: Pipeline>(p: &P) -> SamplingParams {
+fn sampling<P: Pipeline + ?Sized>(p: &P) -> SamplingParams {
     SamplingParams { banned: p.info().eog_tokens.clone(), ..SamplingParams::greedy() }
 }
 
 /// Decodes `n` random tokens as one prompt (in n_batch chunks, sent at once so stages overlap)
 /// and samples the next token. Returns (seconds, seconds) — for a prompt both are the TTFT.
-async fn pp_run<P: Pipeline>(p: &P, seq: i32, n: u32, rng: &mut SplitMix) -> Result<(f64, f64), PipelineError> {
+async fn pp_run<P: Pipeline + ?Sized>(
+    p: &P,
+    seq: i32,
+    n: u32,
+    rng: &mut SplitMix,
+) -> Result<(f64, f64), PipelineError> {
     p.seq_rm(seq, -1, -1).await?;
     p.set_sampler(seq, sampling(p), vec![]).await?;
     let n_vocab = p.info().n_vocab as u64;
@@ -195,7 +200,7 @@ async fn pp_run<P: Pipeline>(p: &P, seq: i32, n: u32, rng: &mut SplitMix) -> Res
 
 /// Generates `n` tokens from an empty context (the first decode is one start token, as in
 /// llama-bench). Returns (seconds for all n decodes, seconds for the first).
-async fn tg_run<P: Pipeline>(p: &P, seq: i32, n: u32) -> Result<(f64, f64), PipelineError> {
+async fn tg_run<P: Pipeline + ?Sized>(p: &P, seq: i32, n: u32) -> Result<(f64, f64), PipelineError> {
     p.seq_rm(seq, -1, -1).await?;
     let info = p.info();
     let start = info.bos.unwrap_or(0);

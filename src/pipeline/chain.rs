@@ -147,13 +147,16 @@ impl Chain {
     }
 }
 
+impl Chain {
+    /// Tokenizes, formats and detokenizes (the first stage's handle).
+    pub fn vocab(&self) -> &StageHandle {
+        self.first()
+    }
+}
+
 impl super::Pipeline for Chain {
     fn info(&self) -> &StageInfo {
         self.first().info()
-    }
-
-    fn vocab(&self) -> &StageHandle {
-        self.first()
     }
 
     async fn set_sampler(

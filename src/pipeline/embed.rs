@@ -18,7 +18,7 @@ pub fn embed_chunk(info: &StageInfo) -> usize {
 
 /// The pooled (not yet normalized) embedding of `tokens`, decoded on sequence `seq`, which must
 /// hold nothing and holds nothing again afterwards (also when this fails).
-pub async fn embed_tokens<P: Pipeline>(
+pub async fn embed_tokens<P: Pipeline + ?Sized>(
     pipe: &P,
     tokens: &[Token],
     seq: i32,
@@ -40,7 +40,7 @@ pub async fn embed_tokens<P: Pipeline>(
     Ok(v)
 }
 
-async fn pooled<P: Pipeline>(
+async fn pooled<P: Pipeline + ?Sized>(
     pipe: &P,
     tokens: &[Token],
     seq: i32,

@@ -45,7 +45,7 @@ pub struct GenerationStats {
 
 /// Generates into `req.seq`; `on_token` gets each generated token (not end-of-generation ones)
 /// and may stop early with `ControlFlow::Break`.
-pub async fn generate<P: Pipeline>(
+pub async fn generate<P: Pipeline + ?Sized>(
     chain: &P,
     req: GenerateRequest,
     mut on_token: impl FnMut(Token) -> ControlFlow<()>,

@@ -5,13 +5,15 @@ mod bench;
 mod chain;
 mod embed;
 mod generate;
+mod pipe;
 
 pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
+pub use pipe::{BoxFuture, Pipe};
 
-use crate::engine::{LayerRange, SamplingParams, StageCounters, StageHandle, StageInfo, Token};
+use crate::engine::{LayerRange, SamplingParams, StageCounters, StageInfo, Token};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -58,8 +60,6 @@ impl TokenChunk {
 pub trait Pipeline: Send + Sync {
     /// The model's vocabulary and context settings (n_ctx, n_batch, end-of-generation tokens).
     fn info(&self) -> &StageInfo;
-    /// A handle for tokenizing, detokenizing and chat templates.
-    fn vocab(&self) -> &StageHandle;
     fn set_sampler(
         &self,
         seq: i32,

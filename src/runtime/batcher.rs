@@ -15,9 +15,9 @@
 
 use super::error::RuntimeError;
 use super::heal::{Healer, MOVE_WHEN_FASTER};
-use super::instance::Pipe;
 use crate::engine::{SamplingParams, Token};
-use crate::pipeline::{Pipeline, PipelineError, TokenChunk};
+use crate::pipeline::Pipe;
+use crate::pipeline::{PipelineError, TokenChunk};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 mod heal_impl;
 
 /// The pipeline an instance runs on now: replaced when a node fails.
-pub(crate) type SharedPipe = Arc<std::sync::RwLock<Arc<Pipe>>>;
+pub(crate) type SharedPipe = Arc<std::sync::RwLock<Arc<dyn Pipe>>>;
 
 /// One sequence's work as the batcher takes it.
 pub(crate) struct SeqRequest {
@@ -148,7 +148,7 @@ enum Done {
     Freed {
         slot: usize,
     },
-    Recovered(Result<(Pipe, f64), RuntimeError>),
+    Recovered(Result<(Arc<dyn Pipe>, f64), RuntimeError>),
     /// The predicted tokens/s of the best placement now.
     Faster(Option<f64>),
 }
@@ -255,7 +255,7 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
     }
 }
 
-fn current(p: &SharedPipe) -> Arc<Pipe> {
+fn current(p: &SharedPipe) -> Arc<dyn Pipe> {
     p.read().unwrap().clone()
 }
 
@@ -554,6 +554,10 @@ impl Batcher {
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+#[cfg(test)]
+#[path = "batcher_tests.rs"]
+mod fake_tests;
 
 #[cfg(test)]
 mod tests {

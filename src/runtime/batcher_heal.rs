@@ -57,7 +57,7 @@ impl Batcher {
 
     /// The new pipeline is there (or cannot be): every sequence is decoded again up to where it
     /// was, or fails with the reason.
-    pub(super) fn rebuilt(&mut self, r: Result<(Pipe, f64), RuntimeError>) {
+    pub(super) fn rebuilt(&mut self, r: Result<(std::sync::Arc<dyn crate::pipeline::Pipe>, f64), RuntimeError>) {
         self.rebuilding = false;
         self.recovering = false;
         self.epoch += 1;
@@ -87,7 +87,7 @@ impl Batcher {
                 return;
             }
         };
-        *self.pipe.write().unwrap() = Arc::new(pipe);
+        *self.pipe.write().unwrap() = pipe;
         let (mut sequences, mut replayed) = (0, 0);
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];

@@ -3,11 +3,11 @@
 //! clearly faster placement than the one it runs on (a node joined or came back), so that an
 //! idle instance moves.
 
-use super::instance::Pipe;
 use super::registry::{build, context_for, view};
 use super::request::ModelRef;
 use super::{policy, LoadOptions, Runtime, RuntimeError};
 use crate::gguf::ModelShape;
+use crate::pipeline::Pipe;
 use crate::store::LocalModel;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Builds a new pipeline for the instance (same sequences and context) over the nodes there are
 /// now; with its predicted tokens/s.
-pub(crate) type Rebuild = Arc<dyn Fn() -> BoxFuture<Result<(Pipe, f64), RuntimeError>> + Send + Sync>;
+pub(crate) type Rebuild = Arc<dyn Fn() -> BoxFuture<Result<(Arc<dyn Pipe>, f64), RuntimeError>> + Send + Sync>;
 
 /// The predicted tokens/s of the best placement there is now (None: none fits).
 pub(crate) type Faster = Arc<dyn Fn() -> BoxFuture<Option<f64>> + Send + Sync>;

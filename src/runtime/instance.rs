@@ -5,99 +5,14 @@ use super::batcher::{self, Counts, SeqRequest, SharedPipe};
 use super::error::RuntimeError;
 use super::heal::Healer;
 use super::request::KeepAlive;
-use crate::cluster::ClusterChain;
-use crate::engine::{LayerRange, SamplingParams, StageHandle, StageInfo, Token};
+use crate::engine::{StageHandle, StageInfo, Token};
 use crate::gguf::ModelShape;
-use crate::pipeline::{Chain, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, TokenChunk};
+use crate::pipeline::Pipe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
-
-/// Where an instance's stages run: all in this process, or across the cluster.
-pub enum Pipe {
-    Local(Chain),
-    Cluster(Box<ClusterChain>),
-}
-
-impl Pipe {
-    /// (node, layers) of each stage, for `/api/ps` and `/cluster`.
-    pub fn stages(&self, here: &str) -> Vec<(String, LayerRange)> {
-        match self {
-            Pipe::Local(c) => c.stages().iter().map(|s| (here.to_string(), s.info().range)).collect(),
-            Pipe::Cluster(c) => c.stages().iter().map(|s| (s.node.clone(), s.range)).collect(),
-        }
-    }
-
-    pub fn n_stages(&self) -> usize {
-        match self {
-            Pipe::Local(c) => c.stages().len(),
-            Pipe::Cluster(c) => c.stages().len(),
-        }
-    }
-
-    /// Every stage is up (in-process stages always are).
-    pub fn healthy(&self) -> bool {
-        match self {
-            Pipe::Local(_) => true,
-            Pipe::Cluster(c) => c.healthy(),
-        }
-    }
-
-    /// Nodes of this pipeline other than this one (none for in-process stages).
-    pub fn peer_nodes(&self) -> Vec<String> {
-        match self {
-            Pipe::Local(_) => vec![],
-            Pipe::Cluster(c) => c.stages().iter().map(|s| s.node.clone()).collect(),
-        }
-    }
-}
-
-impl Pipeline for Pipe {
-    fn info(&self) -> &StageInfo {
-        match self {
-            Pipe::Local(c) => Pipeline::info(c),
-            Pipe::Cluster(c) => c.info(),
-        }
-    }
-    fn vocab(&self) -> &StageHandle {
-        match self {
-            Pipe::Local(c) => c.vocab(),
-            Pipe::Cluster(c) => c.vocab(),
-        }
-    }
-    async fn set_sampler(&self, seq: i32, params: SamplingParams, history: Vec<Token>) -> Result<(), PipelineError> {
-        match self {
-            Pipe::Local(c) => Pipeline::set_sampler(c, seq, params, history).await,
-            Pipe::Cluster(c) => c.set_sampler(seq, params, history).await,
-        }
-    }
-    async fn submit(&self, chunk: TokenChunk, sample: bool) -> Result<Pending, PipelineError> {
-        match self {
-            Pipe::Local(c) => c.submit(chunk, sample).await,
-            Pipe::Cluster(c) => c.submit(chunk, sample).await,
-        }
-    }
-    async fn embed(&self, chunk: TokenChunk) -> Result<PendingEmbedding, PipelineError> {
-        match self {
-            Pipe::Local(c) => c.embed(chunk).await,
-            Pipe::Cluster(c) => c.embed(chunk).await,
-        }
-    }
-    async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
-        match self {
-            Pipe::Local(c) => Pipeline::seq_rm(c, seq, p0, p1).await,
-            Pipe::Cluster(c) => Pipeline::seq_rm(c.as_ref(), seq, p0, p1).await,
-        }
-    }
-    async fn report(&self) -> Result<PipelineReport, PipelineError> {
-        match self {
-            Pipe::Local(c) => c.report().await,
-            Pipe::Cluster(c) => c.report().await,
-        }
-    }
-}
 
 /// What an instance was loaded from and with.
 #[derive(Clone, Debug)]
@@ -143,7 +58,7 @@ impl Instance {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         loaded: Loaded,
-        pipe: Pipe,
+        pipe: Arc<dyn Pipe>,
         vocab: StageHandle,
         n_batch: u32,
         queue: usize,
@@ -153,7 +68,7 @@ impl Instance {
     ) -> Arc<Instance> {
         let counts = Arc::new(Counts::default());
         let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
-        let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(Arc::new(pipe)));
+        let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(pipe));
         let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
         let shared =
@@ -191,7 +106,7 @@ impl Instance {
     }
 
     /// The pipeline the instance runs on now.
-    pub fn pipe(&self) -> Arc<Pipe> {
+    pub fn pipe(&self) -> Arc<dyn Pipe> {
         self.pipe.read().unwrap().clone()
     }
 

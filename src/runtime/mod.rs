@@ -8,6 +8,8 @@ mod batcher;
 mod chat;
 mod embed;
 pub mod error;
+#[cfg(test)]
+mod fake_pipe;
 mod header;
 mod heal;
 mod instance;
@@ -26,7 +28,7 @@ pub use recovery::RecoveryRecord;
 
 pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
 pub use error::{ErrorKind, Field, RuntimeError};
-pub use instance::{Instance, Loaded, Pipe};
+pub use instance::{Instance, Loaded};
 pub use policy::Forced;
 pub use request::{Event, Finish, GenRequest, Generation, Input, KeepAlive, ModelRef, Stats, MAX_KEEP_ALIVE};
 pub use session::StopMatcher;

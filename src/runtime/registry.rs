@@ -3,7 +3,7 @@
 //! idle instances when a new one does not fit.
 
 use super::heal;
-use super::instance::{Instance, Loaded, Pipe};
+use super::instance::{Instance, Loaded};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
 use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
@@ -11,6 +11,7 @@ use crate::cluster::{ClusterChain, Origin, StagePlacement};
 use crate::engine::{ContextParams, LayerRange, StageHandle};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::pipeline::Chain;
+use crate::pipeline::Pipe;
 use crate::store::{LocalModel, Location, Resolved, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -240,7 +241,7 @@ async fn load(
             r => break r?,
         }
     };
-    let actual = crate::pipeline::Pipeline::info(&pipe).n_ctx / decision.n_seq;
+    let actual = pipe.info().n_ctx / decision.n_seq;
     let here = view.here.clone();
     let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
     let loaded = Loaded {
@@ -271,7 +272,7 @@ async fn load(
         faster: opts.forced.is_none().then(|| heal::faster(rt, fixed)),
         predicted: decision.plan.tokens_per_second,
     });
-    let healer = healer.filter(|h| matches!(pipe, Pipe::Cluster(_)) || h.faster.is_some());
+    let healer = healer.filter(|h| pipe.distributed() || h.faster.is_some());
     Ok(Instance::start(
         loaded,
         pipe,
@@ -295,7 +296,7 @@ async fn place_and_build(
     opts: &LoadOptions,
     n_ctx_seq: u32,
     n_batch: u32,
-) -> Result<(Decision, View, Pipe, StageHandle), RuntimeError> {
+) -> Result<(Decision, View, Arc<dyn Pipe>, StageHandle), RuntimeError> {
     // fit it, unloading idle instances while it does not
     let decision: Decision;
     let view = loop {
@@ -351,7 +352,7 @@ pub(super) async fn build(
     view: &View,
     opts: &LoadOptions,
     context: ContextParams,
-) -> Result<(Pipe, StageHandle), RuntimeError> {
+) -> Result<(Arc<dyn Pipe>, StageHandle), RuntimeError> {
     let path = local.first().to_path_buf();
     let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
     // only the header here: every stage, one on this node too, fetches its window
@@ -372,7 +373,7 @@ pub(super) async fn build(
             let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
                 .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
             let vocab = Runtime::vocab_of(&p, context)?;
-            Ok((Pipe::Local(chain), vocab))
+            Ok((Arc::new(chain) as Arc<dyn Pipe>, vocab))
         })
         .await;
     }
@@ -408,8 +409,8 @@ pub(super) async fn build(
             e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
         },
     )?;
-    let vocab = crate::pipeline::Pipeline::vocab(&chain).clone();
-    Ok((Pipe::Cluster(Box::new(chain)), vocab))
+    let vocab = chain.vocab().clone();
+    Ok((Arc::new(chain), vocab))
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {

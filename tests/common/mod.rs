@@ -35,6 +35,13 @@ pub fn under_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
+/// A test that cannot run here says why and returns; under CI that is a failure instead (a
+/// missing tool or model there is a broken setup, never a pass).
+pub fn skip(why: &str) {
+    assert!(!under_ci(), "under CI this test must run, but: {why}");
+    eprintln!("skipped: {why}");
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -65,7 +72,7 @@ pub fn exo(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Eight prompts of different lengths for batching tests (tests/runtime.rs, tests/cluster.rs).
+/// Eight prompts of different lengths for batching tests (tests/inproc/runtime.rs, tests/inproc/cluster.rs).
 pub const BATCH_PROMPTS: [&str; 8] = [
     "Once upon a time",
     "The quick brown fox jumps over the lazy dog and then",

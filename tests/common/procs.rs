@@ -1,5 +1,5 @@
 //! A cluster of `exo serve` processes on loopback that tests stop, kill and start again
-//! (tests/recovery.rs, tests/chaos.rs). Every node serves one model: the calm generated one as
+//! (tests/procs/recovery.rs, tests/procs/chaos.rs). Every node serves one model: the calm generated one as
 //! "tiny-llama", or the real SmolLM2 as "smollm2-135m" ([`Procs::start_serving`]). The nodes
 //! compute with batch-invariant kernels (the default), so a recovered stream, replayed in one
 //! batch, can be compared with an uninterrupted one byte for byte.
@@ -10,13 +10,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use super::nodes::free_port;
+use super::nodes::{bound, serve_command, Ports, ANY};
 
 pub struct Proc {
     pub name: &'static str,
-    pub api: u16,
-    pub peer: u16,
-    peers: Vec<u16>,
+    /// (0, 0) until first started; then the ports it chose, kept across restarts.
+    pub ports: Ports,
+    peers: Vec<String>,
     extra: Vec<String>,
     /// Environment over the defaults (EXO_DECODE_GBPS=10, ...).
     env: Vec<(String, String)>,
@@ -25,26 +25,24 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(&mut self, dir: &Path) {
-        let peers: Vec<String> = self.peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", self.name))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_exo"))
-            .args(["serve", "--api-addr", &format!("127.0.0.1:{}", self.api)])
-            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer), "--node-name", self.name])
-            .args(["--threads", "1", "--peers", &peers.join(",")])
+        let log_path = dir.join(format!("{}.log", self.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let peers: Vec<&str> = self.peers.iter().map(String::as_str).collect();
+        let mut child = serve_command(self.name, dir, self.ports, &peers)
             .args(&self.extra)
-            .env("EXO_DECODE_GBPS", "10")
-            .env("EXO_NO_DISCOVERY", "1")
-            .env("EXO_MODELS_DIRS", dir)
-            .env("HOME", dir)
-            .env("EXO_OFFLINE", "1")
-            .env("EXO_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
+        if self.ports == ANY {
+            self.ports = bound(&log_path, &mut child);
+        }
         self.child = Some(child);
+    }
+
+    pub fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.1)
     }
 
     pub fn running(&self) -> bool {
@@ -93,7 +91,7 @@ impl Proc {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api)
+        format!("http://127.0.0.1:{}", self.ports.0)
     }
 }
 
@@ -133,16 +131,15 @@ impl Procs {
             .unwrap();
         let eos =
             exo::gguf::GgufFile::open(model).unwrap().get("tokenizer.ggml.eos_token_id").unwrap().as_u64().unwrap();
-        let ports: Vec<u16> = specs.iter().map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
-        for (i, (name, extra)) in specs.iter().enumerate() {
-            let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+        // each node dials the ones started before it: every pair is connected
+        let mut nodes: Vec<Proc> = Vec::new();
+        for (name, extra) in specs {
+            let peers = nodes.iter().map(Proc::peer).collect();
             let extra = extra.iter().map(|s| s.to_string()).collect();
             let env = if exact { vec![("EXO_EXACT".to_string(), "true".to_string())] } else { vec![] };
-            nodes.push(Proc { name, api: free_port(), peer: ports[i], peers, extra, env, child: None });
-        }
-        for n in &mut nodes {
+            let mut n = Proc { name, ports: ANY, peers, extra, env, child: None };
             n.start(dir.path());
+            nodes.push(n);
         }
         let c = Procs { dir, nodes, http: reqwest::Client::new(), eos, model: name };
         let names: Vec<&str> = specs.iter().map(|s| s.0).collect();
@@ -163,11 +160,10 @@ impl Procs {
 
     /// Starts another node that dials all the others (they learn of it from its connection).
     pub fn join(&mut self, name: &'static str, extra: &[&str], env: &[(&str, &str)]) {
-        let peers = self.nodes.iter().map(|n| n.peer).collect();
+        let peers = self.nodes.iter().map(Proc::peer).collect();
         let mut n = Proc {
             name,
-            api: free_port(),
-            peer: free_port(),
+            ports: ANY,
             peers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
