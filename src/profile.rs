@@ -192,29 +192,10 @@ fn own_cpu_secs() -> Option<f64> {
     }
 }
 
-/// Decode speeds this process's stages achieved on real work (single-token decodes on the CPU),
-/// the best per recent window: the node's figure is refined with them.
-static OBSERVED: std::sync::Mutex<Option<(f64, Instant)>> = std::sync::Mutex::new(None);
-/// How long an observation counts.
-const OBSERVED_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-/// Records that a stage streamed `bytes` of weights for one token in `secs`.
-pub fn observe_decode(bytes: u64, secs: f64) {
-    if secs <= 0.0 || bytes < (1 << 20) {
-        return; // too small to say anything about memory bandwidth
-    }
-    let g = bytes as f64 / secs / 1e9;
-    let mut o = OBSERVED.lock().unwrap();
-    let keep = o.is_some_and(|(best, at)| at.elapsed() < OBSERVED_FOR && best >= g);
-    if !keep {
-        *o = Some((g, Instant::now()));
-    }
-}
-
 /// The node's decode speed: the probe, raised by what its stages have recently achieved (a
 /// probe disturbed by other work reads low; real decodes show what the machine does).
 pub fn refined_decode_gbps(probe: Option<f64>) -> Option<f64> {
-    let observed = OBSERVED.lock().unwrap().filter(|(_, at)| at.elapsed() < OBSERVED_FOR).map(|(g, _)| g);
+    let observed = crate::engine::observed_decode_gbps();
     match (probe, observed) {
         (Some(p), Some(o)) => Some(p.max(o)),
         (p, o) => p.or(o),
@@ -248,10 +229,10 @@ mod probe_tests {
 
     #[test]
     fn real_decodes_raise_a_low_probe() {
-        observe_decode(2_000_000_000, 0.1); // 20 GB/s
+        crate::engine::observe_decode(2_000_000_000, 0.1); // 20 GB/s
         assert_eq!(refined_decode_gbps(Some(0.57)), Some(20.0));
         assert_eq!(refined_decode_gbps(Some(50.0)), Some(50.0));
-        observe_decode(1000, 1.0); // too small to count
+        crate::engine::observe_decode(1000, 1.0); // too small to count
         assert_eq!(refined_decode_gbps(None), Some(20.0));
     }
 }

@@ -11,6 +11,8 @@ pub const SECRET_FILE: &str = "cluster-secret";
 pub const NODE_KEY_FILE: &str = "node-key";
 const TOKEN_PREFIX: &str = "exo1-";
 
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot {what} {path}: {source}")]
@@ -143,7 +145,7 @@ pub struct Loaded {
 }
 
 fn generate_static() -> Result<([u8; 32], [u8; 32]), SecretError> {
-    let kp = snow::Builder::new(crate::transport::NOISE_PARAMS.parse().expect("valid pattern"))
+    let kp = snow::Builder::new(NOISE_PARAMS.parse().expect("valid pattern"))
         .generate_keypair()
         .map_err(|e| SecretError::Random(e.to_string()))?;
     Ok((kp.private.try_into().expect("32 bytes"), kp.public.try_into().expect("32 bytes")))

@@ -395,7 +395,7 @@ impl Stage {
                     let took = t0.elapsed();
                     counters.compute_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
                     if let (Some(bytes), 1, true) = (self.cpu_stream_bytes, rows, out.is_ok()) {
-                        crate::profile::observe_decode(bytes, took.as_secs_f64());
+                        super::observe_decode(bytes, took.as_secs_f64());
                     }
                     counters.tokens.fetch_add(rows, Ordering::Relaxed);
                     counters.decodes.fetch_add(1, Ordering::Relaxed);

@@ -5,69 +5,8 @@
 use super::error::{Field, RuntimeError};
 use super::instance::Instance;
 use super::request::{Event, Finish, GenRequest, Input};
-use crate::chat::{self, ChatError, ChatTemplate, RenderOptions, ToolChoice, ToolFormat};
-use std::sync::Arc;
+use crate::chat::{self, ChatError, RenderOptions, ToolChoice, ToolFormat};
 use tokio::sync::mpsc;
-
-/// What an instance formats chats with, made once per instance.
-pub(crate) struct Formatter {
-    template: Option<ChatTemplate>,
-    /// The template did not compile: why (llama.cpp's matching is used instead).
-    broken: Option<ChatError>,
-    pub tool_format: Option<ToolFormat>,
-    pub thinking: bool,
-    bos: String,
-}
-
-/// Which optional abilities a template gives its model (`/api/show` capabilities).
-pub fn capabilities(template: Option<&str>) -> Vec<&'static str> {
-    let mut c = vec!["completion"];
-    if let Some(t) = template {
-        if ToolFormat::detect(t).is_some() {
-            c.push("tools");
-        }
-        if supports_thinking(t) {
-            c.push("thinking");
-        }
-    }
-    c
-}
-
-fn supports_thinking(t: &str) -> bool {
-    t.contains("enable_thinking") || t.contains("<think>") || t.contains("reasoning_effort")
-}
-
-impl Formatter {
-    pub async fn new(inst: &Instance) -> Formatter {
-        let info = inst.vocab.info();
-        let text = |t: Option<i32>| async move {
-            match t {
-                Some(t) => inst
-                    .vocab
-                    .token_bytes(vec![t], true)
-                    .await
-                    .ok()
-                    .and_then(|b| b.into_iter().next())
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default(),
-                None => String::new(),
-            }
-        };
-        let (bos, eos) = (text(info.bos).await, text(info.eos).await);
-        let src = info.chat_template.clone();
-        let (template, broken) = match src.as_deref().map(|s| ChatTemplate::new(s, &bos, &eos)) {
-            Some(Ok(t)) => (Some(t), None),
-            Some(Err(e)) => {
-                tracing::warn!(model = inst.name(), error = %e, "the model's chat template does not compile; using llama.cpp's built-in matching");
-                (None, Some(e))
-            }
-            None => (None, None),
-        };
-        let tool_format = src.as_deref().filter(|_| template.is_some()).and_then(ToolFormat::detect);
-        let thinking = src.as_deref().is_some_and(supports_thinking);
-        Formatter { template, broken, tool_format, thinking, bos }
-    }
-}
 
 /// The prompt text and what generation must do besides sampling freely.
 pub(crate) struct Prepared {
@@ -210,10 +149,4 @@ pub(crate) fn parse_output(mut rx: mpsc::Receiver<Event>, format: ToolFormat) ->
         }
     });
     out
-}
-
-impl Instance {
-    pub(crate) async fn formatter(&self) -> Arc<Formatter> {
-        self.formatter.get_or_init(|| async { Arc::new(Formatter::new(self).await) }).await.clone()
-    }
 }

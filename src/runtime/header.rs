@@ -3,10 +3,10 @@
 //! so that it can be placed and its vocabulary loaded while each stage fetches its own window.
 //! Alone (no peers), a node pulls the whole model as before.
 
-use super::registry::resolve_local;
 use super::request::ModelRef;
 use super::{blocking, ErrorKind, Runtime, RuntimeError};
 use crate::cluster::{sources_for, ClusterNode, PeerSource};
+use crate::gguf::{ModelFiles, ModelShape};
 use crate::store::fetch::{self, OnProgress, RangeSource};
 use crate::store::partial::Partial;
 use crate::store::{quant_from_name, HubFile, LocalModel, Location, Resolved, Store};
@@ -148,6 +148,35 @@ pub(super) fn hub_of(local: &LocalModel) -> Option<HubFile> {
     let (_, file) = rest.split_once('/')?;
     let f = HubFile { repo: repo.clone(), file: file.to_string(), size: local.size, sha256: None };
     f.check().ok().map(|_| f)
+}
+
+/// A model on this node by name (never a path), or a CLI path.
+pub(super) fn resolve_local(store: &Store, model: &ModelRef) -> Result<LocalModel, RuntimeError> {
+    let resolved = match model {
+        ModelRef::Name(n) => store.resolve_name(n)?,
+        ModelRef::Path(p) => store.resolve(&p.display().to_string())?,
+    };
+    match resolved {
+        Resolved::Local(m) => Ok(m),
+        Resolved::Remote(_) => {
+            Err(RuntimeError::ModelNotFound { name: model.display(), hint: ": it is not on this node".into() })
+        }
+    }
+}
+
+pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
+    let bad = |e: &dyn std::fmt::Display| unusable(m, e);
+    let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
+    ModelShape::from_files(&files).map_err(|e| bad(&e))
+}
+
+/// A file behind a model name that is no usable GGUF (not one, truncated, malformed): the
+/// request named a model that cannot run, a 400 naming `model` (not a server error), and the
+/// message names the file, not its absolute path.
+pub(super) fn unusable(m: &LocalModel, e: &dyn std::fmt::Display) -> RuntimeError {
+    let file = m.first().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let reason = e.to_string().replace(&*m.first().to_string_lossy(), &file);
+    RuntimeError::field(crate::runtime::Field::Model, format!("{} is not a usable GGUF model: {reason}", m.name))
 }
 
 #[cfg(test)]

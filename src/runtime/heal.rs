@@ -3,7 +3,7 @@
 //! clearly faster placement than the one it runs on (a node joined or came back), so that an
 //! idle instance moves.
 
-use super::registry::{build, context_for, view};
+use super::build::{build, context_for, view};
 use super::request::ModelRef;
 use super::{policy, LoadOptions, Runtime, RuntimeError};
 use crate::gguf::ModelShape;

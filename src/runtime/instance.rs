@@ -3,6 +3,7 @@
 
 use super::batcher::{self, Counts, SeqRequest, SharedPipe};
 use super::error::RuntimeError;
+use super::formatter::Formatter;
 use super::heal::Healer;
 use super::request::KeepAlive;
 use crate::engine::{StageHandle, StageInfo, Token};
@@ -47,7 +48,7 @@ pub struct Instance {
     /// When this instance was made (placement changes replace the instance).
     pub created: SystemTime,
     /// The chat template and tool format, read once ([`super::chat`]).
-    pub(crate) formatter: tokio::sync::OnceCell<Arc<super::chat::Formatter>>,
+    formatter: tokio::sync::OnceCell<Arc<Formatter>>,
     /// What bounds a prompt's tokens before tokenizing it ([`super::tokens`]), read once.
     vocab_facts: tokio::sync::OnceCell<Arc<super::tokens::VocabFacts>>,
 }
@@ -99,6 +100,11 @@ impl Instance {
             .await
             .map_err(RuntimeError::from)?;
         super::tokens::prompt(&self.vocab, facts, text, self.loaded.n_ctx).await
+    }
+
+    /// The chat template and tool format, read on first use.
+    pub(crate) async fn formatter(&self) -> Arc<Formatter> {
+        self.formatter.get_or_init(|| async { Arc::new(Formatter::new(&self.vocab, self.name()).await) }).await.clone()
     }
 
     pub fn name(&self) -> &str {

@@ -5,11 +5,13 @@
 //! own event stream ([`Generation`]). Errors are one typed [`RuntimeError`]; the APIs map it once.
 
 mod batcher;
+mod build;
 mod chat;
 mod embed;
 pub mod error;
 #[cfg(test)]
 mod fake_pipe;
+mod formatter;
 mod header;
 mod heal;
 mod instance;
@@ -23,7 +25,7 @@ mod thinking;
 mod tokens;
 pub mod validate;
 
-pub use chat::capabilities;
+pub use formatter::capabilities;
 pub use recovery::RecoveryRecord;
 
 pub use embed::{EmbedInput, EmbedRequest, Embeddings, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS};
@@ -297,8 +299,8 @@ impl Runtime {
     pub async fn show(&self, model: &ModelRef) -> Result<(LocalModel, ModelShape), RuntimeError> {
         let (store, model) = (self.store.clone(), model.clone());
         blocking(move || {
-            let local = registry::resolve_local(&store, &model)?;
-            let shape = registry::read_shape(&local)?;
+            let local = header::resolve_local(&store, &model)?;
+            let shape = header::read_shape(&local)?;
             Ok((local, shape))
         })
         .await
@@ -310,7 +312,7 @@ impl Runtime {
     pub async fn locate(&self, model: &ModelRef) -> Result<(LocalModel, ModelShape), RuntimeError> {
         let local = header::locate(self, model).await?;
         let l = local.clone();
-        let shape = blocking(move || registry::read_shape(&l)).await?;
+        let shape = blocking(move || header::read_shape(&l)).await?;
         Ok((local, shape))
     }
 

@@ -5,7 +5,7 @@
 //! loaded.
 
 use super::policy::{self, View};
-use super::{blocking, registry, validate, ModelRef, Runtime, RuntimeError};
+use super::{blocking, validate, ModelRef, Runtime, RuntimeError};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement::{self, baselines, ModelCost, Moves, Options, PlacementError, Plan, Weights};
 use crate::store::{self, Resolved};
@@ -218,7 +218,7 @@ fn hub_rate(store: &crate::store::Store) -> Option<f64> {
 pub fn cost_of(resolved: &Resolved) -> Result<(ModelCost, u32), RuntimeError> {
     match resolved {
         Resolved::Local(m) => {
-            let bad = |e: &dyn std::fmt::Display| super::registry::unusable(m, e);
+            let bad = |e: &dyn std::fmt::Display| super::header::unusable(m, e);
             let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
             let shape = ModelShape::from_files(&files).map_err(|e| bad(&e))?;
             Ok((ModelCost::from_shape(&m.name, &shape), shape.context_length))
@@ -251,7 +251,7 @@ impl Runtime {
         .await?;
         let n_ctx_seq = validate::num_ctx(num_ctx, self.limits.default_ctx, train)?;
         let key = model.key();
-        let view = registry::view(self, self.registry.held(&key)).await?;
+        let view = super::build::view(self, self.registry.held(&key)).await?;
         let local = matches!(&resolved, Resolved::Local(_));
         let size = match &resolved {
             Resolved::Local(m) if m.paths.len() == 1 => Some(m.size),

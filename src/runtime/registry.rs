@@ -2,17 +2,17 @@
 //! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
 //! idle instances when a new one does not fit.
 
+use super::build::{build, context_for, view};
+use super::header::read_shape;
 use super::heal;
 use super::instance::{Instance, Loaded};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
 use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
-use crate::cluster::{ClusterChain, Origin, StagePlacement};
-use crate::engine::{ContextParams, LayerRange, StageHandle};
-use crate::gguf::{ModelFiles, ModelShape};
-use crate::pipeline::Chain;
+use crate::engine::{LayerRange, StageHandle};
+use crate::gguf::ModelShape;
 use crate::pipeline::Pipe;
-use crate::store::{LocalModel, Location, Resolved, Store};
+use crate::store::LocalModel;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,50 +165,6 @@ async fn wait(rx: &mut watch::Receiver<LoadResult>) -> Result<Arc<Instance>, Run
     }
 }
 
-/// A model on this node by name (never a path), or a CLI path.
-pub(super) fn resolve_local(store: &Store, model: &ModelRef) -> Result<LocalModel, RuntimeError> {
-    let resolved = match model {
-        ModelRef::Name(n) => store.resolve_name(n)?,
-        ModelRef::Path(p) => store.resolve(&p.display().to_string())?,
-    };
-    match resolved {
-        Resolved::Local(m) => Ok(m),
-        Resolved::Remote(_) => {
-            Err(RuntimeError::ModelNotFound { name: model.display(), hint: ": it is not on this node".into() })
-        }
-    }
-}
-
-pub(super) fn read_shape(m: &LocalModel) -> Result<ModelShape, RuntimeError> {
-    let bad = |e: &dyn std::fmt::Display| unusable(m, e);
-    let files = ModelFiles::open(m.first()).map_err(|e| bad(&e))?;
-    ModelShape::from_files(&files).map_err(|e| bad(&e))
-}
-
-/// A file behind a model name that is no usable GGUF (not one, truncated, malformed): the
-/// request named a model that cannot run, a 400 naming `model` (not a server error), and the
-/// message names the file, not its absolute path.
-pub(super) fn unusable(m: &LocalModel, e: &dyn std::fmt::Display) -> RuntimeError {
-    let file = m.first().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let reason = e.to_string().replace(&*m.first().to_string_lossy(), &file);
-    RuntimeError::field(crate::runtime::Field::Model, format!("{} is not a usable GGUF model: {reason}", m.name))
-}
-
-/// The nodes a placement may use now (profiles refreshed off the async workers).
-pub(super) async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
-    let (cluster, limit) = (rt.cluster.clone(), rt.limits.memory_limit);
-    blocking(move || {
-        Ok(match &cluster {
-            Some(c) => {
-                policy::view(&c.hello.node_name, &c.hello.node_id, c.peer_addr(), &c.profile(), held, &c.peers())
-                    .with_held_here(c.held_here())
-            }
-            None => policy::view("local", "", "", &crate::profile::snapshot(limit, None), held, &[]),
-        })
-    })
-    .await
-}
-
 async fn load(
     rt: &Arc<Runtime>,
     model: &ModelRef,
@@ -328,89 +284,6 @@ async fn place_and_build(
     let context = context_for(rt, &decision, n_batch);
     let (pipe, vocab) = build(rt, model, key, local, &decision, &view, opts, context).await?;
     Ok((decision, view, pipe, vocab))
-}
-
-pub(super) fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextParams {
-    ContextParams {
-        n_ctx: d.n_ctx_seq * d.n_seq,
-        n_batch,
-        n_ubatch: n_batch,
-        n_threads: rt.limits.threads,
-        n_seq_max: d.n_seq,
-        exact: rt.limits.exact,
-    }
-}
-
-/// Loads the stages a decision places: in this process, or across the cluster.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn build(
-    rt: &Arc<Runtime>,
-    model: &ModelRef,
-    key: &str,
-    local: &LocalModel,
-    decision: &Decision,
-    view: &View,
-    opts: &LoadOptions,
-    context: ContextParams,
-) -> Result<(Arc<dyn Pipe>, StageHandle), RuntimeError> {
-    let path = local.first().to_path_buf();
-    let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
-    // only the header here: every stage, one on this node too, fetches its window
-    let header_only = local.location == Location::HeaderOnly;
-    if header_only && local_forced {
-        return Err(RuntimeError::BadPlacement {
-            reason: format!("{key} is not on this node (only its header): stages in this process need the whole file"),
-        });
-    }
-    // a named placement runs as named, even when every stage is on this node
-    if !header_only && (local_forced || (opts.forced.is_none() && decision.is_local(view))) {
-        let ranges: Option<Vec<LayerRange>> = match &opts.forced {
-            Some(Forced::Local(r)) => Some(r.clone()),
-            _ => None,
-        };
-        let (p, mmap) = (path.clone(), !opts.no_mmap);
-        return blocking(move || {
-            let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
-                .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
-            let vocab = Runtime::vocab_of(&p, context)?;
-            Ok((Arc::new(chain) as Arc<dyn Pipe>, vocab))
-        })
-        .await;
-    }
-    let node = rt.cluster.clone().ok_or(RuntimeError::NoCluster)?;
-    let stages: Vec<StagePlacement> = decision
-        .plan
-        .stages
-        .iter()
-        .map(|s| StagePlacement {
-            node: s.node.clone(),
-            addr: view.addr_of(&s.node).unwrap_or_default().to_string(),
-            range: LayerRange { begin: s.begin, end: s.end },
-        })
-        .collect();
-    tracing::info!(
-        model = key,
-        stages = ?stages.iter().map(|s| format!("{}={}", s.node, s.range)).collect::<Vec<_>>(),
-        predicted_tok_s = decision.plan.tokens_per_second,
-        "placing across the cluster"
-    );
-    // peers look the model up by name: a CLI path travels as its file's model name
-    let name = match model {
-        ModelRef::Name(n) => n.clone(),
-        ModelRef::Path(p) => crate::store::model_name(p).unwrap_or_else(|| local.name.clone()),
-    };
-    let l = local.clone();
-    let origin = Origin { here: !header_only, hub: blocking(move || Ok(super::header::hub_of(&l))).await? };
-    let chain = ClusterChain::load_from(node, &name, &path, local.size, stages, context, origin).await.map_err(
-        |e| match e {
-            crate::pipeline::PipelineError::Remote { ref node, .. } => {
-                RuntimeError::NodeLost { model: key.to_string(), node: node.clone(), reason: e.to_string() }
-            }
-            e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
-        },
-    )?;
-    let vocab = chain.vocab().clone();
-    Ok((Arc::new(chain), vocab))
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {

@@ -33,7 +33,7 @@ use snow::StatelessTransportState;
 use std::sync::{Arc, RwLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+pub use crate::secret::NOISE_PARAMS;
 const PROLOGUE: &[u8] = b"exo-rs peer protocol 2";
 const TAG: usize = 16;
 /// Noise's largest message.
