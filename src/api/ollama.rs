@@ -73,7 +73,7 @@ fn options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Options, D::Error> 
 }
 
 /// Ollama's options as sampling options (a negative seed asks for a random one).
-fn sampling(o: &Options) -> Result<sampling::Options, RuntimeError> {
+fn sampling_options(o: &Options) -> Result<sampling::Options, RuntimeError> {
     let max_tokens = match o.num_predict {
         None | Some(-1) | Some(-2) => None,
         Some(n) if n > 0 => Some(n as u64),
@@ -129,7 +129,6 @@ struct ChatReq {
     think: Option<Value>,
 }
 
-/// `chat`: responses carry `message` instead of `response`.
 /// How a chat or generate request wants its answer, besides the prompt.
 struct Ask {
     stream: bool,
@@ -138,6 +137,7 @@ struct Ask {
     extras: Extras,
 }
 
+/// Answers a generate or (`chat`) chat request; without input, loads or unloads the model.
 async fn run(
     state: AppState,
     chat: bool,
@@ -148,7 +148,7 @@ async fn run(
     let Ask { stream, options, keep_alive: ka, extras: ex } = ask;
     let m = model(&name)?;
     let ka = ka.as_ref().map(keep_alive).transpose()?;
-    let sampling = sampling(&options)?;
+    let sampling = sampling_options(&options)?;
     let rt = &state.runtime;
     let Some(input) = input else {
         // no prompt: load (or, with keep_alive 0, unload) and report it
