@@ -295,21 +295,13 @@ impl NameReq {
 }
 
 /// The model a name-only request (show, pull, delete) is about: a name, never a path.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once
-fn name_req(body: &Bytes) -> Result<ModelRef, Response> {
-    let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-    model(&name).map_err(runtime_error)
+fn name_req(body: &Bytes) -> Result<ModelRef, OllamaError> {
+    let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(OllamaError::bad)?;
+    Ok(model(&name)?)
 }
 
-async fn show(State(state): State<AppState>, body: Bytes) -> Response {
-    let m = match name_req(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let (m, shape) = match state.runtime.show(&m).await {
-        Ok(x) => x,
-        Err(e) => return runtime_error(e),
-    };
+async fn show(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let (m, shape) = state.runtime.show(&name_req(&body)?).await?;
     let a = &shape.architecture;
     let mut info = serde_json::Map::new();
     info.insert("general.architecture".into(), json!(a));
@@ -321,7 +313,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
     info.insert(format!("{a}.attention.head_count_kv"), json!(shape.n_head_kv));
     info.insert(format!("{a}.vocab_size"), json!(shape.vocab_size));
     let modified = std::fs::metadata(m.first()).and_then(|x| x.modified()).unwrap_or(SystemTime::now());
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "modelfile": "",
         "parameters": "",
         "template": shape.chat_template.clone().unwrap_or_default(),
@@ -330,7 +322,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
         "capabilities": crate::runtime::capabilities(shape.chat_template.as_deref()),
         "modified_at": rfc3339(modified),
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn ps(State(state): State<AppState>) -> Response {
@@ -404,19 +396,13 @@ struct PullReq {
     stream: Option<bool>,
 }
 
-async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: PullReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let r: PullReq = parse(&body).map_err(OllamaError::bad)?;
     let stream = r.stream.unwrap_or(true);
     let Some(name) = r.model.or(r.name).filter(|s| !s.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "missing field `model`");
+        return Err(OllamaError::bad("missing field `model`"));
     };
-    let m = match model(&name) {
-        Ok(m) => m,
-        Err(e) => return runtime_error(e),
-    };
+    let m = model(&name)?;
     let (ptx, mut prx) = mpsc::unbounded_channel();
     let progress = Arc::new(NdjsonProgress { tx: ptx.clone(), cur: Mutex::new((String::new(), 0, 0, Instant::now())) });
     let _ = ptx.send(json!({ "status": "pulling manifest" }));
@@ -424,9 +410,9 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
     let job = tokio::spawn(async move { rt.pull(&m, progress).await });
     if !stream {
         return match job.await {
-            Ok(Ok(_)) => axum::Json(json!({ "status": "success" })).into_response(),
-            Ok(Err(e)) => runtime_error(e),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Ok(Ok(_)) => Ok(axum::Json(json!({ "status": "success" })).into_response()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(OllamaError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
         };
     }
     let (tx, rx) = mpsc::channel::<String>(32);
@@ -444,22 +430,14 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
         };
         let _ = tx.send(format!("{last}\n")).await;
     });
-    ndjson(stream_body(rx))
+    Ok(ndjson(stream_body(rx)))
 }
 
-async fn remove(State(state): State<AppState>, body: Bytes) -> Response {
-    let m = match name_req(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    match state.runtime.delete(&m).await {
-        // what was deleted, relative to its models dir (Ollama answers an empty 200; clients
-        // look at the status only)
-        Ok(gone) => {
-            let files: Vec<String> =
-                gone.paths.iter().map(|p| state.runtime.store().relative(p).to_string_lossy().into_owned()).collect();
-            axum::Json(json!({ "status": "success", "deleted": files })).into_response()
-        }
-        Err(e) => runtime_error(e),
-    }
+async fn remove(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let gone = state.runtime.delete(&name_req(&body)?).await?;
+    // what was deleted, relative to its models dir (Ollama answers an empty 200; clients look at
+    // the status only)
+    let files: Vec<String> =
+        gone.paths.iter().map(|p| state.runtime.store().relative(p).to_string_lossy().into_owned()).collect();
+    Ok(axum::Json(json!({ "status": "success", "deleted": files })).into_response())
 }
