@@ -5,17 +5,25 @@
 
 pub mod access;
 pub mod anthropic;
+mod anthropic_stream;
 mod body;
 pub mod cluster;
 pub mod dashboard;
 mod embed;
+mod errors;
 mod guard;
 pub mod metrics;
 pub mod ollama;
 mod ollama_chat;
+mod ollama_stream;
 pub mod openai;
 mod openai_stream;
+mod reply;
+#[cfg(test)]
+mod reply_tests;
 mod responses;
+mod responses_stream;
+mod sampling;
 pub mod server;
 mod tools;
 mod util;

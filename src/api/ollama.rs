@@ -1,16 +1,18 @@
 //! Ollama's API at the root: NDJSON streaming by default, durations in nanoseconds, errors as
 //! `{"error": "..."}`.
 
-use super::ollama_chat::{calls_json, extras, message, no_images, Extras, MessageIn};
-use super::util::{keep_alive, model, parse, random_seed, rfc3339, stream_body};
-use super::AppState;
+use super::errors::OllamaError;
+use super::ollama_chat::{extras, message, no_images, Extras, MessageIn};
+use super::ollama_stream::ndjson;
+use super::util::{keep_alive, model, parse, rfc3339, stream_body};
+use super::{ollama_stream, reply, sampling, AppState};
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::gguf::{ModelFiles, ModelShape};
-use crate::runtime::{Event, Finish, GenRequest, Input, KeepAlive, LoadOptions, ModelRef, RuntimeError, Stats};
+use crate::runtime::{Input, KeepAlive, LoadOptions, ModelRef, RuntimeError};
 use crate::store::{LocalModel, PullProgress};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -34,12 +36,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 pub fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({ "error": msg.to_string() }))).into_response()
+    OllamaError::new(status, msg).into_response()
 }
 
 /// A runtime error in Ollama's shape, fields named as Ollama names them.
 pub fn runtime_error(e: RuntimeError) -> Response {
-    error(super::status(&e), e.message_with(|f| f.ollama()))
+    OllamaError::from(e).into_response()
 }
 
 async fn root() -> &'static str {
@@ -70,28 +72,9 @@ fn options<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Options, D::Error> 
     super::util::object(d).map_err(|e: D::Error| serde::de::Error::custom(format!("options: {e}")))
 }
 
-fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> {
-    let d = SamplingParams::default();
-    let seed = match o.seed {
-        None => random_seed(),
-        Some(s) if s < 0 => random_seed(),
-        Some(s) => s as u32,
-    };
-    let s = SamplingParams {
-        temperature: o.temperature.unwrap_or(d.temperature),
-        top_k: o.top_k.unwrap_or(d.top_k),
-        top_p: o.top_p.unwrap_or(d.top_p),
-        min_p: o.min_p.unwrap_or(d.min_p),
-        repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
-        repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
-        seed,
-        banned: Vec::new(),
-        logit_bias: Vec::new(),
-        draws: 0,
-        grammar: None,
-        generated: 0,
-    };
-    let max = match o.num_predict {
+/// Ollama's options as sampling options (a negative seed asks for a random one).
+fn sampling_options(o: &Options) -> Result<sampling::Options, RuntimeError> {
+    let max_tokens = match o.num_predict {
         None | Some(-1) | Some(-2) => None,
         Some(n) if n > 0 => Some(n as u64),
         Some(n) => {
@@ -101,26 +84,18 @@ fn sampling(o: &Options) -> Result<(SamplingParams, Option<u64>), RuntimeError> 
             ))
         }
     };
-    Ok((s, max))
-}
-
-fn ns(d: std::time::Duration) -> u64 {
-    d.as_nanos() as u64
-}
-
-fn final_fields(v: &mut Value, finish: Finish, s: &Stats) {
-    v["done"] = json!(true);
-    v["done_reason"] = json!(match finish {
-        Finish::Stop | Finish::StopSequence => "stop",
-        Finish::Length => "length",
-        Finish::ToolCalls => "stop",
-    });
-    v["total_duration"] = json!(ns(s.total));
-    v["load_duration"] = json!(ns(s.load));
-    v["prompt_eval_count"] = json!(s.prompt_tokens);
-    v["prompt_eval_duration"] = json!(ns(s.prompt_eval));
-    v["eval_count"] = json!(s.completion_tokens);
-    v["eval_duration"] = json!(ns(s.eval));
+    Ok(sampling::Options {
+        temperature: o.temperature,
+        top_k: o.top_k,
+        top_p: o.top_p,
+        min_p: o.min_p,
+        repeat_penalty: o.repeat_penalty,
+        repeat_last_n: o.repeat_last_n,
+        seed: o.seed.filter(|s| *s >= 0).map(|s| s as u32),
+        stop: o.stop.clone().unwrap_or_default(),
+        max_tokens,
+        ..sampling::Options::default()
+    })
 }
 
 #[derive(Deserialize)]
@@ -154,7 +129,6 @@ struct ChatReq {
     think: Option<Value>,
 }
 
-/// `chat`: responses carry `message` instead of `response`.
 /// How a chat or generate request wants its answer, besides the prompt.
 struct Ask {
     stream: bool,
@@ -163,141 +137,57 @@ struct Ask {
     extras: Extras,
 }
 
-async fn run(state: AppState, chat: bool, name: String, input: Option<Input>, ask: Ask) -> Response {
+/// Answers a generate or (`chat`) chat request; without input, loads or unloads the model.
+async fn run(
+    state: AppState,
+    chat: bool,
+    name: String,
+    input: Option<Input>,
+    ask: Ask,
+) -> Result<Response, OllamaError> {
     let Ask { stream, options, keep_alive: ka, extras: ex } = ask;
-    let checked = (|| {
-        let m = model(&name)?;
-        let ka = ka.as_ref().map(keep_alive).transpose()?;
-        let (sampling, max_tokens) = sampling(&options)?;
-        Ok::<_, RuntimeError>((m, ka, sampling, max_tokens))
-    })();
-    let (m, ka, sampling, max_tokens) = match checked {
-        Ok(x) => x,
-        Err(e) => return runtime_error(e),
-    };
+    let m = model(&name)?;
+    let ka = ka.as_ref().map(keep_alive).transpose()?;
+    let sampling = sampling_options(&options)?;
     let rt = &state.runtime;
-    let created = || rfc3339(SystemTime::now());
     let Some(input) = input else {
         // no prompt: load (or, with keep_alive 0, unload) and report it
         let unload = ka == Some(KeepAlive::For(std::time::Duration::ZERO));
         if unload {
             rt.unload(&m);
         } else {
-            match rt.instance(&m, LoadOptions { num_ctx: options.num_ctx, ..LoadOptions::default() }).await {
-                Ok((i, _)) => {
-                    if let Some(k) = ka {
-                        i.set_keep_alive(k);
-                    }
-                }
-                Err(e) => return runtime_error(e),
+            let (i, _) = rt.instance(&m, LoadOptions { num_ctx: options.num_ctx, ..LoadOptions::default() }).await?;
+            if let Some(k) = ka {
+                i.set_keep_alive(k);
             }
         }
-        let mut v = json!({ "model": name, "created_at": created(), "done": true, "done_reason": if unload { "unload" } else { "load" } });
+        let mut v = json!({ "model": name, "created_at": rfc3339(SystemTime::now()), "done": true, "done_reason": if unload { "unload" } else { "load" } });
         if chat {
             v["message"] = json!({ "role": "assistant", "content": "" });
         } else {
             v["response"] = json!("");
         }
-        return axum::Json(v).into_response();
+        return Ok(axum::Json(v).into_response());
     };
-    let mut req = GenRequest::new(m, input, sampling);
-    req.stop = options.stop.clone().unwrap_or_default();
-    req.max_tokens = max_tokens;
+    let mut req = sampling.request(m, input, SamplingParams::default());
     req.num_ctx = options.num_ctx;
     req.keep_alive = ka;
     req.tools = ex.tools;
     req.format = ex.format;
     req.think = ex.think;
-    let mut gen = match rt.generate(req).await {
-        Ok(g) => g,
-        Err(e) => return runtime_error(e),
-    };
-    let piece = move |text: &str| {
-        let mut v = json!({ "model": name, "created_at": created(), "done": false });
-        if chat {
-            v["message"] = json!({ "role": "assistant", "content": text });
-        } else {
-            v["response"] = json!(text);
-        }
-        v
-    };
-    if !stream {
-        let (mut text, mut thinking) = (String::new(), String::new());
-        while let Some(ev) = gen.events.recv().await {
-            match ev {
-                Event::Text(t) => text.push_str(&t),
-                Event::Thinking(t) => thinking.push_str(&t),
-                Event::Done { finish, stats, tool_calls, .. } => {
-                    let mut v = piece(&text);
-                    if !thinking.is_empty() {
-                        *think_field(&mut v, chat) = json!(thinking);
-                    }
-                    if chat && !tool_calls.is_empty() {
-                        v["message"]["tool_calls"] = calls_json(&tool_calls);
-                    }
-                    final_fields(&mut v, finish, &stats);
-                    return axum::Json(v).into_response();
-                }
-                Event::Failed(e) => return runtime_error(e),
-            }
-        }
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result");
-    }
-    let (tx, rx) = mpsc::channel::<String>(32);
-    tokio::spawn(async move {
-        while let Some(ev) = gen.events.recv().await {
-            let line = match ev {
-                Event::Text(t) => piece(&t),
-                Event::Thinking(t) => {
-                    let mut v = piece("");
-                    *think_field(&mut v, chat) = json!(t);
-                    v
-                }
-                Event::Done { finish, stats, tool_calls, .. } => {
-                    if chat && !tool_calls.is_empty() {
-                        let mut c = piece("");
-                        c["message"]["tool_calls"] = calls_json(&tool_calls);
-                        if tx.send(format!("{c}\n")).await.is_err() {
-                            break;
-                        }
-                    }
-                    let mut v = piece("");
-                    final_fields(&mut v, finish, &stats);
-                    v
-                }
-                Event::Failed(e) => json!({ "error": e.message_with(|f| f.ollama()) }),
-            };
-            // a send error means the client left: dropping `gen` cancels the generation
-            if tx.send(format!("{line}\n")).await.is_err() {
-                break;
-            }
-        }
-    });
-    ndjson(stream_body(rx))
-}
-
-/// Where Ollama puts reasoning: `message.thinking` in chats, `thinking` in generate answers.
-fn think_field(v: &mut Value, chat: bool) -> &mut Value {
-    if chat {
-        &mut v["message"]["thinking"]
+    let gen = rt.generate(req).await?;
+    let enc = ollama_stream::Reply { model: name, chat };
+    if stream {
+        Ok(reply::stream(enc, vec![gen]))
     } else {
-        &mut v["thinking"]
+        reply::collect(enc, vec![gen]).await
     }
 }
 
-fn ndjson(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
-}
-
-async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: GenerateReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let ex = match no_images(&r.images).and_then(|_| extras(None, r.format.as_ref(), r.think.as_ref())) {
-        Ok(x) => x,
-        Err(e) => return runtime_error(e),
-    };
+async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let r: GenerateReq = parse(&body).map_err(OllamaError::bad)?;
+    no_images(&r.images)?;
+    let ex = extras(None, r.format.as_ref(), r.think.as_ref())?;
     let input = if r.prompt.is_empty() {
         None
     } else if r.raw {
@@ -314,19 +204,10 @@ async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
     run(state, false, r.model, input, ask).await
 }
 
-async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: ChatReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let ex = match extras(r.tools.as_ref(), r.format.as_ref(), r.think.as_ref()) {
-        Ok(x) => x,
-        Err(e) => return runtime_error(e),
-    };
-    let messages = match r.messages.into_iter().map(message).collect::<Result<Vec<_>, _>>() {
-        Ok(m) => m,
-        Err(e) => return runtime_error(e),
-    };
+async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let r: ChatReq = parse(&body).map_err(OllamaError::bad)?;
+    let ex = extras(r.tools.as_ref(), r.format.as_ref(), r.think.as_ref())?;
+    let messages = r.messages.into_iter().map(message).collect::<Result<Vec<_>, _>>()?;
     let input = (!messages.is_empty()).then_some(Input::Messages(messages));
     let ask = Ask { stream: r.stream.unwrap_or(true), options: r.options, keep_alive: r.keep_alive, extras: ex };
     run(state, true, r.model, input, ask).await
@@ -414,21 +295,13 @@ impl NameReq {
 }
 
 /// The model a name-only request (show, pull, delete) is about: a name, never a path.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once
-fn name_req(body: &Bytes) -> Result<ModelRef, Response> {
-    let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-    model(&name).map_err(runtime_error)
+fn name_req(body: &Bytes) -> Result<ModelRef, OllamaError> {
+    let name = parse::<NameReq>(body).and_then(NameReq::get).map_err(OllamaError::bad)?;
+    Ok(model(&name)?)
 }
 
-async fn show(State(state): State<AppState>, body: Bytes) -> Response {
-    let m = match name_req(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let (m, shape) = match state.runtime.show(&m).await {
-        Ok(x) => x,
-        Err(e) => return runtime_error(e),
-    };
+async fn show(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let (m, shape) = state.runtime.show(&name_req(&body)?).await?;
     let a = &shape.architecture;
     let mut info = serde_json::Map::new();
     info.insert("general.architecture".into(), json!(a));
@@ -440,7 +313,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
     info.insert(format!("{a}.attention.head_count_kv"), json!(shape.n_head_kv));
     info.insert(format!("{a}.vocab_size"), json!(shape.vocab_size));
     let modified = std::fs::metadata(m.first()).and_then(|x| x.modified()).unwrap_or(SystemTime::now());
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "modelfile": "",
         "parameters": "",
         "template": shape.chat_template.clone().unwrap_or_default(),
@@ -449,7 +322,7 @@ async fn show(State(state): State<AppState>, body: Bytes) -> Response {
         "capabilities": crate::runtime::capabilities(shape.chat_template.as_deref()),
         "modified_at": rfc3339(modified),
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn ps(State(state): State<AppState>) -> Response {
@@ -523,19 +396,13 @@ struct PullReq {
     stream: Option<bool>,
 }
 
-async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: PullReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let r: PullReq = parse(&body).map_err(OllamaError::bad)?;
     let stream = r.stream.unwrap_or(true);
     let Some(name) = r.model.or(r.name).filter(|s| !s.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "missing field `model`");
+        return Err(OllamaError::bad("missing field `model`"));
     };
-    let m = match model(&name) {
-        Ok(m) => m,
-        Err(e) => return runtime_error(e),
-    };
+    let m = model(&name)?;
     let (ptx, mut prx) = mpsc::unbounded_channel();
     let progress = Arc::new(NdjsonProgress { tx: ptx.clone(), cur: Mutex::new((String::new(), 0, 0, Instant::now())) });
     let _ = ptx.send(json!({ "status": "pulling manifest" }));
@@ -543,9 +410,9 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
     let job = tokio::spawn(async move { rt.pull(&m, progress).await });
     if !stream {
         return match job.await {
-            Ok(Ok(_)) => axum::Json(json!({ "status": "success" })).into_response(),
-            Ok(Err(e)) => runtime_error(e),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Ok(Ok(_)) => Ok(axum::Json(json!({ "status": "success" })).into_response()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(OllamaError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
         };
     }
     let (tx, rx) = mpsc::channel::<String>(32);
@@ -563,22 +430,14 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Response {
         };
         let _ = tx.send(format!("{last}\n")).await;
     });
-    ndjson(stream_body(rx))
+    Ok(ndjson(stream_body(rx)))
 }
 
-async fn remove(State(state): State<AppState>, body: Bytes) -> Response {
-    let m = match name_req(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    match state.runtime.delete(&m).await {
-        // what was deleted, relative to its models dir (Ollama answers an empty 200; clients
-        // look at the status only)
-        Ok(gone) => {
-            let files: Vec<String> =
-                gone.paths.iter().map(|p| state.runtime.store().relative(p).to_string_lossy().into_owned()).collect();
-            axum::Json(json!({ "status": "success", "deleted": files })).into_response()
-        }
-        Err(e) => runtime_error(e),
-    }
+async fn remove(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+    let gone = state.runtime.delete(&name_req(&body)?).await?;
+    // what was deleted, relative to its models dir (Ollama answers an empty 200; clients look at
+    // the status only)
+    let files: Vec<String> =
+        gone.paths.iter().map(|p| state.runtime.store().relative(p).to_string_lossy().into_owned()).collect();
+    Ok(axum::Json(json!({ "status": "success", "deleted": files })).into_response())
 }

@@ -1,19 +1,20 @@
 //! OpenAI's shapes: `/v1/models`, `/v1/chat/completions`, `/v1/completions`; SSE streams ending
 //! with `data: [DONE]`; errors as `{"error": {"message", "type", ...}}`.
 
-use super::util::{model, parse, random_seed, stream_body, unix_now, TextContent};
-use super::{openai_stream, tools, AppState};
-use crate::engine::{ChatMessage, SamplingParams};
-use crate::runtime::{Field, Finish, GenRequest, Input, RuntimeError, Stats};
+use super::errors::OpenAiError;
+use super::sampling::{openai_defaults, positive, Options};
+use super::util::{model, parse, unix_now, TextContent};
+use super::{openai_stream, reply, tools, AppState};
+use crate::engine::ChatMessage;
+use crate::runtime::{Field, GenRequest, Input, RuntimeError};
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -24,18 +25,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    let kind = match status {
-        StatusCode::NOT_FOUND => "not_found_error",
-        StatusCode::SERVICE_UNAVAILABLE => "server_busy",
-        s if s.is_client_error() => "invalid_request_error",
-        _ => "server_error",
-    };
-    (status, axum::Json(json!({ "error": { "message": msg.to_string(), "type": kind, "param": null, "code": null } })))
-        .into_response()
+    OpenAiError::new(status, msg).into_response()
 }
 
 pub(super) fn runtime_error(e: RuntimeError) -> Response {
-    error(super::status(&e), e.message_with(|f| f.openai().to_string()))
+    OpenAiError::from(e).into_response()
 }
 
 async fn models(State(state): State<AppState>) -> Response {
@@ -45,17 +39,17 @@ async fn models(State(state): State<AppState>) -> Response {
     axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
-async fn model_info(State(state): State<AppState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    let m = match model(&id) {
-        Ok(m) => m,
-        Err(e) => return runtime_error(e),
-    };
+async fn model_info(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, OpenAiError> {
+    let m = model(&id)?;
     let key = m.key();
     let found = state.runtime.local_models().await.into_iter().any(|l| l.name == id || l.name == key);
     if !found {
-        return error(StatusCode::NOT_FOUND, format!("The model '{id}' does not exist"));
+        return Err(OpenAiError::new(StatusCode::NOT_FOUND, format!("The model '{id}' does not exist")));
     }
-    axum::Json(json!({ "id": id, "object": "model", "created": 0, "owned_by": "exo" })).into_response()
+    Ok(axum::Json(json!({ "id": id, "object": "model", "created": 0, "owned_by": "exo" })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -134,44 +128,28 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
     {
         return Err(RuntimeError::field(Field::Logprobs, "logprobs are not supported by this server yet"));
     }
-    let max = match c.max_completion_tokens.or(c.max_tokens) {
-        None => None,
-        Some(n) if n > 0 => Some(n as u64),
-        Some(n) => {
-            return Err(RuntimeError::field(crate::runtime::Field::MaxTokens, format!("must be positive, got {n}")))
-        }
-    };
-    // OpenAI's defaults: temperature 1, top_p 1, no penalty
-    let mut sampling = SamplingParams {
-        temperature: c.temperature.unwrap_or(1.0),
-        top_k: 0,
-        top_p: c.top_p.unwrap_or(1.0),
-        min_p: 0.0,
-        repeat_penalty: 1.0 + c.frequency_penalty.unwrap_or(0.0).max(0.0),
-        repeat_last_n: 64,
-        seed: c.seed.map(|s| s as u32).unwrap_or_else(random_seed),
-        banned: Vec::new(),
-        logit_bias: Vec::new(),
-        draws: 0,
-        grammar: None,
-        generated: 0,
-    };
+    let max_tokens = positive(c.max_completion_tokens.or(c.max_tokens))?;
     let mut logit_bias = Vec::new();
     for (k, v) in c.logit_bias.iter().flatten() {
-        let t = k
-            .parse::<i32>()
-            .map_err(|_| RuntimeError::field(crate::runtime::Field::LogitBias, format!("{k:?} is not a token id")))?;
+        let t =
+            k.parse::<i32>().map_err(|_| RuntimeError::field(Field::LogitBias, format!("{k:?} is not a token id")))?;
         logit_bias.push((t, *v));
     }
-    sampling.logit_bias = logit_bias;
-    let stop = match &c.stop {
-        None => vec![],
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) => v.clone(),
+    let options = Options {
+        temperature: c.temperature,
+        top_p: c.top_p,
+        repeat_penalty: Some(1.0 + c.frequency_penalty.unwrap_or(0.0).max(0.0)),
+        seed: c.seed.map(|s| s as u32),
+        logit_bias,
+        stop: match &c.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        },
+        max_tokens,
+        ..Options::default()
     };
-    let mut r = GenRequest::new(model(&c.model)?, input, sampling);
-    r.stop = stop;
-    r.max_tokens = max;
+    let mut r = options.request(model(&c.model)?, input, openai_defaults());
     r.tools = tools::function_tools(c.tools.as_ref())?;
     r.tool_choice = tools::openai_choice(c.tool_choice.as_ref())?;
     r.format = tools::openai_format(c.response_format.as_ref())?;
@@ -192,40 +170,21 @@ fn request(c: &Common, input: Input) -> Result<GenRequest, RuntimeError> {
 /// Most choices one request may ask for (`n`, times the prompts of a completion).
 pub const MAX_CHOICES: usize = 16;
 
-pub(super) fn finish_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Stop | Finish::StopSequence => "stop",
-        Finish::Length => "length",
-        Finish::ToolCalls => "tool_calls",
-    }
-}
-
-pub(super) fn usage(s: &Stats) -> Value {
-    json!({ "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens, "total_tokens": s.prompt_tokens + s.completion_tokens })
-}
-
-pub(super) fn sse(rx: mpsc::Receiver<String>) -> Response {
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], stream_body(rx))
-        .into_response()
-}
-
 /// Starts one generation per input (`n` times each, seeds apart) and answers with their choices.
-async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Response {
+async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Result<Response, OpenAiError> {
     let n = match c.n.unwrap_or(1) {
         n if n >= 1 && (n as usize).saturating_mul(inputs.len()) <= MAX_CHOICES => n as usize,
         n => {
-            return runtime_error(RuntimeError::field(
+            return Err(RuntimeError::field(
                 Field::N,
                 format!("{n} choices for {} prompt(s); 1 to {MAX_CHOICES} choices in all", inputs.len()),
-            ))
+            )
+            .into())
         }
     };
     let mut reqs = Vec::new();
     for input in &inputs {
-        let base = match request(&c, input.clone()) {
-            Ok(r) => r,
-            Err(e) => return runtime_error(e),
-        };
+        let base = request(&c, input.clone())?;
         for k in 0..n {
             let mut r = base.clone();
             // the n choices share one request's token budget
@@ -236,10 +195,7 @@ async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Re
     }
     let mut gens = Vec::new();
     for r in reqs {
-        match state.runtime.generate(r).await {
-            Ok(g) => gens.push(g),
-            Err(e) => return runtime_error(e),
-        }
+        gens.push(state.runtime.generate(r).await?);
     }
     let head = openai_stream::Head {
         id: format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, super::util::random_seed()),
@@ -247,60 +203,47 @@ async fn serve(state: AppState, c: Common, inputs: Vec<Input>, chat: bool) -> Re
         model: c.model.clone(),
         chat,
         n,
+        count: gens.len(),
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
     };
     if c.stream {
-        openai_stream::stream(head, gens)
+        Ok(reply::stream(head, gens))
     } else {
-        openai_stream::collect(head, gens).await
+        reply::collect(head, gens).await
     }
 }
 
-#[allow(clippy::result_large_err)] // the error is the response itself
-fn message(m: Message) -> Result<ChatMessage, Response> {
-    let bad = |e: String| error(StatusCode::BAD_REQUEST, e);
-    let content = m.content.map(TextContent::text).transpose().map_err(bad)?.unwrap_or_default();
+fn message(m: Message) -> Result<ChatMessage, OpenAiError> {
+    let content = m.content.map(TextContent::text).transpose().map_err(OpenAiError::bad)?.unwrap_or_default();
     let role = if m.role == "developer" { "system".to_string() } else { m.role };
     let mut out = ChatMessage::new(role, content);
-    out.tool_calls = tools::calls_in(m.tool_calls).map_err(runtime_error)?;
+    out.tool_calls = tools::calls_in(m.tool_calls)?;
     out.tool_call_id = m.tool_call_id;
     out.name = m.name;
     Ok(out)
 }
 
-async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: ChatReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, OpenAiError> {
+    let r: ChatReq = parse(&body).map_err(OpenAiError::bad)?;
     if r.messages.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "messages: must not be empty");
+        return Err(OpenAiError::bad("messages: must not be empty"));
     }
-    let mut messages = Vec::new();
-    for m in r.messages {
-        match message(m) {
-            Ok(m) => messages.push(m),
-            Err(r) => return r,
-        }
-    }
+    let messages = r.messages.into_iter().map(message).collect::<Result<Vec<_>, _>>()?;
     serve(state, r.common, vec![Input::Messages(messages)], true).await
 }
 
-async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: CompletionReq = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, OpenAiError> {
+    let r: CompletionReq = parse(&body).map_err(OpenAiError::bad)?;
     let prompts = match r.prompt {
         Prompt::One(p) => vec![p],
-        Prompt::Many(v) if v.is_empty() => return error(StatusCode::BAD_REQUEST, "prompt: must not be empty"),
+        Prompt::Many(v) if v.is_empty() => return Err(OpenAiError::bad("prompt: must not be empty")),
         Prompt::Many(v) => v,
     };
     if prompts.len() > MAX_CHOICES {
-        return error(StatusCode::BAD_REQUEST, format!("prompt: {} prompts; at most {MAX_CHOICES}", prompts.len()));
+        return Err(OpenAiError::bad(format!("prompt: {} prompts; at most {MAX_CHOICES}", prompts.len())));
     }
     if r.common.tools.is_some() {
-        return error(StatusCode::BAD_REQUEST, "tools: only chat completions take tools");
+        return Err(OpenAiError::bad("tools: only chat completions take tools"));
     }
     serve(state, r.common, prompts.into_iter().map(Input::Raw).collect(), false).await
 }

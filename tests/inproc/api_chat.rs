@@ -161,13 +161,21 @@ async fn responses_choices_prompt_arrays_and_model_routes() {
     assert_eq!(v["output"][0]["type"], "message");
     let text = v["output"][0]["content"][0]["text"].as_str().unwrap().to_string();
     assert_eq!(v["usage"]["output_tokens"], 6);
+    // cut by max_output_tokens: incomplete, saying why, both ways
+    assert_eq!(v["status"], "incomplete", "{v}");
+    assert_eq!(v["incomplete_details"], json!({ "reason": "max_output_tokens" }));
+    assert_eq!(v["output"][0]["status"], "incomplete");
     let (s, _, b) = post(&app, "/v1/responses", json!({ "model": "tiny-llama", "input": [{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hello" }],
         "max_output_tokens": 6, "temperature": 0, "stream": true })).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let events = sse(&b);
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_deref().unwrap()).collect();
     assert_eq!(names.first(), Some(&"response.created"));
-    assert_eq!(names.last(), Some(&"response.completed"));
+    assert_eq!(names.last(), Some(&"response.incomplete"));
+    let last: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    assert_eq!(last["response"]["status"], "incomplete");
+    assert_eq!(last["response"]["incomplete_details"], json!({ "reason": "max_output_tokens" }));
+    assert_eq!(last["response"]["output"][0]["status"], "incomplete");
     let streamed: String = events
         .iter()
         .filter(|(e, _)| e.as_deref() == Some("response.output_text.delta"))
@@ -209,6 +217,11 @@ async fn responses_choices_prompt_arrays_and_model_routes() {
     let kinds: Vec<&str> =
         completed["response"]["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, vec!["function_call"], "{completed}");
+    assert_eq!(events.last().unwrap().0.as_deref(), Some("response.completed"));
+    assert_eq!(
+        (&completed["response"]["status"], &completed["response"]["incomplete_details"]),
+        (&json!("completed"), &Value::Null)
+    );
     // n choices: seeds apart, each its own index; prompt arrays give one choice per prompt
     let (s, _, b) = post(&app, "/v1/chat/completions", json!({ "model": "tiny-llama", "messages": [{ "role": "user", "content": "Hi" }], "n": 3, "max_tokens": 5, "seed": 1 })).await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -353,4 +366,76 @@ async fn chat_errors_name_their_field() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// How an answer ended is the same streamed and not, in every API: cut by the token limit, and
+/// (a forced tool call) ended by the model.
+#[tokio::test]
+async fn finish_reasons_agree_streamed_and_not() {
+    let models = models_dir();
+    let (app, _rt) = app(models.path(), limits());
+    let ask = json!([{ "role": "user", "content": "Hi" }]);
+    let last_sse = |b: &str| -> (Option<String>, Value) {
+        let evs: Vec<_> = sse(b).into_iter().filter(|(_, d)| d != "[DONE]").collect();
+        let (e, d) = evs.last().cloned().unwrap();
+        (e, serde_json::from_str(&d).unwrap())
+    };
+    for stream in [false, true] {
+        let body =
+            json!({ "model": "tiny-llama", "messages": ask, "max_tokens": 3, "temperature": 0, "stream": stream });
+        let (s, _, b) = post(&app, "/v1/chat/completions", body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let reason = if stream {
+            sse(&b)
+                .into_iter()
+                .filter(|(_, d)| d != "[DONE]")
+                .map(|(_, d)| serde_json::from_str::<Value>(&d).unwrap()["choices"][0]["finish_reason"].clone())
+                .find(|r| !r.is_null())
+        } else {
+            Some(serde_json::from_str::<Value>(&b).unwrap()["choices"][0]["finish_reason"].clone())
+        };
+        assert_eq!(reason, Some(json!("length")), "chat, stream {stream}: {b}");
+
+        let body =
+            json!({ "model": "tiny-llama", "messages": ask, "max_tokens": 3, "temperature": 0, "stream": stream });
+        let (s, _, b) = post(&app, "/v1/messages", body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let reason = if stream {
+            let evs = sse(&b);
+            let d = &evs.iter().find(|(e, _)| e.as_deref() == Some("message_delta")).unwrap().1;
+            serde_json::from_str::<Value>(d).unwrap()["delta"]["stop_reason"].clone()
+        } else {
+            serde_json::from_str::<Value>(&b).unwrap()["stop_reason"].clone()
+        };
+        assert_eq!(reason, "max_tokens", "anthropic, stream {stream}: {b}");
+
+        let body = json!({ "model": "tiny-llama", "messages": ask, "options": { "num_predict": 3, "temperature": 0 }, "stream": stream });
+        let (s, _, b) = post(&app, "/api/chat", body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(lines(&b).last().unwrap()["done_reason"], "length", "ollama, stream {stream}: {b}");
+
+        let body =
+            json!({ "model": "tiny-llama", "input": "Hi", "max_output_tokens": 3, "temperature": 0, "stream": stream });
+        let (s, _, b) = post(&app, "/v1/responses", body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let r = if stream {
+            let (e, d) = last_sse(&b);
+            assert_eq!(e.as_deref(), Some("response.incomplete"));
+            d["response"].clone()
+        } else {
+            serde_json::from_str::<Value>(&b).unwrap()
+        };
+        assert_eq!(r["status"], "incomplete", "responses, stream {stream}: {r}");
+        assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(r["output"][0]["status"], "incomplete");
+    }
+    // ended by the model (a forced call): completed both ways, no incomplete_details
+    let flat =
+        json!([{ "type": "function", "name": "get_weather", "parameters": weather()[0]["function"]["parameters"] }]);
+    let body = json!({ "model": "tiny-llama", "input": "Weather in Paris?", "tools": flat, "tool_choice": "required",
+        "max_output_tokens": 300, "temperature": 0 });
+    let (s, _, b) = post(&app, "/v1/responses", body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let r: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!((&r["status"], &r["incomplete_details"]), (&json!("completed"), &Value::Null), "{r}");
 }
