@@ -5,6 +5,7 @@
 //! CORS is tower-http's `CorsLayer`: preflight answers, `Vary`, and the allow-* headers have
 //! enough corner cases that the maintained implementation is worth the small dependency.
 
+use super::guard::glob;
 use super::server::Admission;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -133,30 +134,6 @@ fn unauthorized(path: &str, given: bool) -> Response {
     let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
-}
-
-/// `*` matches any run of characters (`http://localhost:*`, `https://*.example.com`, `*`).
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), s.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while j < s.len() {
-        if i < p.len() && p[i] != b'*' && p[i].eq_ignore_ascii_case(&s[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == b'*' {
-            star = Some(i);
-            mark = j;
-            i += 1;
-        } else if let Some(st) = star {
-            i = st + 1;
-            mark += 1;
-            j = mark;
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]

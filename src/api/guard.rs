@@ -9,7 +9,6 @@
 //!   GET/HEAD/OPTIONS whose `Origin` is neither this node (same origin) nor one `EXO_ORIGINS`
 //!   allows is refused before it reaches a handler. Clients that are not browsers send no `Origin`.
 
-use super::access::glob;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -107,6 +106,30 @@ fn refused(path: &str, field: &str, msg: &str) -> Response {
         json!({ "error": msg })
     };
     (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+}
+
+/// `*` matches any run of characters (`http://localhost:*`, `https://*.example.com`, `*`).
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), s.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while j < s.len() {
+        if i < p.len() && p[i] != b'*' && p[i].eq_ignore_ascii_case(&s[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == b'*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(st) = star {
+            i = st + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]

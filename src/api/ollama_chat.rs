@@ -2,7 +2,7 @@
 //! and `images` refused (no vision yet).
 
 use super::tools;
-use crate::engine::ChatMessage;
+use crate::chat::ChatMessage;
 use crate::runtime::RuntimeError;
 use serde::Deserialize;
 use serde_json::{json, Value};

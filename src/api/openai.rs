@@ -5,7 +5,7 @@ use super::errors::OpenAiError;
 use super::sampling::{openai_defaults, positive, Options};
 use super::util::{model, parse, unix_now, TextContent};
 use super::{openai_stream, reply, tools, AppState};
-use crate::engine::ChatMessage;
+use crate::chat::ChatMessage;
 use crate::runtime::{Field, GenRequest, Input, RuntimeError};
 use axum::body::Bytes;
 use axum::extract::State;

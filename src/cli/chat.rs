@@ -2,8 +2,8 @@
 //! node's API. It reads the prompt (argument, piped stdin, or `>>>` lines in a terminal), handles
 //! `/set parameter`, `/clear`, `/bye`, streams answers to stdout and prints `--verbose` stats.
 
-use super::run::RunArgs;
-use crate::engine::ChatMessage;
+use super::run_args::RunArgs;
+use crate::chat::ChatMessage;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 

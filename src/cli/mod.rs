@@ -21,6 +21,7 @@ mod progress;
 mod ps;
 mod remote;
 mod run;
+mod run_args;
 mod scenarios;
 mod serve;
 mod window_bars;

@@ -1,9 +1,9 @@
 //! `exo run` and `exo cluster` through a running node's HTTP API (EXO_API_ADDR).
 
 use super::chat::{Backend, Params, TurnStats};
-use super::run::RunArgs;
+use super::run_args::RunArgs;
 use super::UsageError;
-use crate::engine::ChatMessage;
+use crate::chat::ChatMessage;
 use serde_json::{json, Value};
 use std::time::Duration;
 

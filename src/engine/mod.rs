@@ -26,7 +26,7 @@ pub use observed::{observe_decode, observed_decode_gbps};
 pub use pooling::{normalize, Pooling};
 pub use quantize::{quantize, QuantType};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
-pub use stage::{Batch, BatchInput, ChatMessage, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec};
+pub use stage::{Batch, BatchInput, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec, TemplateMessage};
 
 use llama_cpp_sys_2 as sys;
 use std::ffi::CStr;

@@ -98,7 +98,19 @@ pub enum DecodeOutput {
     Embedding(Vec<f32>),
 }
 
-pub use crate::chat::ChatMessage;
+/// One message as llama.cpp's built-in template matching takes it (the chat layer's richer
+/// messages are reduced to this before they reach the engine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl TemplateMessage {
+    pub fn new(role: &str, content: &str) -> TemplateMessage {
+        TemplateMessage { role: role.into(), content: content.into() }
+    }
+}
 
 enum Cmd {
     /// Decodes on this stage, then hands the hidden state straight to `next[0]` (which gets
@@ -145,7 +157,7 @@ enum Cmd {
         reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
     Template {
-        messages: Vec<ChatMessage>,
+        messages: Vec<TemplateMessage>,
         add_assistant: bool,
         reply: oneshot::Sender<Result<String, EngineError>>,
     },
@@ -335,7 +347,11 @@ impl StageHandle {
     }
 
     /// Formats a conversation with the GGUF's chat template.
-    pub async fn apply_template(&self, messages: Vec<ChatMessage>, add_assistant: bool) -> Result<String, EngineError> {
+    pub async fn apply_template(
+        &self,
+        messages: Vec<TemplateMessage>,
+        add_assistant: bool,
+    ) -> Result<String, EngineError> {
         self.call(|reply| Cmd::Template { messages, add_assistant, reply }).await?
     }
 }
@@ -533,7 +549,7 @@ impl Stage {
         Ok(DecodeOutput::Last { logits, tokens })
     }
 
-    fn apply_template(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String, EngineError> {
+    fn apply_template(&self, messages: &[TemplateMessage], add_assistant: bool) -> Result<String, EngineError> {
         let tmpl = self
             .info
             .chat_template

@@ -112,7 +112,8 @@ async fn prepare_unchecked(inst: &Instance, req: &GenRequest) -> Result<Prepared
 
 async fn builtin(inst: &Instance, m: &[chat::ChatMessage]) -> Result<String, RuntimeError> {
     if inst.vocab.info().chat_template.is_some() {
-        return Ok(inst.vocab.apply_template(m.to_vec(), true).await?);
+        let plain = m.iter().map(|m| crate::engine::TemplateMessage::new(&m.role, &m.content)).collect();
+        return Ok(inst.vocab.apply_template(plain, true).await?);
     }
     // no template: plain concatenation, as llama.cpp's server does
     Ok(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))

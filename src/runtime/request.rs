@@ -2,8 +2,9 @@
 //! and the CLI translate into, and its event stream.
 
 use super::error::{Field, RuntimeError};
+use crate::chat::ChatMessage;
 use crate::chat::{OutputFormat, Tool, ToolCall, ToolChoice};
-use crate::engine::{ChatMessage, SamplingParams};
+use crate::engine::SamplingParams;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;

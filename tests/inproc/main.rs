@@ -18,6 +18,7 @@ mod equivalence;
 mod exact;
 mod fuzz_regressions;
 mod hostile_corpus;
+mod module_graph;
 mod placement;
 mod real_cluster;
 mod real_model;

@@ -8,7 +8,7 @@ use crate::common;
 
 use common::real;
 use common::workload::{self, Trace};
-use exo::engine::{ChatMessage, ContextParams, LayerRange, SamplingParams, TokenDecoder};
+use exo::engine::{ContextParams, LayerRange, SamplingParams, TemplateMessage, TokenDecoder};
 use exo::pipeline::{generate, Chain, DoneReason, GenerateRequest};
 use std::ops::ControlFlow;
 
@@ -45,7 +45,7 @@ async fn stages_match_the_whole_model() {
 }
 
 /// Greedy answer (until end of generation) to `messages` formatted with the model's template.
-async fn answer(chain: &Chain, messages: Vec<ChatMessage>, max_tokens: u32) -> (String, DoneReason) {
+async fn answer(chain: &Chain, messages: Vec<TemplateMessage>, max_tokens: u32) -> (String, DoneReason) {
     let first = chain.first();
     let text = first.apply_template(messages, true).await.unwrap();
     let prompt = first.tokenize(&text, true, true).await.unwrap();
@@ -70,8 +70,8 @@ async fn answer(chain: &Chain, messages: Vec<ChatMessage>, max_tokens: u32) -> (
     (text, stats.done_reason)
 }
 
-fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage::new(role, content)
+fn msg(role: &str, content: &str) -> TemplateMessage {
+    TemplateMessage::new(role, content)
 }
 
 #[tokio::test]
