@@ -12,6 +12,32 @@ use crate::pipeline::{Chain, Pipe};
 use crate::store::{LocalModel, Location};
 use std::sync::Arc;
 
+/// A placement whose node turns out to be gone (it died a moment ago and the view has not
+/// caught up) is tried again this many times, this long apart.
+pub(crate) const RETRIES: u32 = 8;
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `place` (decide over the nodes there are, then build) until it succeeds or fails for
+/// another reason than a lost node, at most [`RETRIES`] times more: the first load and every
+/// rebuild place the same way.
+pub(super) async fn placing_again<T, F, Fut>(mut place: F) -> Result<T, RuntimeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match place().await {
+            Err(RuntimeError::NodeLost { node, reason, .. }) if attempt < RETRIES => {
+                attempt += 1;
+                tracing::warn!(%node, "{reason}: placing again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The nodes a placement may use now (profiles refreshed off the async workers).
 pub(super) async fn view(rt: &Runtime, held: u64) -> Result<View, RuntimeError> {
     let (cluster, limit) = (rt.cluster.clone(), rt.limits.memory_limit);

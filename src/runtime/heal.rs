@@ -3,7 +3,7 @@
 //! clearly faster placement than the one it runs on (a node joined or came back), so that an
 //! idle instance moves.
 
-use super::build::{build, context_for, view};
+use super::build::{build, context_for, placing_again, view};
 use super::request::ModelRef;
 use super::{policy, LoadOptions, Runtime, RuntimeError};
 use crate::gguf::ModelShape;
@@ -22,11 +22,6 @@ pub(crate) type Rebuild = Arc<dyn Fn() -> BoxFuture<Result<(Arc<dyn Pipe>, f64),
 
 /// The predicted tokens/s of the best placement there is now (None: none fits).
 pub(crate) type Faster = Arc<dyn Fn() -> BoxFuture<Option<f64>> + Send + Sync>;
-
-/// A placement whose node turns out to be gone (it died a moment ago and the view has not
-/// caught up) is tried again this many times, this long apart.
-pub(crate) const RETRIES: u32 = 8;
-pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An idle instance moves when a placement is predicted at least this much faster.
 pub(crate) const MOVE_WHEN_FASTER: f64 = 1.2;
@@ -75,21 +70,17 @@ pub(crate) fn rebuild(rt: &Arc<Runtime>, f: Fixed) -> Rebuild {
         Box::pin(async move {
             let rt = weak.upgrade().ok_or(RuntimeError::ShuttingDown)?;
             let t = Instant::now();
-            let mut attempt = 0;
-            let (pipe, d, view) = loop {
-                let (d, view) = decide(&rt, &f).await?;
-                let opts = LoadOptions { n_batch: Some(f.n_batch), ..LoadOptions::default() };
-                let context = context_for(&rt, &d, f.n_batch);
-                match build(&rt, &f.model, &f.key, &f.local, &d, &view, &opts, context).await {
-                    Ok((pipe, _)) => break (pipe, d, view),
-                    Err(RuntimeError::NodeLost { node, reason, .. }) if attempt < RETRIES => {
-                        attempt += 1;
-                        tracing::warn!(%node, "{reason}: placing again");
-                        tokio::time::sleep(RETRY_AFTER).await;
-                    }
-                    Err(e) => return Err(e),
+            let (pipe, d, view) = placing_again(|| {
+                let (rt, f) = (&rt, &f);
+                async move {
+                    let (d, view) = decide(rt, f).await?;
+                    let opts = LoadOptions { n_batch: Some(f.n_batch), ..LoadOptions::default() };
+                    let context = context_for(rt, &d, f.n_batch);
+                    let (pipe, _) = build(rt, &f.model, &f.key, &f.local, &d, &view, &opts, context).await?;
+                    Ok((pipe, d, view))
                 }
-            };
+            })
+            .await?;
             let stages: Vec<String> = pipe.stages(&view.here).iter().map(|(n, r)| format!("{n}={r}")).collect();
             tracing::info!(model = %f.key, ?stages, secs = t.elapsed().as_secs_f64(), "pipeline rebuilt");
             Ok((pipe, d.plan.tokens_per_second))

@@ -2,7 +2,7 @@
 //! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
 //! idle instances when a new one does not fit.
 
-use super::build::{build, context_for, view};
+use super::build::{build, context_for, placing_again, view};
 use super::header::read_shape;
 use super::heal;
 use super::instance::{Instance, Loaded};
@@ -186,17 +186,9 @@ async fn load(
     }
     // a node the placement chose may have died a moment ago (the view has not caught up): an
     // automatic placement is tried again over the nodes there are then
-    let mut attempt = 0;
-    let (decision, view, pipe, vocab) = loop {
-        match place_and_build(rt, model, key, &local, &shape, opts, n_ctx_seq, n_batch).await {
-            Err(RuntimeError::NodeLost { node, reason, .. }) if opts.forced.is_none() && attempt < heal::RETRIES => {
-                attempt += 1;
-                tracing::warn!(%node, "{reason}: placing again");
-                tokio::time::sleep(heal::RETRY_AFTER).await;
-            }
-            r => break r?,
-        }
-    };
+    let place = || place_and_build(rt, model, key, &local, &shape, opts, n_ctx_seq, n_batch);
+    let (decision, view, pipe, vocab) =
+        if opts.forced.is_some() { place().await? } else { placing_again(place).await? };
     let actual = pipe.info().n_ctx / decision.n_seq;
     let here = view.here.clone();
     let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
