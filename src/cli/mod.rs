@@ -16,6 +16,7 @@ mod bench;
 mod chat;
 mod dev;
 mod models;
+mod peer_args;
 mod plan;
 mod progress;
 mod ps;

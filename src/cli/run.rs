@@ -3,6 +3,7 @@
 //! an unnamed `--split`). The chat itself is [`super::chat`].
 
 use super::chat::{self, Backend, Params, TurnStats};
+use super::peer_args::PeerArgs;
 pub use super::run_args::RunArgs;
 use super::window_bars::Row;
 use super::UsageError;
@@ -97,7 +98,7 @@ async fn prepare(
     };
     let lacks = !here && !in_process && ModelRef::name(&a.model).is_ok();
     let local = if lacks { None } else { Some(local_model(&a.model, a.split.as_deref()).await?) };
-    let cluster = if in_process { None } else { embedded_cluster(&limits, named).await? };
+    let cluster = if in_process { None } else { embedded_cluster(&a.peer, &limits, named).await? };
     let runtime = Runtime::new(store, limits, cluster.clone());
     let on_cluster = cluster.as_ref().is_some_and(|c| !c.peers().is_empty());
     let (model, forced) = match local {
@@ -119,13 +120,14 @@ async fn prepare(
     Ok((runtime, cluster, model, forced))
 }
 
-/// Joins the cluster for this session (peers from EXO_PEERS, discovery unless
-/// EXO_NO_DISCOVERY) without an HTTP server; None when there is nobody to find.
-async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option<Arc<crate::cluster::ClusterNode>>> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let peers: Vec<String> =
-        env("EXO_PEERS").map(|p| p.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default();
-    let discovery = !env("EXO_NO_DISCOVERY").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+/// Joins the cluster for this session (peers from --peers/EXO_PEERS, discovery unless
+/// --no-discovery/EXO_NO_DISCOVERY) without an HTTP server; None when there is nobody to find.
+async fn embedded_cluster(
+    p: &PeerArgs,
+    limits: &Limits,
+    named: bool,
+) -> anyhow::Result<Option<Arc<crate::cluster::ClusterNode>>> {
+    let (peers, discovery) = (p.peers(), !p.no_discovery);
     if !discovery && peers.is_empty() {
         if named {
             return Err(UsageError(
@@ -136,12 +138,12 @@ async fn embedded_cluster(limits: &Limits, named: bool) -> anyhow::Result<Option
         return Ok(None);
     }
     let cfg = crate::cluster::NodeConfig {
-        namespace: env("EXO_NAMESPACE").unwrap_or_else(|| "default".into()),
-        node_name: env("EXO_NODE_NAME").unwrap_or_else(|| format!("{}-run", super::serve::host_name())),
+        namespace: p.namespace.clone(),
+        node_name: p.node_name.clone().unwrap_or_else(|| format!("{}-run", super::serve::host_name())),
         peer_bind: "0.0.0.0:0".parse()?,
         peers,
         memory_limit: None,
-        decode_gbps: env("EXO_DECODE_GBPS").and_then(|v| v.parse().ok()),
+        decode_gbps: p.decode_gbps,
         cache_dir: crate::config::cache_dir(),
         threads: limits.threads,
         discovery,

@@ -1,5 +1,6 @@
 //! What `exo run` takes (the chat, the remote backend and the in-process one all read it).
 
+use super::peer_args::PeerArgs;
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -50,4 +51,6 @@ pub struct RunArgs {
     /// Print load time, placement and prompt/eval rates.
     #[arg(long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub peer: PeerArgs,
 }

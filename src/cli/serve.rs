@@ -1,5 +1,6 @@
 //! `exo serve` (also plain `exo`): run a node until Ctrl-C or SIGTERM.
 
+use super::peer_args::PeerArgs;
 use crate::node::{self, NodeConfig};
 use crate::runtime::Limits;
 use crate::store::Store;
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub peer: PeerArgs,
     /// Where the HTTP API listens (0.0.0.0:52415 to expose it).
     #[arg(long, env = "EXO_API_ADDR", default_value = crate::config::DEFAULT_API_ADDR)]
     pub api_addr: SocketAddr,
@@ -38,24 +41,12 @@ pub struct ServeArgs {
     /// Where peers connect (node-to-node traffic).
     #[arg(long, env = "EXO_PEER_ADDR", default_value = "0.0.0.0:52416")]
     pub peer_addr: SocketAddr,
-    /// Nodes in different namespaces never join.
-    #[arg(long, env = "EXO_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    /// Peers to connect to (host:port of their peer address), comma-separated.
-    #[arg(long, env = "EXO_PEERS", value_delimiter = ',')]
-    pub peers: Vec<String>,
-    /// This node's name in the cluster (default: the host name).
-    #[arg(long, env = "EXO_NODE_NAME")]
-    pub node_name: Option<String>,
     /// Caps the memory this node offers (e.g. 48GiB).
     #[arg(long, env = "EXO_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
     /// The peer address other nodes should use for this one (default: the bound address).
     #[arg(long, env = "EXO_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// Do not announce or browse with mDNS (use --peers only).
-    #[arg(long, env = "EXO_NO_DISCOVERY", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
-    pub no_discovery: bool,
     /// Join the cluster of this token (from `exo cluster token` on one of its nodes); saved to
     /// the config dir when this machine has no cluster secret yet.
     #[arg(long = "join", env = "EXO_CLUSTER_TOKEN", value_name = "TOKEN", hide_env_values = true)]
@@ -76,9 +67,6 @@ pub struct ServeArgs {
     /// authenticates). Only nodes with the same setting talk to each other.
     #[arg(long, env = "EXO_UNSAFE_PLAINTEXT_PEERS", hide = true, value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub unsafe_plaintext_peers: bool,
-    /// Use this decode speed (GB/s) instead of measuring it at startup.
-    #[arg(long, env = "EXO_DECODE_GBPS", hide = true)]
-    pub decode_gbps: Option<f64>,
 }
 
 pub(super) fn host_name() -> String {
@@ -126,6 +114,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         eprintln!("WARNING: EXO_UNSAFE_PLAINTEXT_PEERS is set: peer traffic is NOT encrypted (benchmarks only)");
     }
     let key_id = security.key_id();
+    let peers = a.peer.peers();
     let cfg = NodeConfig {
         api_addr: a.api_addr,
         limits,
@@ -137,15 +126,15 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             loopback_only: false,
         },
         cluster: Some(crate::cluster::NodeConfig {
-            namespace: a.namespace,
-            node_name: a.node_name.unwrap_or_else(host_name),
+            namespace: a.peer.namespace,
+            node_name: a.peer.node_name.unwrap_or_else(host_name),
             peer_bind: a.peer_addr,
-            peers: a.peers,
+            peers,
             memory_limit,
-            decode_gbps: a.decode_gbps,
+            decode_gbps: a.peer.decode_gbps,
             cache_dir: crate::config::cache_dir(),
             threads: limits_threads,
-            discovery: !a.no_discovery,
+            discovery: !a.peer.no_discovery,
             advertise: a.advertise_addr,
             security,
         }),
