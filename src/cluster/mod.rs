@@ -12,13 +12,15 @@ mod progress;
 mod weights;
 
 pub use coordinator::{ClusterChain, Origin, StagePlacement};
-pub use host::decode_payload;
 pub use host::HostedStage;
 pub use weights::{sources_for, PeerSource};
 
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::transport::{self, Conn, Endpoint, Hello, Incoming, Kind, Security, TransportError, PROTOCOL_VERSION};
+use crate::pipeline::{FaultKind, StageFault};
+use crate::transport::{
+    self, Conn, Endpoint, Hello, Incoming, Kind, Message, PeerError, Security, TransportError, PROTOCOL_VERSION,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,8 +78,8 @@ pub struct PeerStatus {
     pub key: String,
 }
 
-/// Who waits for the tokens (or the error) of a batch, by request id.
-type TokenWaiter = oneshot::Sender<Result<Answer, String>>;
+/// Who waits for the tokens (or the fault) of a batch, by request id.
+type TokenWaiter = oneshot::Sender<Result<Answer, StageFault>>;
 
 /// What the last stage answers a batch with.
 #[derive(Debug)]
@@ -323,7 +325,7 @@ impl ClusterNode {
         // from hearing it
         let mut sends = tokio::task::JoinSet::new();
         for c in conns {
-            sends.spawn(async move { tokio::time::timeout(BYE_TIMEOUT, c.send(Kind::Bye, 0, vec![])).await });
+            sends.spawn(async move { tokio::time::timeout(BYE_TIMEOUT, c.tell(0, &Message::Bye)).await });
         }
         while sends.join_next().await.is_some() {}
         *self.discovery.lock().unwrap() = None;
@@ -421,7 +423,7 @@ impl ClusterNode {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Answer, String>> {
+    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Answer, StageFault>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(request, tx);
         rx
@@ -507,44 +509,71 @@ async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::T
 async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Incoming>) {
     while let Some(inc) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
-        let Some(kind) = Kind::from_u16(inc.frame.kind) else {
-            tracing::warn!(kind = inc.frame.kind, "unknown message kind from a peer");
-            continue;
-        };
         n.note_peer(&inc.conn);
-        match kind {
-            Kind::Ping => {
-                let p = serde_json::to_vec(&n.pong()).expect("serializes");
-                let _ = inc.conn.send(Kind::Pong, inc.frame.request, p).await;
+        let Incoming { frame, conn, queued } = inc;
+        let request = frame.request;
+        let msg = match Message::decode(frame.kind, &frame.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                malformed(&n, frame.kind, frame.request, &conn, e).await;
+                continue;
             }
-            Kind::Tokens | Kind::Embedding => {
-                let r = if kind == Kind::Tokens {
-                    host::decode_tokens(&inc.frame.payload).map(Answer::Tokens)
-                } else {
-                    match crate::transport::EmbeddingMsg::decode(&inc.frame.payload) {
-                        Ok(m) => m.0.map(Answer::Embedding),
-                        Err(e) => Err(e.to_string()),
-                    }
-                };
-                if let Some(w) = n.waiters.lock().unwrap().remove(&inc.frame.request) {
-                    let _ = w.send(r);
-                }
+        };
+        drop(frame);
+        match msg {
+            Message::Ping { .. } => {
+                let _ = conn.tell(request, &Message::Pong(Box::new(n.pong()))).await;
             }
-            Kind::LoadStage | Kind::Forward | Kind::EmbedForward | Kind::SeqOp | Kind::Unload => {
-                host::handle(&n, kind, inc).await
-            }
-            Kind::WeightsAsk => weights::serve(&n, inc),
+            Message::Tokens(r) => n.answered(request, r.map(Answer::Tokens)),
+            Message::Embedding(r) => n.answered(request, r.map(Answer::Embedding)),
+            m @ (Message::LoadStage(_)
+            | Message::Forward(_)
+            | Message::EmbedForward(_)
+            | Message::SeqOp(_)
+            | Message::Unload { .. }) => host::handle(&n, m, conn, request, queued).await,
+            Message::WeightsAsk(ask) => weights::serve(&n, ask, conn, request),
             // a stage on this node reports to itself: its transfer is listed here already
-            Kind::LoadProgress if inc.conn.peer().node_id != n.hello.node_id => {
-                progress::record(&n.store.transfers, &inc.conn.peer().node_name, &inc.frame.payload)
+            Message::LoadProgress(p) if conn.peer().node_id != n.hello.node_id => {
+                progress::record(&n.store.transfers, &conn.peer().node_name, &p)
             }
-            Kind::Bye => {
-                let id = inc.conn.peer().node_id.clone();
+            Message::Bye => {
+                let id = conn.peer().node_id.clone();
                 n.departed.lock().unwrap().insert(id.clone());
                 n.peers.lock().unwrap().remove(&id);
-                tracing::info!(peer = %inc.conn.peer().node_name, "peer left");
+                tracing::info!(peer = %conn.peer().node_name, "peer left");
             }
-            _ => tracing::debug!(?kind, "ignored peer message"),
+            m => tracing::debug!(kind = ?m.kind(), "ignored peer message"),
+        }
+    }
+}
+
+/// A frame that does not decode: a request is answered with why (its asker does not wait for a
+/// timeout), a batch's answer fails its waiter, anything else is dropped.
+async fn malformed(n: &ClusterNode, kind: u16, request: u64, conn: &Conn, e: TransportError) {
+    tracing::warn!(peer = %conn.peer().node_name, kind, "dropping a malformed peer message: {e}");
+    match Kind::from_u16(kind) {
+        Some(k @ (Kind::LoadStage | Kind::SeqOp | Kind::WeightsAsk)) => {
+            let e = PeerError::Malformed { what: format!("{k:?} request"), detail: e.to_string() };
+            let _ = conn.tell(request, &Message::Error(e)).await;
+        }
+        // the stage is unknown here: the coordinator's watch names the last one (which answers)
+        Some(Kind::Tokens | Kind::Embedding) => n.answered(
+            request,
+            Err(StageFault {
+                stage: usize::MAX,
+                node: conn.peer().node_name.clone(),
+                kind: FaultKind::Malformed { detail: e.to_string() },
+            }),
+        ),
+        _ => {}
+    }
+}
+
+impl ClusterNode {
+    /// Hands a batch's answer to whoever waits for it.
+    fn answered(&self, request: u64, r: Result<Answer, StageFault>) {
+        if let Some(w) = self.waiters.lock().unwrap().remove(&request) {
+            let _ = w.send(r);
         }
     }
 }
