@@ -5,14 +5,14 @@
 use super::ClusterNode;
 use crate::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use crate::pipeline::StageReport;
-use crate::store::Resolved;
 use crate::pipeline::{FaultKind, StageFault};
+use crate::store::Resolved;
 use crate::transport::{BatchMsg, Conn, LoadRefusal, LoadStage, Message, OpReply, PeerError, SeqOp, MAX_PAYLOAD};
 use serde::Serialize;
-use tokio::sync::OwnedSemaphorePermit;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Default)]
 pub(super) struct Host {
@@ -96,7 +96,13 @@ enum Job {
 /// Acts on a stage message from a coordinator (or the stage before): loads, batches, sequence
 /// operations, unloads. `request` is the frame's request id; `queued` its share of the node's
 /// byte budget, held as long as a batch waits for its stage.
-pub(super) async fn handle(node: &Arc<ClusterNode>, msg: Message, conn: Conn, request: u64, queued: OwnedSemaphorePermit) {
+pub(super) async fn handle(
+    node: &Arc<ClusterNode>,
+    msg: Message,
+    conn: Conn,
+    request: u64,
+    queued: OwnedSemaphorePermit,
+) {
     match msg {
         Message::LoadStage(ls) => {
             let node = node.clone();
@@ -126,7 +132,8 @@ pub(super) async fn handle(node: &Arc<ClusterNode>, msg: Message, conn: Conn, re
                     let _ = w.send(Job::Op { op: m.op, request, conn }).await;
                 }
                 None => {
-                    let e = PeerError::NoStage { node: node.hello.node_name.clone(), instance: m.instance, stage: m.stage };
+                    let e =
+                        PeerError::NoStage { node: node.hello.node_name.clone(), instance: m.instance, stage: m.stage };
                     let _ = conn.tell(request, &Message::Error(e)).await;
                 }
             }
@@ -298,7 +305,11 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                         };
                         if let Err(e) = sent {
                             // the next stage's node is the one that failed
-                            let kind = FaultKind::Unreachable { from: ls.index, addr: next.to_string(), detail: e.to_string() };
+                            let kind = FaultKind::Unreachable {
+                                from: ls.index,
+                                addr: next.to_string(),
+                                detail: e.to_string(),
+                            };
                             let f = StageFault { stage: ls.index + 1, node: next.to_string(), kind };
                             answer(&n, &msg.reply_to, request, embed, f).await;
                         }

@@ -15,9 +15,9 @@ pub use coordinator::{ClusterChain, Origin, StagePlacement};
 pub use host::HostedStage;
 pub use weights::{sources_for, PeerSource};
 
+use crate::pipeline::{FaultKind, StageFault};
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::pipeline::{FaultKind, StageFault};
 use crate::transport::{
     self, Conn, Endpoint, Hello, Incoming, Kind, Message, PeerError, Security, TransportError, PROTOCOL_VERSION,
 };

@@ -6,8 +6,7 @@ use super::{ClusterNode, PeerStatus};
 use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource};
 use crate::store::Resolved;
 use crate::transport::{
-    Conn, LoadRefusal, LoadStage, Message, TransportError, WeightsAsk, WeightsError, WeightsMeta,
-    MAX_WEIGHTS_READ,
+    Conn, LoadRefusal, LoadStage, Message, TransportError, WeightsAsk, WeightsError, WeightsMeta, MAX_WEIGHTS_READ,
 };
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -161,7 +160,11 @@ impl RangeSource for PeerSource {
 
     fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
         Box::pin(async move {
-            match self.ask(WeightsAsk::Hash { model: self.model.clone(), start, end }).await.map_err(|e| e.to_string())? {
+            match self
+                .ask(WeightsAsk::Hash { model: self.model.clone(), start, end })
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Message::WeightsMeta(WeightsMeta::Hash { sha256 }) if sha256.len() == 64 => Ok(Some(sha256)),
                 other => Err(unexpected(&other).to_string()),
             }
@@ -170,7 +173,11 @@ impl RangeSource for PeerSource {
 
     fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {
-            match self.ask(WeightsAsk::Read { model: self.model.clone(), start, len }).await.map_err(|e| e.to_string())? {
+            match self
+                .ask(WeightsAsk::Read { model: self.model.clone(), start, len })
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Message::WeightsData(b) => Ok(b),
                 other => Err(unexpected(&other).to_string()),
             }

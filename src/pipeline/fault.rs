@@ -61,7 +61,10 @@ mod tests {
     fn a_fault_reads_as_before_and_keeps_refusals_typed() {
         let kind = FaultKind::Unreachable { from: 0, addr: "10.0.0.2:1".into(), detail: "connection refused".into() };
         let f = StageFault { stage: 1, node: "b".into(), kind };
-        assert_eq!(f.to_string(), "stage 1 on b: stage 0 cannot reach the next stage at 10.0.0.2:1: connection refused");
+        assert_eq!(
+            f.to_string(),
+            "stage 1 on b: stage 0 cannot reach the next stage at 10.0.0.2:1: connection refused"
+        );
         let r = crate::transport::LoadRefusal::NoModel { node: "b".into(), model: "m".into() };
         let e = crate::transport::TransportError::Peer(PeerError::Load(r.clone()));
         let f = StageFault { stage: 0, node: "b".into(), kind: FaultKind::from_transport(e) };

@@ -9,8 +9,8 @@ mod generate;
 
 pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
 pub use chain::{Chain, LOCAL};
-pub use fault::{FaultKind, StageFault};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
+pub use fault::{FaultKind, StageFault};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 
 use crate::engine::{LayerRange, SamplingParams, StageCounters, StageHandle, StageInfo, Token};

@@ -146,7 +146,6 @@ impl Reader<'_> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,6 @@ impl Kind {
     }
 }
 
-
 /// Every message that travels after the Noise handshake (whose own frames, `Handshake` and
 /// `OtherCluster`, belong to [`super::noise`]).
 #[derive(Clone, Debug)]
@@ -90,11 +89,15 @@ pub enum Message {
     /// Why the connection is refused (shown to the user of the other side).
     Refused(String),
     /// A heartbeat; `padding` zero bytes make it a timed bulk transfer. Answered with `Pong`.
-    Ping { padding: u32 },
+    Ping {
+        padding: u32,
+    },
     Pong(Box<Pong>),
     /// Answered with `Loaded` or `Error(PeerError::Load)`.
     LoadStage(Box<LoadStage>),
-    Loaded { n_ctx: u32 },
+    Loaded {
+        n_ctx: u32,
+    },
     /// A batch for a stage; the last stage answers the coordinator with `Tokens`.
     Forward(BatchMsg),
     /// A batch of an embedding request; the last stage answers with `Embedding`.
@@ -104,7 +107,9 @@ pub enum Message {
     /// Answered with `SeqDone` or `Error`.
     SeqOp(StageOp),
     SeqDone(OpReply),
-    Unload { instance: u64 },
+    Unload {
+        instance: u64,
+    },
     /// The typed failure of a request.
     Error(PeerError),
     /// The node is leaving the cluster.

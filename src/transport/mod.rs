@@ -10,19 +10,19 @@ pub mod noise;
 mod payload;
 mod refusal;
 
+pub use batch::{BatchMsg, MAX_EMBEDDING};
 pub use conn::{accept, connect, Conn, Endpoint, Hello, Incoming, HANDSHAKE_TIMEOUT};
 pub use frame::{
     decode_header, encode_header, read_frame, read_frame_capped, write_frame, Frame, Header, HEADER_LEN, MAGIC,
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
-pub use batch::{BatchMsg, MAX_EMBEDDING};
 pub use message::{Kind, Message};
+pub use noise::{Security, NOISE_PARAMS};
 pub use payload::{
-    Held, LinkFigure, LoadProgressMsg, LoadStage, OpReply, Pong, ProgressItem, SeqOp, StageOp, WeightsAsk,
-    WeightsMeta, MAX_HELD, MAX_LINKS, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
+    Held, LinkFigure, LoadProgressMsg, LoadStage, OpReply, Pong, ProgressItem, SeqOp, StageOp, WeightsAsk, WeightsMeta,
+    MAX_HELD, MAX_LINKS, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
 };
 pub use refusal::{LoadRefusal, PeerError, WeightsError};
-pub use noise::{Security, NOISE_PARAMS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

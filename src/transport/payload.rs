@@ -106,7 +106,6 @@ pub enum SeqOp {
     Stats,
 }
 
-
 /// A sequence operation for one stage of an instance.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageOp {
