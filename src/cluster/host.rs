@@ -16,7 +16,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Default)]
 pub(super) struct Host {
-    stages: Mutex<HashMap<(u64, usize), mpsc::Sender<Job>>>,
+    /// Each stage's queue of jobs. Unbounded in count, bounded in bytes: every job holds its
+    /// frame's share of the node's byte budget until done, so handing a frame to a busy stage
+    /// never waits (nor stalls the node's other frames, heartbeats included).
+    pub(super) stages: Mutex<HashMap<(u64, usize), mpsc::UnboundedSender<Job>>>,
     /// What each hosted stage is and whose (its coordinator).
     owned: Mutex<HashMap<(u64, usize), HostedStage>>,
 }
@@ -77,32 +80,28 @@ impl Host {
     }
 }
 
-enum Job {
-    /// `_queued`: the frame's share of the node's byte budget, held until the batch is done.
+/// `_queued`: the frame's share of the node's byte budget, held until the job is done.
+pub(super) enum Job {
     Forward {
         msg: BatchMsg,
         /// An embedding batch (`Kind::EmbedForward`): the last stage answers an embedding.
         embed: bool,
         request: u64,
-        _queued: tokio::sync::OwnedSemaphorePermit,
+        _queued: OwnedSemaphorePermit,
     },
     Op {
         op: SeqOp,
         request: u64,
         conn: Conn,
+        _queued: OwnedSemaphorePermit,
     },
 }
 
 /// Acts on a stage message from a coordinator (or the stage before): loads, batches, sequence
 /// operations, unloads. `request` is the frame's request id; `queued` its share of the node's
-/// byte budget, held as long as a batch waits for its stage.
-pub(super) async fn handle(
-    node: &Arc<ClusterNode>,
-    msg: Message,
-    conn: Conn,
-    request: u64,
-    queued: OwnedSemaphorePermit,
-) {
+/// byte budget, held as long as the job waits for its stage. Never waits itself: the node's
+/// dispatch calls it for every frame.
+pub(super) fn handle(node: &Arc<ClusterNode>, msg: Message, conn: Conn, request: u64, queued: OwnedSemaphorePermit) {
     match msg {
         Message::LoadStage(ls) => {
             let node = node.clone();
@@ -123,19 +122,14 @@ pub(super) async fn handle(
                 let _ = conn.tell(request, &reply).await;
             });
         }
-        Message::Forward(msg) => forward(node, msg, false, request, queued).await,
-        Message::EmbedForward(msg) => forward(node, msg, true, request, queued).await,
+        Message::Forward(msg) => forward(node, msg, false, request, queued),
+        Message::EmbedForward(msg) => forward(node, msg, true, request, queued),
         Message::SeqOp(m) => {
             let worker = node.host.stages.lock().unwrap().get(&(m.instance, m.stage)).cloned();
-            match worker {
-                Some(w) => {
-                    let _ = w.send(Job::Op { op: m.op, request, conn }).await;
-                }
-                None => {
-                    let e =
-                        PeerError::NoStage { node: node.hello.node_name.clone(), instance: m.instance, stage: m.stage };
-                    let _ = conn.tell(request, &Message::Error(e)).await;
-                }
+            let job = Job::Op { op: m.op, request, conn: conn.clone(), _queued: queued };
+            if worker.is_none_or(|w| w.send(job).is_err()) {
+                let e = PeerError::NoStage { node: node.hello.node_name.clone(), instance: m.instance, stage: m.stage };
+                tokio::spawn(async move { conn.tell(request, &Message::Error(e)).await });
             }
         }
         Message::Unload { instance } => {
@@ -147,22 +141,18 @@ pub(super) async fn handle(
 }
 
 /// Hands a batch to its stage's worker, or answers the coordinator why it cannot.
-async fn forward(node: &Arc<ClusterNode>, msg: BatchMsg, embed: bool, request: u64, queued: OwnedSemaphorePermit) {
+fn forward(node: &Arc<ClusterNode>, msg: BatchMsg, embed: bool, request: u64, queued: OwnedSemaphorePermit) {
     let stage = msg.stage as usize;
     let worker = node.host.stages.lock().unwrap().get(&(msg.instance, stage)).cloned();
-    let fault = |kind| StageFault { stage, node: node.hello.node_name.clone(), kind };
-    match worker {
-        Some(w) => {
-            let reply_to = msg.reply_to.clone();
-            if w.send(Job::Forward { msg, embed, request, _queued: queued }).await.is_err() {
-                answer(node, &reply_to, request, embed, fault(FaultKind::Unloaded)).await;
-            }
-        }
-        None => {
-            let e = PeerError::NoStage { node: node.hello.node_name.clone(), instance: msg.instance, stage };
-            answer(node, &msg.reply_to, request, embed, fault(FaultKind::Refused(e))).await;
-        }
-    }
+    let (reply_to, instance) = (msg.reply_to.clone(), msg.instance);
+    let kind = match worker.map(|w| w.send(Job::Forward { msg, embed, request, _queued: queued })) {
+        Some(Ok(())) => return,
+        Some(Err(_)) => FaultKind::Unloaded,
+        None => FaultKind::Refused(PeerError::NoStage { node: node.hello.node_name.clone(), instance, stage }),
+    };
+    // answering may mean connecting to the coordinator: not on the dispatch's time
+    let (node, f) = (node.clone(), StageFault { stage, node: node.hello.node_name.clone(), kind });
+    tokio::spawn(async move { answer(&node, &reply_to, request, embed, f).await });
 }
 
 /// Most sequences a stage serves (llama.cpp's own limit).
@@ -260,7 +250,7 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::
         .map_err(|e| failed(e.to_string()))?
         .map_err(|e| failed(e.to_string()))?;
     let n_ctx = stage.info().n_ctx;
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::unbounded_channel();
     node.host.stages.lock().unwrap().insert((ls.instance, ls.index), tx);
     node.host.owned.lock().unwrap().insert(
         (ls.instance, ls.index),
@@ -280,7 +270,7 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::
     Ok(n_ctx)
 }
 
-async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut rx: mpsc::Receiver<Job>) {
+async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
         match job {
@@ -327,7 +317,7 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                     }
                 }
             }
-            Job::Op { op, request, conn } => {
+            Job::Op { op, request, conn, .. } => {
                 let r = match op {
                     SeqOp::Remove { seq, p0, p1 } => stage.seq_rm(seq, p0, p1).await.map(OpReply::Removed),
                     SeqOp::Clear => stage.clear().await.map(|_| OpReply::Done),

@@ -3,6 +3,7 @@
 //! and coordinates pipelines whose stages run on other nodes ([`ClusterChain`]).
 
 mod coordinator;
+mod dispatch;
 mod heartbeat;
 pub mod holdings;
 mod host;
@@ -15,12 +16,10 @@ pub use coordinator::{ClusterChain, Origin, StagePlacement};
 pub use host::HostedStage;
 pub use weights::{sources_for, PeerSource};
 
-use crate::pipeline::{FaultKind, StageFault};
+use crate::pipeline::StageFault;
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::transport::{
-    self, Conn, Endpoint, Hello, Incoming, Kind, Message, PeerError, Security, TransportError, PROTOCOL_VERSION,
-};
+use crate::transport::{self, Conn, Endpoint, Hello, Message, Security, TransportError, PROTOCOL_VERSION};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -231,7 +230,7 @@ impl ClusterNode {
             });
         }
         tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
-        tokio::spawn(dispatch(Arc::downgrade(&node), rx));
+        tokio::spawn(dispatch::dispatch(Arc::downgrade(&node), rx));
         tokio::spawn(heartbeat::heartbeat(Arc::downgrade(&node), cfg.peers.clone()));
         tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, key_id = %cfg.security.key_id(), "peer listener up");
         if cfg.security.plaintext {
@@ -503,77 +502,5 @@ async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::T
                 Err(e) => tracing::warn!(%from, "refused a peer connection: {e}"),
             }
         });
-    }
-}
-
-async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Incoming>) {
-    while let Some(inc) = rx.recv().await {
-        let Some(n) = node.upgrade() else { return };
-        n.note_peer(&inc.conn);
-        let Incoming { frame, conn, queued } = inc;
-        let request = frame.request;
-        let msg = match Message::decode(frame.kind, &frame.payload) {
-            Ok(m) => m,
-            Err(e) => {
-                malformed(&n, frame.kind, frame.request, &conn, e).await;
-                continue;
-            }
-        };
-        drop(frame);
-        match msg {
-            Message::Ping { .. } => {
-                let _ = conn.tell(request, &Message::Pong(Box::new(n.pong()))).await;
-            }
-            Message::Tokens(r) => n.answered(request, r.map(Answer::Tokens)),
-            Message::Embedding(r) => n.answered(request, r.map(Answer::Embedding)),
-            m @ (Message::LoadStage(_)
-            | Message::Forward(_)
-            | Message::EmbedForward(_)
-            | Message::SeqOp(_)
-            | Message::Unload { .. }) => host::handle(&n, m, conn, request, queued).await,
-            Message::WeightsAsk(ask) => weights::serve(&n, ask, conn, request),
-            // a stage on this node reports to itself: its transfer is listed here already
-            Message::LoadProgress(p) if conn.peer().node_id != n.hello.node_id => {
-                progress::record(&n.store.transfers, &conn.peer().node_name, &p)
-            }
-            Message::Bye => {
-                let id = conn.peer().node_id.clone();
-                n.departed.lock().unwrap().insert(id.clone());
-                n.peers.lock().unwrap().remove(&id);
-                tracing::info!(peer = %conn.peer().node_name, "peer left");
-            }
-            m => tracing::debug!(kind = ?m.kind(), "ignored peer message"),
-        }
-    }
-}
-
-/// A frame that does not decode: a request is answered with why (its asker does not wait for a
-/// timeout), a batch's answer fails its waiter, anything else is dropped.
-async fn malformed(n: &ClusterNode, kind: u16, request: u64, conn: &Conn, e: TransportError) {
-    tracing::warn!(peer = %conn.peer().node_name, kind, "dropping a malformed peer message: {e}");
-    match Kind::from_u16(kind) {
-        Some(k @ (Kind::LoadStage | Kind::SeqOp | Kind::WeightsAsk)) => {
-            let e = PeerError::Malformed { what: format!("{k:?} request"), detail: e.to_string() };
-            let _ = conn.tell(request, &Message::Error(e)).await;
-        }
-        // the stage is unknown here: the coordinator's watch names the last one (which answers)
-        Some(Kind::Tokens | Kind::Embedding) => n.answered(
-            request,
-            Err(StageFault {
-                stage: usize::MAX,
-                node: conn.peer().node_name.clone(),
-                kind: FaultKind::Malformed { detail: e.to_string() },
-            }),
-        ),
-        _ => {}
-    }
-}
-
-impl ClusterNode {
-    /// Hands a batch's answer to whoever waits for it.
-    fn answered(&self, request: u64, r: Result<Answer, StageFault>) {
-        if let Some(w) = self.waiters.lock().unwrap().remove(&request) {
-            let _ = w.send(r);
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! when this node lacks the model.
 
 use super::{ClusterNode, PeerStatus};
-use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource};
+use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource, SourceError};
 use crate::store::Resolved;
 use crate::transport::{
     Conn, LoadRefusal, LoadStage, Message, TransportError, WeightsAsk, WeightsError, WeightsMeta, MAX_WEIGHTS_READ,
@@ -146,19 +146,19 @@ impl RangeSource for PeerSource {
         format!("node {}", self.conn.peer().node_name)
     }
 
-    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, SourceError>> {
         Box::pin(async move {
             let ask = || async {
-                match self.ask(WeightsAsk::Info { model: self.model.clone() }).await.map_err(|e| e.to_string())? {
+                match self.ask(WeightsAsk::Info { model: self.model.clone() }).await? {
                     Message::WeightsMeta(WeightsMeta::Info { size, data_offset }) => Ok(FileInfo { size, data_offset }),
-                    other => Err(unexpected(&other).to_string()),
+                    other => Err(unexpected(&other)),
                 }
             };
             self.info.get_or_try_init(ask).await.cloned()
         })
     }
 
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, SourceError>> {
         Box::pin(async move {
             match self
                 .ask(WeightsAsk::Hash { model: self.model.clone(), start, end })
@@ -166,12 +166,12 @@ impl RangeSource for PeerSource {
                 .map_err(|e| e.to_string())?
             {
                 Message::WeightsMeta(WeightsMeta::Hash { sha256 }) if sha256.len() == 64 => Ok(Some(sha256)),
-                other => Err(unexpected(&other).to_string()),
+                other => Err(unexpected(&other)),
             }
         })
     }
 
-    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, SourceError>> {
         Box::pin(async move {
             match self
                 .ask(WeightsAsk::Read { model: self.model.clone(), start, len })
@@ -179,14 +179,14 @@ impl RangeSource for PeerSource {
                 .map_err(|e| e.to_string())?
             {
                 Message::WeightsData(b) => Ok(b),
-                other => Err(unexpected(&other).to_string()),
+                other => Err(unexpected(&other)),
             }
         })
     }
 }
 
-fn unexpected(m: &Message) -> TransportError {
-    TransportError::Unexpected(m.kind() as u16)
+fn unexpected(m: &Message) -> SourceError {
+    SourceError::Unexpected { what: format!("{:?}", m.kind()) }
 }
 
 /// Most sources a load request may name (each is tried in turn).
@@ -283,7 +283,7 @@ enum SourceFailed {
     #[error("{source_name}: its file has {theirs} bytes, the coordinator's {want}")]
     Size { source_name: String, theirs: u64, want: u64 },
     #[error("{source_name}: {reason}")]
-    Info { source_name: String, reason: String },
+    Info { source_name: String, reason: SourceError },
     #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
 }
