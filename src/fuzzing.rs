@@ -217,3 +217,25 @@ pub fn api(data: &[u8]) {
         );
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_messages_seed_reaches_past_the_codec() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/messages");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let data = std::fs::read(e.path()).unwrap();
+            let kind = data[0] as u16 % 23;
+            if kind != Kind::OtherCluster as u16 {
+                let m = Message::decode(kind, &data[1..]);
+                assert!(m.is_ok(), "{}: {:?}", e.path().display(), m.err());
+            }
+            messages(&data);
+            n += 1;
+        }
+        assert!(n >= 19, "{n} seeds");
+    }
+}

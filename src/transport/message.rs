@@ -31,11 +31,10 @@ pub enum Kind {
     Handshake = 15,
     /// The answer to a handshake from another cluster: the responder's preamble.
     OtherCluster = 16,
-    // embeddings (see `EmbeddingMsg` below)
     /// A [`BatchMsg`] of an embedding request: decoded like a `Forward`, but its last stage
-    /// answers an [`EmbeddingMsg`] instead of sampling.
+    /// answers an `Embedding` instead of sampling.
     EmbedForward = 17,
-    /// The last stage's answer to an `EmbedForward`.
+    /// The last stage's answer to an `EmbedForward` (binary, see [`super::batch`]).
     Embedding = 18,
     /// A request for a model file's bytes ([`WeightsAsk`], JSON).
     WeightsAsk = 19,
