@@ -145,9 +145,9 @@ fn forward(node: &Arc<ClusterNode>, msg: BatchMsg, embed: bool, request: u64, qu
     let stage = msg.stage as usize;
     let worker = node.host.stages.lock().unwrap().get(&(msg.instance, stage)).cloned();
     let (reply_to, instance) = (msg.reply_to.clone(), msg.instance);
-    let kind = match worker.map(|w| w.send(Job::Forward { msg, embed, request, _queued: queued })) {
-        Some(Ok(())) => return,
-        Some(Err(_)) => FaultKind::Unloaded,
+    let kind = match worker {
+        Some(w) if w.send(Job::Forward { msg, embed, request, _queued: queued }).is_ok() => return,
+        Some(_) => FaultKind::Unloaded,
         None => FaultKind::Refused(PeerError::NoStage { node: node.hello.node_name.clone(), instance, stage }),
     };
     // answering may mean connecting to the coordinator: not on the dispatch's time
