@@ -103,8 +103,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     for n in &loaded.notes {
         eprintln!("{n}");
     }
-    let security =
-        crate::transport::Security { keys: std::sync::Arc::new(loaded.keys), plaintext: a.unsafe_plaintext_peers };
+    let security = crate::transport::Security {
+        plaintext: a.unsafe_plaintext_peers,
+        ..crate::transport::Security::new(std::sync::Arc::new(loaded.keys))
+    };
     let api_key = a.api_key.filter(|k| !k.is_empty());
     if !a.api_addr.ip().is_loopback() && api_key.is_none() {
         eprintln!("WARNING: the API at {} is reachable from other machines and has NO API KEY:", a.api_addr);

@@ -2,13 +2,12 @@
 //! token batches to the first stage; hidden states travel from stage to stage directly; the last
 //! stage samples and answers here. KV and sampler operations go to every stage.
 
-use super::host::{LoadedMsg, SeqOpMsg, UnloadMsg};
 use super::{Answer, ClusterNode};
 use crate::engine::{ContextParams, LayerRange, ModelWindow, SamplingParams, StageHandle, StageInfo, StageSpec, Token};
 use crate::pipeline::{
-    NodeReport, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, StageReport, TokenChunk,
+    FaultKind, NodeReport, Pending, PendingEmbedding, Pipeline, PipelineError, PipelineReport, StageFault, TokenChunk,
 };
-use crate::transport::{BatchMsg, Conn, Kind, LoadRefusal, LoadStage, SeqOp, TransportError};
+use crate::transport::{BatchMsg, Conn, LoadStage, Message, OpReply, SeqOp, StageOp, TransportError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,19 +44,19 @@ const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one batch's answer; a dead stage is noticed much sooner (its connection).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A refused load says why in a typed [`LoadRefusal`]; other failures as they are.
-fn load_error(e: TransportError) -> String {
-    match &e {
-        TransportError::Refused(s) => match serde_json::from_str::<LoadRefusal>(s) {
-            Ok(r) => r.to_string(),
-            Err(_) => e.to_string(),
-        },
-        _ => e.to_string(),
-    }
+/// The fault of stage `i` (placed as `st`).
+fn fault(i: usize, st: &StagePlacement, kind: FaultKind) -> PipelineError {
+    PipelineError::Remote(StageFault { stage: i, node: st.node.clone(), kind })
 }
 
-fn remote(i: usize, st: &StagePlacement, reason: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Remote { stage: i, node: st.node.clone(), reason: reason.to_string() }
+/// A failed request to stage `i`: a typed refusal stays typed.
+fn failed(i: usize, st: &StagePlacement, e: TransportError) -> PipelineError {
+    fault(i, st, FaultKind::from_transport(e))
+}
+
+/// An answer of the wrong kind from stage `i`.
+fn unexpected(i: usize, st: &StagePlacement, m: &Message) -> PipelineError {
+    fault(i, st, FaultKind::Malformed { detail: format!("unexpected {:?} answer", m.kind()) })
 }
 
 impl ClusterChain {
@@ -107,7 +106,7 @@ impl ClusterChain {
         let instance = node.new_request();
         let mut conns = Vec::new();
         for (i, st) in stages.iter().enumerate() {
-            conns.push(node.conn(&st.addr).await.map_err(|e| remote(i, st, e))?);
+            conns.push(node.conn(&st.addr).await.map_err(|e| failed(i, st, e))?);
         }
         let mut holders = node.holders(model, Some(size));
         let me = (node.hello.node_name.clone(), node.hello.peer_addr.clone());
@@ -135,12 +134,11 @@ impl ClusterChain {
             };
             let (conn, st) = (conns[i].clone(), st.clone());
             loads.spawn(async move {
-                let f = conn
-                    .request(Kind::LoadStage, serde_json::to_vec(&req).expect("serializes"), LOAD_TIMEOUT)
-                    .await
-                    .map_err(|e| remote(i, &st, load_error(e)))?;
-                let loaded: LoadedMsg = serde_json::from_slice(&f.payload).map_err(|e| remote(i, &st, e))?;
-                Ok::<u32, PipelineError>(loaded.n_ctx)
+                match conn.call(&Message::LoadStage(Box::new(req)), LOAD_TIMEOUT).await {
+                    Ok(Message::Loaded { n_ctx }) => Ok::<u32, PipelineError>(n_ctx),
+                    Ok(m) => Err(unexpected(i, &st, &m)),
+                    Err(e) => Err(failed(i, &st, e)),
+                }
             });
         }
         let mut n_ctx = u32::MAX;
@@ -157,9 +155,8 @@ impl ClusterChain {
             }
         }
         if let Some(e) = failed {
-            let msg = serde_json::to_vec(&UnloadMsg { instance }).expect("serializes");
             for c in &conns {
-                let _ = c.send(Kind::Unload, 0, msg.clone()).await;
+                let _ = c.tell(0, &Message::Unload { instance }).await;
             }
             return Err(e);
         }
@@ -179,20 +176,20 @@ impl ClusterChain {
         self.conns.iter().zip(&self.stages).all(|(c, s)| !c.is_closed() && self.node.alive(&s.addr))
     }
 
-    async fn op(&self, i: usize, op: SeqOp) -> Result<bool, PipelineError> {
-        Ok(self.op_answer(i, op).await? == b"true")
+    /// Applies `op` on stage `i`: its typed answer.
+    async fn op(&self, i: usize, op: SeqOp) -> Result<OpReply, PipelineError> {
+        let m = Message::SeqOp(StageOp { instance: self.instance, stage: i, op });
+        match self.conns[i].call(&m, OP_TIMEOUT).await {
+            Ok(Message::SeqDone(r)) => Ok(r),
+            Ok(m) => Err(unexpected(i, &self.stages[i], &m)),
+            Err(e) => Err(failed(i, &self.stages[i], e)),
+        }
     }
 
-    async fn op_answer(&self, i: usize, op: SeqOp) -> Result<Vec<u8>, PipelineError> {
-        let m = SeqOpMsg { instance: self.instance, stage: i, op };
-        let f = self.conns[i]
-            .request(Kind::SeqOp, serde_json::to_vec(&m).expect("serializes"), OP_TIMEOUT)
-            .await
-            .map_err(|e| remote(i, &self.stages[i], e))?;
-        if f.kind == Kind::Error as u16 {
-            return Err(remote(i, &self.stages[i], String::from_utf8_lossy(&f.payload)));
-        }
-        Ok(f.payload)
+    /// [`Self::op`] where anything but `want` answered is a malformed answer.
+    fn expect(&self, i: usize, r: OpReply, want: &str) -> PipelineError {
+        let kind = FaultKind::Malformed { detail: format!("{r:?} where {want} was expected") };
+        fault(i, &self.stages[i], kind)
     }
 }
 
@@ -208,7 +205,7 @@ impl Watch {
     async fn answer(
         &self,
         request: u64,
-        mut rx: oneshot::Receiver<Result<Answer, String>>,
+        mut rx: oneshot::Receiver<Result<Answer, StageFault>>,
     ) -> Result<Answer, PipelineError> {
         let last = self.stages.len() - 1;
         let started = std::time::Instant::now();
@@ -225,34 +222,29 @@ impl Watch {
                 Some(_) = closing.join_next() => {
                     if let Some(i) = self.dead_stage() {
                         self.node.forget(request);
-                        return Err(remote(i, &self.stages[i], "the connection closed (the node died or left)"));
+                        return Err(fault(i, &self.stages[i], FaultKind::Closed));
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if let Some(i) = self.dead_stage() {
                         self.node.forget(request);
-                        return Err(remote(i, &self.stages[i], "the node went away (connection closed or heartbeats missed)"));
+                        return Err(fault(i, &self.stages[i], FaultKind::Gone));
                     }
                     if started.elapsed() > BATCH_TIMEOUT {
                         self.node.forget(request);
-                        return Err(remote(last, &self.stages[last], "no answer in time"));
+                        return Err(fault(last, &self.stages[last], FaultKind::Timeout));
                     }
                 }
             }
         };
-        r.map_err(|e| self.blame(e))
+        r.map_err(|f| self.placed(f))
     }
 
-    /// Names the stage an error from inside the pipeline is about: one whose address it mentions,
-    /// else one whose node went away, else the last stage (which reported it).
-    fn blame(&self, reason: String) -> PipelineError {
-        let i = self
-            .stages
-            .iter()
-            .position(|s| reason.contains(&s.addr))
-            .or_else(|| self.dead_stage())
-            .unwrap_or(self.stages.len() - 1);
-        remote(i, &self.stages[i], reason)
+    /// A fault from inside the pipeline, named as this coordinator placed its stage (a stage
+    /// index past the last, from a hostile or confused peer, is the last stage: it answered).
+    fn placed(&self, f: StageFault) -> PipelineError {
+        let i = f.stage.min(self.stages.len() - 1);
+        fault(i, &self.stages[i], f.kind)
     }
 
     /// The first stage whose node went away (connection closed) or stopped answering its
@@ -268,8 +260,8 @@ impl ClusterChain {
         &self,
         c: TokenChunk,
         sample: bool,
-        kind: Kind,
-    ) -> Result<(Watch, u64, oneshot::Receiver<Result<Answer, String>>), PipelineError> {
+        embed: bool,
+    ) -> Result<(Watch, u64, oneshot::Receiver<Result<Answer, StageFault>>), PipelineError> {
         let request = self.node.new_request();
         let rx = self.node.wait_tokens(request);
         let msg = BatchMsg {
@@ -283,9 +275,10 @@ impl ClusterChain {
             hidden: vec![],
             reply_to: self.node.peer_addr().to_string(),
         };
-        if let Err(e) = self.conns[0].send(kind, request, msg.encode()).await {
+        let msg = if embed { Message::EmbedForward(msg) } else { Message::Forward(msg) };
+        if let Err(e) = self.conns[0].tell(request, &msg).await {
             self.node.forget(request);
-            return Err(remote(0, &self.stages[0], e));
+            return Err(failed(0, &self.stages[0], e));
         }
         let watch = Watch { node: self.node.clone(), stages: self.stages.clone(), conns: self.conns.clone() };
         Ok((watch, request, rx))
@@ -305,11 +298,15 @@ impl Pipeline for ClusterChain {
     }
 
     async fn set_sampler(&self, seq: i32, params: SamplingParams, history: Vec<Token>) -> Result<(), PipelineError> {
-        self.op(self.stages.len() - 1, SeqOp::Sampler { seq, params, history }).await.map(|_| ())
+        let last = self.stages.len() - 1;
+        match self.op(last, SeqOp::Sampler { seq, params, history }).await? {
+            OpReply::Done => Ok(()),
+            r => Err(self.expect(last, r, "done")),
+        }
     }
 
     async fn submit(&self, c: TokenChunk, sample: bool) -> Result<Pending, PipelineError> {
-        let (watch, request, rx) = self.send(c, sample, Kind::Forward).await?;
+        let (watch, request, rx) = self.send(c, sample, false).await?;
         let last = self.stages.len() - 1;
         Ok(Box::pin(async move {
             match watch.answer(request, rx).await? {
@@ -320,7 +317,7 @@ impl Pipeline for ClusterChain {
     }
 
     async fn embed(&self, c: TokenChunk) -> Result<PendingEmbedding, PipelineError> {
-        let (watch, request, rx) = self.send(c, false, Kind::EmbedForward).await?;
+        let (watch, request, rx) = self.send(c, false, true).await?;
         let last = self.stages.len() - 1;
         Ok(Box::pin(async move {
             match watch.answer(request, rx).await? {
@@ -333,7 +330,10 @@ impl Pipeline for ClusterChain {
     async fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> Result<bool, PipelineError> {
         let mut ok = true;
         for i in 0..self.stages.len() {
-            ok &= self.op(i, SeqOp::Remove { seq, p0, p1 }).await?;
+            match self.op(i, SeqOp::Remove { seq, p0, p1 }).await? {
+                OpReply::Removed(r) => ok &= r,
+                r => return Err(self.expect(i, r, "removed")),
+            }
         }
         Ok(ok)
     }
@@ -341,8 +341,10 @@ impl Pipeline for ClusterChain {
     async fn report(&self) -> Result<PipelineReport, PipelineError> {
         let mut stages = Vec::with_capacity(self.stages.len());
         for i in 0..self.stages.len() {
-            let b = self.op_answer(i, SeqOp::Stats).await?;
-            stages.push(serde_json::from_slice::<StageReport>(&b).map_err(|e| remote(i, &self.stages[i], e))?);
+            match self.op(i, SeqOp::Stats).await? {
+                OpReply::Stats(r) => stages.push(*r),
+                r => return Err(self.expect(i, r, "stats")),
+            }
         }
         let coordinator = NodeReport {
             node: self.node.hello.node_name.clone(),
@@ -355,12 +357,12 @@ impl Pipeline for ClusterChain {
 
 impl Drop for ClusterChain {
     fn drop(&mut self) {
-        let msg = serde_json::to_vec(&UnloadMsg { instance: self.instance }).expect("serializes");
+        let msg = Message::Unload { instance: self.instance };
         let conns = self.conns.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 for c in conns {
-                    let _ = c.send(Kind::Unload, 0, msg.clone()).await;
+                    let _ = c.tell(0, &msg).await;
                 }
             });
         }

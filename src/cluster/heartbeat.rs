@@ -2,8 +2,8 @@
 //! holdings, the links it measured), now and then its bandwidth is measured with a timed
 //! transfer, and static peers that are down are dialed again.
 
-use super::{holdings, ClusterNode, HEARTBEAT, PEER_TIMEOUT};
-use crate::transport::{Conn, Kind, TransportError};
+use super::{ClusterNode, HEARTBEAT, PEER_TIMEOUT};
+use crate::transport::{Conn, Kind, Message, TransportError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,6 +108,7 @@ pub(super) async fn heartbeat(node: std::sync::Weak<ClusterNode>, statics: Vec<S
 /// One heartbeat to one peer: its round trip and profile, now and then its bandwidth.
 async fn ping(node: std::sync::Weak<ClusterNode>, id: String, c: Conn, bulk: bool) {
     let t = Instant::now();
+    // the frame, not `call`: a pong that does not decode still proves the peer alive
     let Ok(f) = c.request(Kind::Ping, vec![], PING_TIMEOUT).await else { return };
     let rtt = t.elapsed();
     if let Some(n) = node.upgrade() {
@@ -115,19 +116,16 @@ async fn ping(node: std::sync::Weak<ClusterNode>, id: String, c: Conn, bulk: boo
             p.last_seen = Instant::now();
             p.rtt = Some(rtt);
             // a pong carries the peer's profile, what it holds and what it measured
-            match serde_json::from_slice::<holdings::Pong>(&f.payload) {
-                Ok(pong) => {
-                    let pong = pong.bounded();
-                    (p.profile, p.held, p.links) = (Some(pong.profile), pong.held, pong.links);
-                }
-                Err(_) => p.profile = None,
+            match Message::decode(f.kind, &f.payload) {
+                Ok(Message::Pong(pong)) => (p.profile, p.held, p.links) = (Some(pong.profile), pong.held, pong.links),
+                _ => p.profile = None,
             }
         }
     }
     if bulk {
         // a ping carrying 1 MiB: the extra time over the round trip is the transfer
         let t2 = Instant::now();
-        if c.request(Kind::Ping, vec![0u8; BULK], PEER_TIMEOUT).await.is_ok() {
+        if c.request(Kind::Ping, Message::Ping { padding: BULK as u32 }.encode(), PEER_TIMEOUT).await.is_ok() {
             let extra = t2.elapsed().saturating_sub(rtt).as_secs_f64().max(1e-6);
             if let Some(n) = node.upgrade() {
                 if let Some(p) = n.peers.lock().unwrap().get_mut(&id) {

@@ -5,16 +5,21 @@
 use super::ClusterNode;
 use crate::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use crate::pipeline::StageReport;
+use crate::pipeline::{FaultKind, StageFault};
 use crate::store::Resolved;
-use crate::transport::{BatchMsg, Conn, EmbeddingMsg, Incoming, Kind, LoadRefusal, LoadStage, SeqOp, MAX_PAYLOAD};
-use serde::{Deserialize, Serialize};
+use crate::transport::{BatchMsg, Conn, LoadRefusal, LoadStage, Message, OpReply, PeerError, SeqOp, MAX_PAYLOAD};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Default)]
 pub(super) struct Host {
-    stages: Mutex<HashMap<(u64, usize), mpsc::Sender<Job>>>,
+    /// Each stage's queue of jobs. Unbounded in count, bounded in bytes: every job holds its
+    /// frame's share of the node's byte budget until done, so handing a frame to a busy stage
+    /// never waits (nor stalls the node's other frames, heartbeats included).
+    pub(super) stages: Mutex<HashMap<(u64, usize), mpsc::UnboundedSender<Job>>>,
     /// What each hosted stage is and whose (its coordinator).
     owned: Mutex<HashMap<(u64, usize), HostedStage>>,
 }
@@ -75,169 +80,79 @@ impl Host {
     }
 }
 
-enum Job {
-    /// `_queued`: the frame's share of the node's byte budget, held until the batch is done.
+/// `_queued`: the frame's share of the node's byte budget, held until the job is done.
+pub(super) enum Job {
     Forward {
         msg: BatchMsg,
         /// An embedding batch (`Kind::EmbedForward`): the last stage answers an embedding.
         embed: bool,
         request: u64,
-        _queued: tokio::sync::OwnedSemaphorePermit,
+        _queued: OwnedSemaphorePermit,
     },
     Op {
         op: SeqOp,
         request: u64,
         conn: Conn,
+        _queued: OwnedSemaphorePermit,
     },
 }
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct SeqOpMsg {
-    pub instance: u64,
-    pub stage: usize,
-    pub op: SeqOp,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct TokensMsg {
-    pub tokens: Vec<i32>,
-    pub error: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct LoadedMsg {
-    pub n_ctx: u32,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct UnloadMsg {
-    pub instance: u64,
-}
-
-pub(super) fn decode_tokens(b: &[u8]) -> Result<Vec<i32>, String> {
-    match serde_json::from_slice::<TokensMsg>(b) {
-        Ok(TokensMsg { error: Some(e), .. }) => Err(e),
-        Ok(TokensMsg { tokens, .. }) => Ok(tokens),
-        Err(e) => Err(format!("malformed tokens message: {e}")),
-    }
-}
-
-/// Runs the decoder this node applies to a peer frame of `kind`, for every kind (the fuzz
-/// targets and tests drive every decoder through this).
-pub fn decode_payload(kind: Kind, b: &[u8]) -> Result<(), String> {
-    fn j<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<(), String> {
-        serde_json::from_slice::<T>(b).map(drop).map_err(|e| e.to_string())
-    }
-    match kind {
-        Kind::Hello | Kind::Welcome => j::<crate::transport::Hello>(b),
-        Kind::LoadStage => j::<LoadStage>(b),
-        Kind::Loaded => j::<LoadedMsg>(b),
-        Kind::Forward | Kind::EmbedForward => BatchMsg::decode(b).map(drop).map_err(|e| e.to_string()),
-        Kind::Embedding => EmbeddingMsg::decode(b).map(drop).map_err(|e| e.to_string()),
-        Kind::Tokens => decode_tokens(b).map(drop),
-        Kind::SeqOp => j::<SeqOpMsg>(b),
-        Kind::Unload => j::<UnloadMsg>(b),
-        Kind::Pong => j::<super::holdings::Pong>(b),
-        Kind::Error => j::<LoadRefusal>(b),
-        Kind::WeightsAsk => j::<crate::transport::WeightsAsk>(b),
-        Kind::WeightsMeta => j::<crate::transport::WeightsMeta>(b),
-        // raw bytes of a model file
-        Kind::WeightsData => Ok(()),
-        Kind::LoadProgress => j::<crate::transport::LoadProgressMsg>(b),
-        Kind::OtherCluster => crate::transport::noise::parse_preamble(b).map(drop).map_err(|e| e.to_string()),
-        // free text or nothing
-        Kind::Refused | Kind::Ping | Kind::SeqDone | Kind::Bye | Kind::Handshake => Ok(()),
-    }
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("plain data serializes")
-}
-
-pub(super) async fn handle(node: &Arc<ClusterNode>, kind: Kind, inc: Incoming) {
-    let (f, conn, queued) = (inc.frame, inc.conn, inc.queued);
-    match kind {
-        Kind::LoadStage => {
-            let ls: LoadStage = match serde_json::from_slice(&f.payload) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ =
-                        conn.send(Kind::Error, f.request, format!("malformed load request: {e}").into_bytes()).await;
-                    return;
-                }
-            };
+/// Acts on a stage message from a coordinator (or the stage before): loads, batches, sequence
+/// operations, unloads. `request` is the frame's request id; `queued` its share of the node's
+/// byte budget, held as long as the job waits for its stage. Never waits itself: the node's
+/// dispatch calls it for every frame.
+pub(super) fn handle(node: &Arc<ClusterNode>, msg: Message, conn: Conn, request: u64, queued: OwnedSemaphorePermit) {
+    match msg {
+        Message::LoadStage(ls) => {
             let node = node.clone();
             let owner = conn.peer().clone();
             tokio::spawn(async move {
                 let (stop, stopped) = tokio::sync::oneshot::channel();
-                let report = tokio::spawn(super::progress::report(node.clone(), conn.clone(), ls.clone(), stopped));
-                let r = load(&node, ls, &owner).await;
+                let report = tokio::spawn(super::progress::report(node.clone(), conn.clone(), (*ls).clone(), stopped));
+                let r = load(&node, *ls, &owner).await;
                 let _ = stop.send(());
                 let _ = report.await;
                 let reply = match r {
-                    Ok(n_ctx) => (Kind::Loaded, json(&LoadedMsg { n_ctx })),
+                    Ok(n_ctx) => Message::Loaded { n_ctx },
                     Err(e) => {
                         tracing::warn!(peer = %conn.peer().node_name, "refused to load a stage: {e}");
-                        (Kind::Error, json(&e))
+                        Message::Error(PeerError::Load(e))
                     }
                 };
-                let _ = conn.send(reply.0, f.request, reply.1).await;
+                let _ = conn.tell(request, &reply).await;
             });
         }
-        Kind::Forward | Kind::EmbedForward => {
-            let embed = kind == Kind::EmbedForward;
-            let msg = match BatchMsg::decode(&f.payload) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(peer = %conn.peer().node_name, "dropping a malformed batch: {e}");
-                    return;
-                }
-            };
-            let worker = node.host.stages.lock().unwrap().get(&(msg.instance, msg.stage as usize)).cloned();
-            match worker {
-                Some(w) => {
-                    let reply_to = msg.reply_to.clone();
-                    if w.send(Job::Forward { msg, embed, request: f.request, _queued: queued }).await.is_err() {
-                        answer(node, &reply_to, f.request, embed, "the stage was unloaded".into()).await;
-                    }
-                }
-                None => {
-                    let e = format!(
-                        "node {} holds no stage {} of instance {}",
-                        node.hello.node_name, msg.stage, msg.instance
-                    );
-                    answer(node, &msg.reply_to, f.request, embed, e).await;
-                }
-            }
-        }
-        Kind::SeqOp => {
-            let m: SeqOpMsg = match serde_json::from_slice(&f.payload) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = conn
-                        .send(Kind::Error, f.request, format!("malformed sequence operation: {e}").into_bytes())
-                        .await;
-                    return;
-                }
-            };
+        Message::Forward(msg) => forward(node, msg, false, request, queued),
+        Message::EmbedForward(msg) => forward(node, msg, true, request, queued),
+        Message::SeqOp(m) => {
             let worker = node.host.stages.lock().unwrap().get(&(m.instance, m.stage)).cloned();
-            match worker {
-                Some(w) => {
-                    let _ = w.send(Job::Op { op: m.op, request: f.request, conn }).await;
-                }
-                None => {
-                    let _ = conn.send(Kind::Error, f.request, b"no such stage on this node".to_vec()).await;
-                }
+            let job = Job::Op { op: m.op, request, conn: conn.clone(), _queued: queued };
+            if worker.is_none_or(|w| w.send(job).is_err()) {
+                let e = PeerError::NoStage { node: node.hello.node_name.clone(), instance: m.instance, stage: m.stage };
+                tokio::spawn(async move { conn.tell(request, &Message::Error(e)).await });
             }
         }
-        Kind::Unload => {
-            if let Ok(m) = serde_json::from_slice::<UnloadMsg>(&f.payload) {
-                node.host.unload(m.instance);
-                tracing::info!(instance = m.instance, "stages unloaded");
-            }
+        Message::Unload { instance } => {
+            node.host.unload(instance);
+            tracing::info!(instance, "stages unloaded");
         }
         _ => {}
     }
+}
+
+/// Hands a batch to its stage's worker, or answers the coordinator why it cannot.
+fn forward(node: &Arc<ClusterNode>, msg: BatchMsg, embed: bool, request: u64, queued: OwnedSemaphorePermit) {
+    let stage = msg.stage as usize;
+    let worker = node.host.stages.lock().unwrap().get(&(msg.instance, stage)).cloned();
+    let (reply_to, instance) = (msg.reply_to.clone(), msg.instance);
+    let kind = match worker {
+        Some(w) if w.send(Job::Forward { msg, embed, request, _queued: queued }).is_ok() => return,
+        Some(_) => FaultKind::Unloaded,
+        None => FaultKind::Refused(PeerError::NoStage { node: node.hello.node_name.clone(), instance, stage }),
+    };
+    // answering may mean connecting to the coordinator: not on the dispatch's time
+    let (node, f) = (node.clone(), StageFault { stage, node: node.hello.node_name.clone(), kind });
+    tokio::spawn(async move { answer(&node, &reply_to, request, embed, f).await });
 }
 
 /// Most sequences a stage serves (llama.cpp's own limit).
@@ -335,7 +250,7 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::
         .map_err(|e| failed(e.to_string()))?
         .map_err(|e| failed(e.to_string()))?;
     let n_ctx = stage.info().n_ctx;
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::unbounded_channel();
     node.host.stages.lock().unwrap().insert((ls.instance, ls.index), tx);
     node.host.owned.lock().unwrap().insert(
         (ls.instance, ls.index),
@@ -355,7 +270,7 @@ async fn load(node: &Arc<ClusterNode>, ls: LoadStage, owner: &crate::transport::
     Ok(n_ctx)
 }
 
-async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut rx: mpsc::Receiver<Job>) {
+async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
         match job {
@@ -373,78 +288,72 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                     Ok(DecodeOutput::Hidden(h)) => {
                         let next = ls.next.as_deref().expect("a non-last stage has a next hop");
                         let out = BatchMsg { stage: msg.stage + 1, tokens: vec![], hidden: h, ..msg.clone() };
+                        let out = if embed { Message::EmbedForward(out) } else { Message::Forward(out) };
                         let sent = match n.conn(next).await {
-                            Ok(c) => {
-                                let kind = if embed { Kind::EmbedForward } else { Kind::Forward };
-                                c.send(kind, request, out.encode()).await.map_err(|e| e.to_string())
-                            }
-                            Err(e) => Err(e.to_string()),
+                            Ok(c) => c.tell(request, &out).await,
+                            Err(e) => Err(e),
                         };
                         if let Err(e) = sent {
-                            let e = format!("stage {} cannot reach the next stage at {next}: {e}", ls.index);
-                            answer(&n, &msg.reply_to, request, embed, e).await;
+                            // the next stage's node is the one that failed
+                            let kind = FaultKind::Unreachable {
+                                from: ls.index,
+                                addr: next.to_string(),
+                                detail: e.to_string(),
+                            };
+                            let f = StageFault { stage: ls.index + 1, node: next.to_string(), kind };
+                            answer(&n, &msg.reply_to, request, embed, f).await;
                         }
                     }
-                    Ok(DecodeOutput::Last { tokens, .. }) => reply(&n, &msg.reply_to, request, Ok(tokens)).await,
-                    Ok(DecodeOutput::Embedding(v)) => reply_embedding(&n, &msg.reply_to, request, Ok(v)).await,
+                    Ok(DecodeOutput::Last { tokens, .. }) => {
+                        reply(&n, &msg.reply_to, request, Message::Tokens(Ok(tokens))).await
+                    }
+                    Ok(DecodeOutput::Embedding(v)) => {
+                        reply(&n, &msg.reply_to, request, Message::Embedding(Ok(v))).await
+                    }
                     Err(e) => {
-                        let e = format!("stage {} on {}: {e}", ls.index, n.hello.node_name);
-                        answer(&n, &msg.reply_to, request, embed, e).await;
+                        let kind = FaultKind::Engine { detail: e.to_string() };
+                        let f = StageFault { stage: ls.index, node: n.hello.node_name.clone(), kind };
+                        answer(&n, &msg.reply_to, request, embed, f).await;
                     }
                 }
             }
-            Job::Op { op, request, conn } => {
+            Job::Op { op, request, conn, .. } => {
                 let r = match op {
-                    SeqOp::Remove { seq, p0, p1 } => stage.seq_rm(seq, p0, p1).await.map(|ok| ok.to_string()),
-                    SeqOp::Clear => stage.clear().await.map(|_| "true".to_string()),
+                    SeqOp::Remove { seq, p0, p1 } => stage.seq_rm(seq, p0, p1).await.map(OpReply::Removed),
+                    SeqOp::Clear => stage.clear().await.map(|_| OpReply::Done),
                     SeqOp::Sampler { seq, params, history } => {
-                        stage.set_sampler(seq, params, history).await.map(|_| "true".to_string())
+                        stage.set_sampler(seq, params, history).await.map(|_| OpReply::Done)
                     }
-                    SeqOp::Stats => Ok(serde_json::to_string(&StageReport {
+                    SeqOp::Stats => Ok(OpReply::Stats(Box::new(StageReport {
                         node: n.hello.node_name.clone(),
                         range: ls.range,
                         n_threads: stage.info().context.n_threads,
                         counters: stage.counters(),
                         node_data_bytes_sent: n.data_bytes_sent().await,
                         node_peak_rss_bytes: crate::profile::peak_rss_bytes(),
-                    })
-                    .expect("plain data serializes")),
+                    }))),
                 };
-                let _ = match r {
-                    Ok(v) => conn.send(Kind::SeqDone, request, v.into_bytes()).await,
-                    Err(e) => conn.send(Kind::Error, request, e.to_string().into_bytes()).await,
+                let reply = match r {
+                    Ok(v) => Message::SeqDone(v),
+                    Err(e) => Message::Error(PeerError::Stage { detail: e.to_string() }),
                 };
+                let _ = conn.tell(request, &reply).await;
             }
         }
     }
 }
 
-/// An error answered in the shape the coordinator waits for: tokens, or an embedding.
-async fn answer(node: &ClusterNode, to: &str, request: u64, embed: bool, e: String) {
-    if embed {
-        reply_embedding(node, to, request, Err(e)).await
-    } else {
-        reply(node, to, request, Err(e)).await
-    }
+/// A fault answered in the shape the coordinator waits for: tokens, or an embedding.
+async fn answer(node: &ClusterNode, to: &str, request: u64, embed: bool, f: StageFault) {
+    let m = if embed { Message::Embedding(Err(f)) } else { Message::Tokens(Err(f)) };
+    reply(node, to, request, m).await
 }
 
-async fn reply_embedding(node: &ClusterNode, to: &str, request: u64, r: Result<Vec<f32>, String>) {
+/// Answers the coordinator at `to` (the batch's `reply_to`).
+async fn reply(node: &ClusterNode, to: &str, request: u64, m: Message) {
     match node.conn(to).await {
         Ok(c) => {
-            let _ = c.send(Kind::Embedding, request, EmbeddingMsg(r).encode()).await;
-        }
-        Err(e) => tracing::warn!(%to, "cannot answer the coordinator: {e}"),
-    }
-}
-
-async fn reply(node: &ClusterNode, to: &str, request: u64, r: Result<Vec<i32>, String>) {
-    let msg = match r {
-        Ok(tokens) => TokensMsg { tokens, error: None },
-        Err(e) => TokensMsg { tokens: vec![], error: Some(e) },
-    };
-    match node.conn(to).await {
-        Ok(c) => {
-            let _ = c.send(Kind::Tokens, request, json(&msg)).await;
+            let _ = c.tell(request, &m).await;
         }
         Err(e) => tracing::warn!(%to, "cannot answer the coordinator: {e}"),
     }

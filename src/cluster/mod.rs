@@ -3,6 +3,7 @@
 //! and coordinates pipelines whose stages run on other nodes ([`ClusterChain`]).
 
 mod coordinator;
+mod dispatch;
 mod heartbeat;
 pub mod holdings;
 mod host;
@@ -13,13 +14,13 @@ mod progress;
 mod weights;
 
 pub use coordinator::{ClusterChain, Origin, StagePlacement};
-pub use host::decode_payload;
 pub use host::HostedStage;
 pub use weights::{sources_for, PeerSource};
 
+use crate::pipeline::StageFault;
 use crate::profile::{self, Profile};
 use crate::store::Store;
-use crate::transport::{self, Conn, Endpoint, Hello, Incoming, Kind, Security, TransportError, PROTOCOL_VERSION};
+use crate::transport::{self, Conn, Endpoint, Hello, Message, Security, TransportError, PROTOCOL_VERSION};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,8 +78,8 @@ pub struct PeerStatus {
     pub key: String,
 }
 
-/// Who waits for the tokens (or the error) of a batch, by request id.
-type TokenWaiter = oneshot::Sender<Result<Answer, String>>;
+/// Who waits for the tokens (or the fault) of a batch, by request id.
+type TokenWaiter = oneshot::Sender<Result<Answer, StageFault>>;
 
 /// What the last stage answers a batch with.
 #[derive(Debug)]
@@ -230,7 +231,7 @@ impl ClusterNode {
             });
         }
         tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
-        tokio::spawn(dispatch(Arc::downgrade(&node), rx));
+        tokio::spawn(dispatch::dispatch(Arc::downgrade(&node), rx));
         tokio::spawn(heartbeat::heartbeat(Arc::downgrade(&node), cfg.peers.clone()));
         tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, key_id = %cfg.security.key_id(), "peer listener up");
         if cfg.security.plaintext {
@@ -324,7 +325,7 @@ impl ClusterNode {
         // from hearing it
         let mut sends = tokio::task::JoinSet::new();
         for c in conns {
-            sends.spawn(async move { tokio::time::timeout(BYE_TIMEOUT, c.send(Kind::Bye, 0, vec![])).await });
+            sends.spawn(async move { tokio::time::timeout(BYE_TIMEOUT, c.tell(0, &Message::Bye)).await });
         }
         while sends.join_next().await.is_some() {}
         *self.discovery.lock().unwrap() = None;
@@ -422,7 +423,7 @@ impl ClusterNode {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Answer, String>> {
+    fn wait_tokens(&self, request: u64) -> oneshot::Receiver<Result<Answer, StageFault>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(request, tx);
         rx
@@ -502,50 +503,5 @@ async fn accept_loop(node: std::sync::Weak<ClusterNode>, listener: tokio::net::T
                 Err(e) => tracing::warn!(%from, "refused a peer connection: {e}"),
             }
         });
-    }
-}
-
-async fn dispatch(node: std::sync::Weak<ClusterNode>, mut rx: mpsc::Receiver<Incoming>) {
-    while let Some(inc) = rx.recv().await {
-        let Some(n) = node.upgrade() else { return };
-        let Some(kind) = Kind::from_u16(inc.frame.kind) else {
-            tracing::warn!(kind = inc.frame.kind, "unknown message kind from a peer");
-            continue;
-        };
-        n.note_peer(&inc.conn);
-        match kind {
-            Kind::Ping => {
-                let p = serde_json::to_vec(&n.pong()).expect("serializes");
-                let _ = inc.conn.send(Kind::Pong, inc.frame.request, p).await;
-            }
-            Kind::Tokens | Kind::Embedding => {
-                let r = if kind == Kind::Tokens {
-                    host::decode_tokens(&inc.frame.payload).map(Answer::Tokens)
-                } else {
-                    match crate::transport::EmbeddingMsg::decode(&inc.frame.payload) {
-                        Ok(m) => m.0.map(Answer::Embedding),
-                        Err(e) => Err(e.to_string()),
-                    }
-                };
-                if let Some(w) = n.waiters.lock().unwrap().remove(&inc.frame.request) {
-                    let _ = w.send(r);
-                }
-            }
-            Kind::LoadStage | Kind::Forward | Kind::EmbedForward | Kind::SeqOp | Kind::Unload => {
-                host::handle(&n, kind, inc).await
-            }
-            Kind::WeightsAsk => weights::serve(&n, inc),
-            // a stage on this node reports to itself: its transfer is listed here already
-            Kind::LoadProgress if inc.conn.peer().node_id != n.hello.node_id => {
-                progress::record(&n.store.transfers, &inc.conn.peer().node_name, &inc.frame.payload)
-            }
-            Kind::Bye => {
-                let id = inc.conn.peer().node_id.clone();
-                n.departed.lock().unwrap().insert(id.clone());
-                n.peers.lock().unwrap().remove(&id);
-                tracing::info!(peer = %inc.conn.peer().node_name, "peer left");
-            }
-            _ => tracing::debug!(?kind, "ignored peer message"),
-        }
     }
 }

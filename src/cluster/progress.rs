@@ -3,7 +3,7 @@
 //! there on arrival.
 
 use super::ClusterNode;
-use crate::transport::{Conn, Kind, LoadProgressMsg, LoadStage, ProgressItem, MAX_PROGRESS_ITEMS};
+use crate::transport::{Conn, LoadProgressMsg, LoadStage, Message, ProgressItem, MAX_PROGRESS_ITEMS};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub(super) async fn report(
         let now = items(&node, &ls.model, after);
         if !now.is_empty() && now != last {
             let msg = LoadProgressMsg { instance: ls.instance, index: ls.index, transfers: now.clone() };
-            let _ = conn.send(Kind::LoadProgress, 0, serde_json::to_vec(&msg).expect("serializes")).await;
+            let _ = conn.tell(0, &Message::LoadProgress(msg)).await;
             last = now;
         }
         if done {
@@ -61,11 +61,7 @@ pub(super) async fn report(
 
 /// Records a stage node's report in this node's transfers (bounded: a peer's report sizes
 /// nothing beyond the caps).
-pub(super) fn record(transfers: &crate::store::Transfers, from: &str, payload: &[u8]) {
-    let Ok(msg) = serde_json::from_slice::<LoadProgressMsg>(payload) else {
-        tracing::debug!(peer = from, "malformed load progress");
-        return;
-    };
+pub(super) fn record(transfers: &crate::store::Transfers, from: &str, msg: &LoadProgressMsg) {
     let cut = |s: &str| s.chars().take(MAX_TEXT).collect::<String>();
     for t in msg.transfers.iter().take(MAX_PROGRESS_ITEMS) {
         transfers.mirror(
@@ -98,9 +94,7 @@ mod tests {
             error: None,
             seconds,
         };
-        let msg = |v: Vec<ProgressItem>| {
-            serde_json::to_vec(&LoadProgressMsg { instance: 1, index: 0, transfers: v }).unwrap()
-        };
+        let msg = |v: Vec<ProgressItem>| LoadProgressMsg { instance: 1, index: 0, transfers: v };
         record(&t, "b", &msg(vec![item(7, "running", 0.5)]));
         record(&t, "b", &msg(vec![item(7, "done", 1.0)]));
         let l = t.list();
@@ -116,7 +110,6 @@ mod tests {
         many[0].error = Some(long.clone());
         many[1].seconds = 1e300;
         record(&t, &long, &msg(many));
-        record(&t, "d", b"{not json");
         let l = t.list();
         assert_eq!(l.len(), 2 + MAX_PROGRESS_ITEMS, "at most {MAX_PROGRESS_ITEMS} items per report");
         for x in l.iter().filter(|x| x.node.as_deref() != Some("b") && x.node.as_deref() != Some("c")) {

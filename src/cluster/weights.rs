@@ -3,9 +3,11 @@
 //! when this node lacks the model.
 
 use super::{ClusterNode, PeerStatus};
-use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource};
+use crate::store::fetch::{self, BoxFut, FileInfo, RangeSource, SourceError};
 use crate::store::Resolved;
-use crate::transport::{Conn, Incoming, Kind, LoadRefusal, LoadStage, WeightsAsk, WeightsMeta, MAX_WEIGHTS_READ};
+use crate::transport::{
+    Conn, LoadRefusal, LoadStage, Message, TransportError, WeightsAsk, WeightsError, WeightsMeta, MAX_WEIGHTS_READ,
+};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,80 +51,74 @@ impl Drop for Outstanding {
 
 /// Answers one [`WeightsAsk`] (in its own task: reads and hashes are blocking work), at most
 /// [`SERVE_AT_ONCE`] at a time; an answer not taken within [`ASK_TIMEOUT`] is dropped.
-pub(super) fn serve(node: &Arc<ClusterNode>, inc: Incoming) {
+pub(super) fn serve(node: &Arc<ClusterNode>, ask: WeightsAsk, conn: Conn, request: u64) {
     let store = node.store.clone();
-    let (conn, request) = (inc.conn.clone(), inc.frame.request);
-    let reply = move |conn: Conn, kind: Kind, payload: Vec<u8>| async move {
-        let _ = tokio::time::timeout(ASK_TIMEOUT, conn.send(kind, request, payload)).await;
-    };
     let Some(counted) = Outstanding::take() else {
         // briefly: a peer flooding asks without reading gets no pile of waiting refusals
-        let busy = format!("busy: {MAX_OUTSTANDING} weight requests are already waiting here").into_bytes();
+        let busy = Message::Error(WeightsError::Busy { max: MAX_OUTSTANDING }.into());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(BUSY_TIMEOUT, conn.send(Kind::Error, request, busy)).await;
+            let _ = tokio::time::timeout(BUSY_TIMEOUT, conn.tell(request, &busy)).await;
         });
         return;
     };
     tokio::spawn(async move {
         let _counted = counted;
-        let ask: WeightsAsk = match serde_json::from_slice(&inc.frame.payload) {
-            Ok(a) => a,
-            Err(e) => return reply(conn, Kind::Error, format!("malformed weights request: {e}").into_bytes()).await,
-        };
-        drop(inc);
         let Ok(_permit) = SERVING.acquire().await else { return };
-        let r = tokio::task::spawn_blocking(move || answer(&store, ask)).await.unwrap_or_else(|e| Err(e.to_string()));
-        match r {
-            Ok((kind, payload)) => reply(conn, kind, payload).await,
-            Err(e) => reply(conn, Kind::Error, e.into_bytes()).await,
-        }
+        let r = tokio::task::spawn_blocking(move || answer(&store, ask))
+            .await
+            .unwrap_or_else(|e| Err(WeightsError::Io { detail: e.to_string() }));
+        let m = r.unwrap_or_else(|e| Message::Error(e.into()));
+        let _ = tokio::time::timeout(ASK_TIMEOUT, conn.tell(request, &m)).await;
     });
 }
 
+fn io(e: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Io { detail: e.to_string() }
+}
+
 /// The whole single-file model `model` in this node's store, and its size.
-fn whole(store: &crate::store::Store, model: &str) -> Result<(PathBuf, u64), String> {
+fn whole(store: &crate::store::Store, model: &str) -> Result<(PathBuf, u64), WeightsError> {
     match store.resolve_name(model) {
         Ok(Resolved::Local(m)) if m.paths.len() == 1 => Ok((m.paths[0].clone(), m.size)),
-        Ok(Resolved::Local(_)) => Err(format!("{model} is a split set here; its windows cannot be sent")),
+        Ok(Resolved::Local(_)) => Err(WeightsError::SplitSet { model: model.to_string() }),
         // a partial assembled whole and verified (e.g. every layer fetched from the hub)
         _ => match store.partials().into_iter().find(|p| p.sidecar.model == model && p.verified_whole()) {
             Some(p) => Ok((p.path, p.sidecar.size)),
-            None => Err(format!("this node does not have {model}")),
+            None => Err(WeightsError::NotHere { model: model.to_string() }),
         },
     }
 }
 
-fn answer(store: &crate::store::Store, ask: WeightsAsk) -> Result<(Kind, Vec<u8>), String> {
-    let json = |m: &WeightsMeta| serde_json::to_vec(m).expect("plain data serializes");
+fn answer(store: &crate::store::Store, ask: WeightsAsk) -> Result<Message, WeightsError> {
     match ask {
         WeightsAsk::Info { model } => {
             let (path, size) = whole(store, &model)?;
-            let g = crate::gguf::GgufFile::open(&path).map_err(|e| e.to_string())?;
-            Ok((Kind::WeightsMeta, json(&WeightsMeta::Info { size, data_offset: g.data_offset })))
+            let g = crate::gguf::GgufFile::open(&path).map_err(io)?;
+            Ok(Message::WeightsMeta(WeightsMeta::Info { size, data_offset: g.data_offset }))
         }
         WeightsAsk::Hash { model, start, end } => {
             let (path, size) = whole(store, &model)?;
             if start >= end || end > size {
-                return Err(format!("range {start}..{end} is not within the file's {size} bytes"));
+                return Err(WeightsError::Range { start, end, size });
             }
             if end - start > MAX_HASHED {
-                return Err(format!("range {start}..{end} is longer than the {MAX_HASHED} bytes hashed at once"));
+                return Err(WeightsError::TooLong { start, end, max: MAX_HASHED });
             }
-            let sha256 = crate::store::partial::hash_range(&path, start, end).map_err(|e| e.to_string())?;
-            Ok((Kind::WeightsMeta, json(&WeightsMeta::Hash { sha256 })))
+            let sha256 = crate::store::partial::hash_range(&path, start, end).map_err(io)?;
+            Ok(Message::WeightsMeta(WeightsMeta::Hash { sha256 }))
         }
         WeightsAsk::Read { model, start, len } => {
             if len == 0 || len > MAX_WEIGHTS_READ {
-                return Err(format!("len = {len} is outside 1..={MAX_WEIGHTS_READ}"));
+                return Err(WeightsError::Len { len, max: MAX_WEIGHTS_READ });
             }
             let (path, size) = whole(store, &model)?;
             if start.checked_add(len as u64).is_none_or(|e| e > size) {
-                return Err(format!("{len} bytes at {start} run past the file's {size} bytes"));
+                return Err(WeightsError::PastEnd { start, len, size });
             }
             let mut buf = vec![0u8; len as usize];
-            let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
-            Ok((Kind::WeightsData, buf))
+            let f = std::fs::File::open(&path).map_err(io)?;
+            f.read_exact_at(&mut buf, start).map_err(io)?;
+            Ok(Message::WeightsData(buf))
         }
     }
 }
@@ -140,21 +136,8 @@ impl PeerSource {
         PeerSource { conn, model: model.to_string(), info: tokio::sync::OnceCell::new() }
     }
 
-    async fn ask(&self, a: WeightsAsk, want: Kind) -> Result<Vec<u8>, String> {
-        let f = self
-            .conn
-            .request(Kind::WeightsAsk, serde_json::to_vec(&a).expect("serializes"), ASK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        if f.kind != want as u16 {
-            return Err(format!("unexpected answer of kind {}", f.kind));
-        }
-        Ok(f.payload)
-    }
-
-    async fn meta(&self, a: WeightsAsk) -> Result<WeightsMeta, String> {
-        let b = self.ask(a, Kind::WeightsMeta).await?;
-        serde_json::from_slice(&b).map_err(|e| format!("malformed answer: {e}"))
+    async fn ask(&self, a: WeightsAsk) -> Result<Message, TransportError> {
+        self.conn.call(&Message::WeightsAsk(a), ASK_TIMEOUT).await
     }
 }
 
@@ -163,32 +146,47 @@ impl RangeSource for PeerSource {
         format!("node {}", self.conn.peer().node_name)
     }
 
-    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, SourceError>> {
         Box::pin(async move {
             let ask = || async {
-                match self.meta(WeightsAsk::Info { model: self.model.clone() }).await? {
-                    WeightsMeta::Info { size, data_offset } => Ok(FileInfo { size, data_offset }),
-                    other => Err(format!("unexpected answer {other:?}")),
+                match self.ask(WeightsAsk::Info { model: self.model.clone() }).await? {
+                    Message::WeightsMeta(WeightsMeta::Info { size, data_offset }) => Ok(FileInfo { size, data_offset }),
+                    other => Err(unexpected(&other)),
                 }
             };
             self.info.get_or_try_init(ask).await.cloned()
         })
     }
 
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, SourceError>> {
         Box::pin(async move {
-            match self.meta(WeightsAsk::Hash { model: self.model.clone(), start, end }).await? {
-                WeightsMeta::Hash { sha256 } if sha256.len() == 64 => Ok(Some(sha256)),
-                other => Err(format!("unexpected answer {other:?}")),
+            match self
+                .ask(WeightsAsk::Hash { model: self.model.clone(), start, end })
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Message::WeightsMeta(WeightsMeta::Hash { sha256 }) if sha256.len() == 64 => Ok(Some(sha256)),
+                other => Err(unexpected(&other)),
             }
         })
     }
 
-    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, SourceError>> {
         Box::pin(async move {
-            self.ask(WeightsAsk::Read { model: self.model.clone(), start, len }, Kind::WeightsData).await
+            match self
+                .ask(WeightsAsk::Read { model: self.model.clone(), start, len })
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Message::WeightsData(b) => Ok(b),
+                other => Err(unexpected(&other)),
+            }
         })
     }
+}
+
+fn unexpected(m: &Message) -> SourceError {
+    SourceError::Unexpected { what: format!("{:?}", m.kind()) }
 }
 
 /// Most sources a load request may name (each is tried in turn).
@@ -260,7 +258,7 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
         let src = Arc::new(PeerSource::new(conn, &ls.model));
         match fetch_from(node, ls, &dir, src).await? {
             Ok(path) => return Ok(path),
-            Err(e) => tried.push(e),
+            Err(e) => tried.push(e.to_string()),
         }
     }
     match &ls.hub {
@@ -270,13 +268,24 @@ pub(super) async fn obtain(node: &Arc<ClusterNode>, ls: &LoadStage) -> Result<Pa
         Some(h) => match node.store.hub_range(h).await {
             Ok(src) => match fetch_from(node, ls, &dir, Arc::new(src)).await? {
                 Ok(path) => return Ok(path),
-                Err(e) => tried.push(e),
+                Err(e) => tried.push(e.to_string()),
             },
             Err(e) => tried.push(format!("the hub: {e}")),
         },
         None => tried.push("the hub: the coordinator named no hub file".into()),
     }
     Err(LoadRefusal::Unobtainable { node: me, model: ls.model.clone(), tried })
+}
+
+/// Why one source could not send the window (the next one is tried).
+#[derive(Debug, thiserror::Error)]
+enum SourceFailed {
+    #[error("{source_name}: its file has {theirs} bytes, the coordinator's {want}")]
+    Size { source_name: String, theirs: u64, want: u64 },
+    #[error("{source_name}: {reason}")]
+    Info { source_name: String, reason: SourceError },
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
 }
 
 /// Fetches the window from `src`: `Ok(Err(why))` when this source failed (the next one is
@@ -286,20 +295,13 @@ async fn fetch_from(
     ls: &LoadStage,
     dir: &std::path::Path,
     src: Arc<dyn RangeSource>,
-) -> Result<Result<PathBuf, String>, LoadRefusal> {
+) -> Result<Result<PathBuf, SourceFailed>, LoadRefusal> {
     // the source's file must be the coordinator's before anything is written: another size would
     // recreate the partial file, dropping the windows it holds
     match src.info().await {
         Ok(i) if i.size == ls.model_size => {}
-        Ok(i) => {
-            return Ok(Err(format!(
-                "{}: its file has {} bytes, the coordinator's {}",
-                src.name(),
-                i.size,
-                ls.model_size
-            )))
-        }
-        Err(e) => return Ok(Err(format!("{}: {e}", src.name()))),
+        Ok(i) => return Ok(Err(SourceFailed::Size { source_name: src.name(), theirs: i.size, want: ls.model_size })),
+        Err(reason) => return Ok(Err(SourceFailed::Info { source_name: src.name(), reason })),
     }
     let t = std::time::Instant::now();
     let (model, from) = (ls.model.clone(), src.name());
@@ -322,7 +324,7 @@ async fn fetch_from(
     }
     let (path, done) = match fetched {
         Ok(x) => x,
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(e) => return Ok(Err(e.into())),
     };
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     if size != ls.model_size {
@@ -397,13 +399,15 @@ mod tests {
         (store.dirs, store.read_only, store.hf_cache, store.ollama) = (vec![d.path().into()], vec![], None, None);
         let size = std::fs::metadata(&model).unwrap().len();
         let name = || "tiny-llama".to_string();
-        let (k, b) = answer(&store, WeightsAsk::Read { model: name(), start: 0, len: 4 }).unwrap();
-        assert_eq!((k, b.as_slice()), (Kind::WeightsData, &b"GGUF"[..]));
+        let data = |m| match m {
+            Message::WeightsData(b) => b,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(data(answer(&store, WeightsAsk::Read { model: name(), start: 0, len: 4 }).unwrap()), b"GGUF");
         match answer(&store, WeightsAsk::Info { model: name() }).unwrap() {
-            (Kind::WeightsMeta, b) => match serde_json::from_slice(&b).unwrap() {
-                WeightsMeta::Info { size: s, data_offset } => assert!(s == size && data_offset > 0 && data_offset < s),
-                other => panic!("{other:?}"),
-            },
+            Message::WeightsMeta(WeightsMeta::Info { size: s, data_offset }) => {
+                assert!(s == size && data_offset > 0 && data_offset < s)
+            }
             other => panic!("{other:?}"),
         }
         let path = model.to_string_lossy().into_owned();
@@ -417,14 +421,14 @@ mod tests {
             (WeightsAsk::Hash { model: name(), start: 10, end: 10 }, "not within"),
             (WeightsAsk::Info { model: "nope".into() }, "does not have"),
         ] {
-            let e = answer(&store, bad.clone()).unwrap_err();
+            let e = answer(&store, bad.clone()).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         // a hash reads its whole range: one ask hashes at most a piece or a header (the file
         // grown sparse beyond that, so the range is within it)
         std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(MAX_HASHED + (8 << 20)).unwrap();
         let e = answer(&store, WeightsAsk::Hash { model: name(), start: 0, end: MAX_HASHED + 1 }).unwrap_err();
-        assert!(e.contains("longer than"), "{e}");
+        assert!(matches!(e, WeightsError::TooLong { .. }), "{e}");
         assert!(answer(&store, WeightsAsk::Hash { model: name(), start: 4096, end: 8192 }).is_ok());
     }
 
@@ -463,14 +467,14 @@ mod tests {
         p.record(piece(size - 10, false)).unwrap();
         let read = WeightsAsk::Read { model: "copy".into(), start: 0, len: 4 };
         // not every byte yet: neither served nor advertised
-        assert!(answer(&store, read.clone()).unwrap_err().contains("does not have"));
+        assert!(matches!(answer(&store, read.clone()), Err(WeightsError::NotHere { .. })));
         assert!(crate::cluster::holdings::scan(&store).iter().all(|h| h.model != "copy"));
         p.write_at(0, &bytes).unwrap();
         p.record(piece(size, true)).unwrap();
         // every byte, but taken by size alone and never checked whole
         assert!(answer(&store, read.clone()).is_err());
         p.record(piece(size, false)).unwrap();
-        assert_eq!(answer(&store, read).unwrap().1, b"GGUF");
+        assert!(matches!(answer(&store, read).unwrap(), Message::WeightsData(b) if b == b"GGUF"));
         let held = crate::cluster::holdings::scan(&store);
         assert!(held.iter().any(|h| h.model == "copy" && h.whole && h.size == size), "{held:?}");
     }

@@ -4,12 +4,14 @@
 mod bench;
 mod chain;
 mod embed;
+mod fault;
 mod generate;
 mod pipe;
 
 pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
+pub use fault::{FaultKind, StageFault};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 pub use pipe::{BoxFuture, Pipe};
 
@@ -140,8 +142,9 @@ pub enum PipelineError {
     BadStages { n_layer: u32, detail: String },
     #[error("benchmark: {detail}")]
     Bench { detail: String },
-    #[error("stage {stage} on {node}: {reason}")]
-    Remote { stage: usize, node: String, reason: String },
+    /// A stage of a cluster pipeline failed (healing rebuilds without it).
+    #[error(transparent)]
+    Remote(StageFault),
 }
 
 #[cfg(test)]

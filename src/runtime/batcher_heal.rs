@@ -7,7 +7,7 @@ use super::*;
 impl Batcher {
     /// A node of a cluster pipeline failed: the pipeline can be rebuilt without it.
     pub(super) fn recoverable(&self, e: &PipelineError) -> bool {
-        self.healer.is_some() && matches!(e, PipelineError::Remote { .. })
+        self.healer.is_some() && matches!(e, PipelineError::Remote(_))
     }
 
     pub(super) fn idle(&self) -> bool {
@@ -40,7 +40,12 @@ impl Batcher {
     /// Stops new work; the pipeline is rebuilt once the batches in flight have answered.
     pub(super) fn begin_recovery(&mut self, e: &PipelineError) {
         if !self.recovering {
-            tracing::warn!("{e}: rebuilding the pipeline and replaying its sequences");
+            // the fault names the stage that failed (and its node), as the stage operation saw it
+            match e {
+                PipelineError::Remote(f) => tracing::warn!(stage = f.stage, node = %f.node,
+                    "{e}: rebuilding the pipeline without it and replaying its sequences"),
+                _ => tracing::warn!("{e}: rebuilding the pipeline and replaying its sequences"),
+            }
             self.counts.recoveries.detected(e.to_string());
         }
         self.recovering = true;

@@ -126,8 +126,8 @@ pub(super) async fn build(
     let origin = Origin { here: !header_only, hub: blocking(move || Ok(hub_of(&l))).await? };
     let chain = ClusterChain::load_from(node, &name, &path, local.size, stages, context, origin).await.map_err(
         |e| match e {
-            crate::pipeline::PipelineError::Remote { ref node, .. } => {
-                RuntimeError::NodeLost { model: key.to_string(), node: node.clone(), reason: e.to_string() }
+            crate::pipeline::PipelineError::Remote(ref f) => {
+                RuntimeError::NodeLost { model: key.to_string(), node: f.node.clone(), reason: e.to_string() }
             }
             e => RuntimeError::Load { model: key.to_string(), reason: e.to_string() },
         },

@@ -7,7 +7,9 @@
 use crate::engine::{ContextParams, LayerRange, Pooling, SamplingParams, StageInfo, Token};
 use crate::gguf::ModelShape;
 use crate::pipeline::{BoxFuture, Pipe};
-use crate::pipeline::{NodeReport, Pending, PendingEmbedding, PipelineError, PipelineReport, TokenChunk};
+use crate::pipeline::{
+    FaultKind, NodeReport, Pending, PendingEmbedding, PipelineError, PipelineReport, StageFault, TokenChunk,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -72,7 +74,7 @@ impl FakePipe {
     }
 
     fn lost(&self) -> PipelineError {
-        PipelineError::Remote { stage: 1, node: "b".into(), reason: "connection reset (injected)".into() }
+        PipelineError::Remote(StageFault { stage: 1, node: "b".into(), kind: FaultKind::Closed })
     }
 
     /// Applies a batch as the stages would, in submission order; the sampled tokens of its

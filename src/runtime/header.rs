@@ -31,20 +31,36 @@ pub(super) async fn locate(rt: &Runtime, model: &ModelRef) -> Result<LocalModel,
         Err(tried) if tried.is_empty() => Err(missing),
         Err(tried) => Err(RuntimeError::Store {
             kind: ErrorKind::Upstream,
-            reason: format!("{name} is not on this node and its header could not be fetched: {}", tried.join("; ")),
+            reason: format!(
+                "{name} is not on this node and its header could not be fetched: {}",
+                tried.iter().map(Tried::to_string).collect::<Vec<_>>().join("; ")
+            ),
         }),
     }
 }
 
+/// One way of getting a header that failed.
+#[derive(Debug, thiserror::Error)]
+enum Tried {
+    #[error("no writable models dir to keep its header in")]
+    NoDir,
+    #[error("node at {addr}: {source}")]
+    Node { addr: String, source: crate::transport::TransportError },
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    #[error("the hub: {0}")]
+    Hub(crate::store::StoreError),
+    #[error(transparent)]
+    Here(#[from] RuntimeError),
+}
+
 /// The header of `name` from the fastest node holding it whole, else from the hub when the name
 /// leads there. `Err` lists what was tried (empty: nothing could be).
-async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Result<LocalModel, Vec<String>> {
-    let Some(dir) = store.partial_dir().map(PathBuf::from) else {
-        return Err(vec!["no writable models dir to keep its header in".into()]);
-    };
+async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Result<LocalModel, Vec<Tried>> {
+    let Some(dir) = store.partial_dir().map(PathBuf::from) else { return Err(vec![Tried::NoDir]) };
     let (s, n, d) = (store.clone(), name.to_string(), dir.clone());
     let (remote, here) =
-        blocking(move || Ok((s.resolve_name(&n), header_here(&d, &n)))).await.map_err(|e| vec![e.to_string()])?;
+        blocking(move || Ok((s.resolve_name(&n), header_here(&d, &n)))).await.map_err(|e| vec![e.into()])?;
     let remote = match remote {
         Ok(Resolved::Remote(r)) => Some(r),
         _ => None,
@@ -60,8 +76,8 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
     for addr in sources_for(&node.hello.node_id, &me, &node.peers(), &me, &holders) {
         let src: Arc<dyn RangeSource> = match node.conn(&addr).await {
             Ok(conn) => Arc::new(PeerSource::new(conn, name)),
-            Err(e) => {
-                tried.push(format!("node at {addr}: {e}"));
+            Err(source) => {
+                tried.push(Tried::Node { addr, source });
                 continue;
             }
         };
@@ -70,7 +86,7 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
                 got = Some(p);
                 break;
             }
-            Err(e) => tried.push(e.to_string()),
+            Err(e) => tried.push(e.into()),
         }
     }
     // the hub file, for the stages to fall back on (and the header itself if no node sent it)
@@ -80,7 +96,7 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
         Some(r) => match store.hub_file(r).await {
             Ok(f) => Some(f),
             Err(e) => {
-                tried.push(format!("the hub: {e}"));
+                tried.push(Tried::Hub(e));
                 None
             }
         },
@@ -92,10 +108,10 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
                 Ok(src) => {
                     match fetch::fetch_header(&dir, name, &(Arc::new(src) as Arc<dyn RangeSource>), &quiet).await {
                         Ok((p, _, _)) => got = Some(p),
-                        Err(e) => tried.push(e.to_string()),
+                        Err(e) => tried.push(e.into()),
                     }
                 }
-                Err(e) => tried.push(format!("the hub: {e}")),
+                Err(e) => tried.push(Tried::Hub(e)),
             }
         }
     }
@@ -112,7 +128,7 @@ async fn header_only(node: &Arc<ClusterNode>, store: &Store, name: &str) -> Resu
         Ok(p)
     })
     .await
-    .map_err(|e| vec![e.to_string()])?;
+    .map_err(|e| vec![e.into()])?;
     tracing::info!(model = name, path = %p.path.display(), "this node lacks the model: its header is here; stages fetch their windows");
     Ok(header_model(name, &p, remote))
 }

@@ -68,10 +68,10 @@ pub struct Stage {
     pub move_seconds: f64,
 }
 
-fn candidate(
+fn candidate<E: std::fmt::Display>(
     strategy: &'static str,
     description: &'static str,
-    r: Result<Plan, String>,
+    r: Result<Plan, E>,
     moves: impl Fn(&Plan) -> Moves,
 ) -> Candidate {
     match r {
@@ -83,7 +83,7 @@ fn candidate(
             strategy,
             description,
             fits: false,
-            error: Some(e),
+            error: Some(e.to_string()),
             stages: vec![],
             predicted_decode_tokens_per_second: None,
             predicted_ttft_seconds: None,
@@ -163,28 +163,22 @@ pub fn candidates(
         Err(_) => (1, n_ctx_seq),
     };
     let o = Options { ctx, n_ubatch: N_BATCH, ..Options::default() };
-    let str_err = |e: PlacementError| e.to_string();
     let moves = |p: &Plan| placement::moves(cost, &view.cluster, weights, p);
     let candidates = vec![
         candidate(
             "exo-rs",
             "ours: the fastest predicted placement that fits, moving the fewest bytes among the nearly fastest \
              (what a load does now)",
-            ours.map(|d| d.plan).map_err(|e| e.to_string()),
+            ours.map(|d| d.plan),
             moves,
         ),
         candidate(
             "exo-memory-split",
             "exo: every node, largest memory first, layers in proportion to memory",
-            baselines::exo_memory_weighted(cost, &view.cluster, &o).map_err(str_err),
+            baselines::exo_memory_weighted(cost, &view.cluster, &o),
             moves,
         ),
-        candidate(
-            "one-node",
-            "the fastest single node that holds the whole model",
-            one_node(cost, view, &o).map_err(str_err),
-            moves,
-        ),
+        candidate("one-node", "the fastest single node that holds the whole model", one_node(cost, view, &o), moves),
     ];
     Preview {
         model: key.to_string(),

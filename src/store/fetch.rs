@@ -45,21 +45,71 @@ pub struct FileInfo {
 pub trait RangeSource: Send + Sync + 'static {
     /// Who it is, for messages.
     fn name(&self) -> String;
-    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>>;
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, SourceError>>;
     /// SHA-256 (hex) of `[start, end)`; `None` from a source that has no per-range hashes.
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>>;
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, SourceError>>;
     /// SHA-256 (hex) of the whole file, when the source knows it without reading it.
     fn whole_sha256(&self) -> Option<String> {
         None
     }
     /// `len` (at most [`CHUNK`]) bytes from `start`.
-    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>>;
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, SourceError>>;
+}
+
+/// Why a source did not deliver what was asked (or delivered something unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The peer connection failed, or the peer refused (typed: [`crate::transport::PeerError`]).
+    #[error(transparent)]
+    Peer(#[from] crate::transport::TransportError),
+    #[error("unexpected {what} answer")]
+    Unexpected { what: String },
+    #[error("{detail}")]
+    Request { detail: String },
+    #[error("the hub answered {status}{}", if *ranges_ignored { " to a Range request (ranges not supported)" } else { "" })]
+    Status { status: String, ranges_ignored: bool },
+    #[error("the hub answered Content-Range {got:?} to a request for {want:?}")]
+    ContentRange { got: String, want: String },
+    #[error("reading bytes {start}..: {detail}")]
+    Reading { start: u64, detail: String },
+    #[error("the hub sent more than the {len} bytes asked at {start}")]
+    TooMuch { len: u64, start: u64 },
+    #[error("asked for {len} bytes at {start}, got {got}")]
+    Short { len: u64, start: u64, got: u64 },
+    #[error("{len} bytes at {start} are not within the file's {size}")]
+    OutOfRange { start: u64, len: u32, size: u64 },
+    #[error("no complete GGUF header in the first {cap} bytes")]
+    NoHeader { cap: u64 },
+    #[error("implausible header of {data_offset} bytes in a file of {size}")]
+    Implausible { data_offset: u64, size: u64 },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// A task that waited for the source ended (cancelled or panicked).
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Any other failure, said in words (test sources).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for SourceError {
+    fn from(s: String) -> SourceError {
+        SourceError::Other(s)
+    }
+}
+
+impl From<&str> for SourceError {
+    fn from(s: &str) -> SourceError {
+        SourceError::Other(s.to_string())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("fetching {model} from {source_name}: {reason}")]
-    Source { model: String, source_name: String, reason: String },
+    Source { model: String, source_name: String, reason: SourceError },
+    #[error("fetching {model} from {source_name}: layers {begin}..{end} are not within the model's {n_layer}")]
+    Layers { model: String, source_name: String, begin: u32, end: u32, n_layer: u32 },
     #[error("{model}: bytes {start}..{end} from {source_name} do not match its hash after {ATTEMPTS} attempts")]
     Mismatch { model: String, source_name: String, start: u64, end: u64 },
     #[error(
@@ -91,10 +141,10 @@ pub async fn fetch_header(
     src: &Arc<dyn RangeSource>,
     progress: &OnProgress,
 ) -> Result<(Partial, FileInfo, Fetched), FetchError> {
-    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
+    let err = |reason: SourceError| FetchError::Source { model: model.into(), source_name: src.name(), reason };
     let info = src.info().await.map_err(err)?;
     if info.data_offset == 0 || info.data_offset > info.size.min(MAX_HEADER) {
-        return Err(err(format!("implausible header of {} bytes in a file of {}", info.data_offset, info.size)));
+        return Err(err(SourceError::Implausible { data_offset: info.data_offset, size: info.size }));
     }
     let (d, m) = (dir.to_path_buf(), model.to_string());
     let (mut p, repaired) = blocking(move || -> Result<(Partial, usize), StoreError> {
@@ -179,7 +229,6 @@ async fn fetch_window_inner(
     free: &FreeSpace,
 ) -> Result<(PathBuf, Fetched), FetchError> {
     let piece = piece.max(1);
-    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
     // the header first: it says where the window's tensors are
     let (mut p, info, mut done) = fetch_header(dir, model, &src, &progress).await?;
     let path = p.path.clone();
@@ -195,7 +244,7 @@ async fn fetch_window_inner(
     .await?;
     let (mut want, n_layer) = want;
     if begin >= end || end > n_layer {
-        return Err(err(format!("layers {begin}..{end} are not within the model's {n_layer}")));
+        return Err(FetchError::Layers { model: model.into(), source_name: src.name(), begin, end, n_layer });
     }
     p.sidecar.n_layer = n_layer;
     // every layer: the little rest of the file too, so that it can be checked whole
@@ -281,7 +330,7 @@ async fn fetch_range(
     progress: &OnProgress,
     (base, total): (u64, u64),
 ) -> Result<u64, FetchError> {
-    let err = |reason: String| FetchError::Source { model: model.into(), source_name: src.name(), reason };
+    let err = |reason: SourceError| FetchError::Source { model: model.into(), source_name: src.name(), reason };
     let mut asked = Some({
         let s = src.clone();
         tokio::spawn(async move { s.hash(start, end).await })
@@ -294,7 +343,7 @@ async fn fetch_range(
         got = download(p, src, start, end, &err, &mut |at| progress(base + at - start, total)).await?;
         received += end - start;
         if let Some(job) = asked.take() {
-            want_hash = job.await.map_err(|e| err(e.to_string()))?.map_err(&err)?;
+            want_hash = job.await.map_err(|e| err(e.into()))?.map_err(&err)?;
         }
         match want_hash.as_deref() {
             None => break,
@@ -330,10 +379,10 @@ async fn download(
     src: &Arc<dyn RangeSource>,
     start: u64,
     end: u64,
-    err: &impl Fn(String) -> FetchError,
+    err: &impl Fn(SourceError) -> FetchError,
     on_progress: &mut impl FnMut(u64),
 ) -> Result<String, FetchError> {
-    type Job = tokio::task::JoinHandle<Result<Vec<u8>, String>>;
+    type Job = tokio::task::JoinHandle<Result<Vec<u8>, SourceError>>;
     let mut queue: VecDeque<(u64, u64, Job)> = VecDeque::new();
     let received = async {
         let mut h = sha2::Sha256::new();
@@ -346,9 +395,9 @@ async fn download(
                 next += n;
             }
             let (off, n, job) = queue.pop_front().expect("a chunk is in flight");
-            let data = job.await.map_err(|e| err(e.to_string()))?.map_err(err)?;
+            let data = job.await.map_err(|e| err(e.into()))?.map_err(err)?;
             if data.len() as u64 != n {
-                return Err(err(format!("asked for {n} bytes at {off}, got {}", data.len())));
+                return Err(err(SourceError::Short { len: n, start: off, got: data.len() as u64 }));
             }
             // hashing 4 MiB and writing it are blocking work
             let pp = p.clone();

@@ -3,7 +3,7 @@
 //! per-range hashes: ranges are taken by their exact size and the whole file is checked against
 //! the hub's SHA-256 once assembled (see `fetch`).
 
-use super::fetch::{BoxFut, FileInfo, RangeSource, MAX_HEADER};
+use super::fetch::{BoxFut, FileInfo, RangeSource, SourceError, MAX_HEADER};
 use crate::gguf::GgufFile;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
@@ -85,7 +85,7 @@ impl HubRange {
     }
 
     /// Exactly `[start, start + len)`, from a 206 answer whose Content-Range says so.
-    async fn get(&self, start: u64, len: u64) -> Result<Vec<u8>, String> {
+    async fn get(&self, start: u64, len: u64) -> Result<Vec<u8>, SourceError> {
         let last = start + len - 1;
         let r = self
             .client
@@ -94,36 +94,33 @@ impl HubRange {
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Request { detail: e.to_string() })?;
         let status = r.status();
         if status != StatusCode::PARTIAL_CONTENT {
             // a 200 is the whole file: it is not read
-            return Err(match status.is_success() {
-                true => format!("the hub answered {status} to a Range request (ranges not supported)"),
-                false => format!("the hub answered {status}"),
-            });
+            return Err(SourceError::Status { status: status.to_string(), ranges_ignored: status.is_success() });
         }
         let want = format!("bytes {start}-{last}/{}", self.size);
         let got = r.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("(none)");
         if got != want {
-            return Err(format!("the hub answered Content-Range {got:?} to a request for {want:?}"));
+            return Err(SourceError::ContentRange { got: got.to_string(), want });
         }
         let mut out = Vec::with_capacity(len as usize);
         let mut r = r;
-        while let Some(c) = r.chunk().await.map_err(|e| format!("reading bytes {start}..: {e}"))? {
+        while let Some(c) = r.chunk().await.map_err(|e| SourceError::Reading { start, detail: e.to_string() })? {
             if (out.len() + c.len()) as u64 > len {
-                return Err(format!("the hub sent more than the {len} bytes asked at {start}"));
+                return Err(SourceError::TooMuch { len, start });
             }
             out.extend_from_slice(&c);
         }
         if out.len() as u64 != len {
-            return Err(format!("the hub sent {} of the {len} bytes asked at {start}", out.len()));
+            return Err(SourceError::Short { len, start, got: out.len() as u64 });
         }
         Ok(out)
     }
 
     /// [`HubRange::get`], asked again when it fails (a dropped connection, a timeout).
-    async fn get_again(&self, start: u64, len: u64) -> Result<Vec<u8>, String> {
+    async fn get_again(&self, start: u64, len: u64) -> Result<Vec<u8>, SourceError> {
         let mut attempt = 1;
         loop {
             match self.get(start, len).await {
@@ -145,7 +142,7 @@ impl RangeSource for HubRange {
     }
 
     /// Reads the start of the file until its GGUF header parses.
-    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, SourceError>> {
         Box::pin(async move {
             let mut head = self.head.lock().await;
             let mut buf: Vec<u8> = head.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
@@ -163,14 +160,14 @@ impl RangeSource for HubRange {
                         return Ok(FileInfo { size: self.size, data_offset: g.data_offset });
                     }
                     Ok(None) if (buf.len() as u64) < cap => want = (buf.len() as u64 * 4).min(cap),
-                    Ok(None) => return Err(format!("no complete GGUF header in the first {cap} bytes")),
-                    Err(e) => return Err(e.to_string()),
+                    Ok(None) => return Err(SourceError::NoHeader { cap }),
+                    Err(e) => return Err(e.into()),
                 }
             }
         })
     }
 
-    fn hash(&self, _start: u64, _end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
+    fn hash(&self, _start: u64, _end: u64) -> BoxFut<'_, Result<Option<String>, SourceError>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -178,11 +175,11 @@ impl RangeSource for HubRange {
         self.sha256.clone()
     }
 
-    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, SourceError>> {
         Box::pin(async move {
             let end = start.checked_add(len as u64).filter(|&e| len > 0 && e <= self.size);
             let Some(end) = end else {
-                return Err(format!("{len} bytes at {start} are not within the file's {}", self.size));
+                return Err(SourceError::OutOfRange { start, len, size: self.size });
             };
             if let Some(h) = self.head.lock().await.as_ref().filter(|h| end <= h.len() as u64) {
                 return Ok(h[start as usize..end as usize].to_vec());

@@ -3,7 +3,7 @@
 //! [`Incoming`], each frame counted against the node's byte budget until it is handled.
 
 use super::frame::{write_frame, Frame, HEADER_LEN, PROTOCOL_VERSION};
-use super::message::{from_json, to_json, Kind};
+use super::message::{Kind, Message};
 use super::noise::{self, RecordReader, RecordWriter, Security};
 use super::TransportError;
 use serde::{Deserialize, Serialize};
@@ -150,7 +150,21 @@ impl Conn {
         self.inner.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends and waits for the answer with the same request id.
+    /// Sends `m` as the answer to (or without one: 0) `request`.
+    pub async fn tell(&self, request: u64, m: &Message) -> Result<(), TransportError> {
+        self.send(m.kind(), request, m.encode()).await
+    }
+
+    /// Sends `m` and waits for its answer; a typed error answer is [`TransportError::Peer`].
+    pub async fn call(&self, m: &Message, timeout: Duration) -> Result<Message, TransportError> {
+        let f = self.request(m.kind(), m.encode(), timeout).await?;
+        match Message::decode(f.kind, &f.payload)? {
+            Message::Error(e) => Err(TransportError::Peer(e)),
+            answer => Ok(answer),
+        }
+    }
+
+    /// Sends and waits for the answer frame with the same request id (an error answer too).
     pub async fn request(&self, kind: Kind, payload: Vec<u8>, timeout: Duration) -> Result<Frame, TransportError> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
@@ -166,9 +180,6 @@ impl Conn {
             return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(f)) if f.kind == Kind::Error as u16 => {
-                Err(TransportError::Refused(String::from_utf8_lossy(&f.payload).into_owned()))
-            }
             Ok(Ok(f)) => Ok(f),
             Ok(Err(_)) => Err(TransportError::Closed),
             Err(_) => {
@@ -256,8 +267,12 @@ fn spawn<G: Send + 'static>(
     conn
 }
 
+fn frame(m: &Message) -> Frame {
+    Frame { kind: m.kind() as u16, request: 0, payload: m.encode() }
+}
+
 fn refuse(reason: String) -> Frame {
-    Frame { kind: Kind::Refused as u16, request: 0, payload: reason.into_bytes() }
+    frame(&Message::Refused(reason))
 }
 
 /// Connects to a peer: the Noise handshake, then introduces ourselves; fails with the peer's
@@ -270,11 +285,10 @@ pub async fn connect(addr: &str, ep: &Endpoint) -> Result<Conn, TransportError> 
         let peer_key = session.remote_static;
         let (r, w) = s.into_split();
         let (mut rd, mut wr) = session.split(r, w);
-        wr.write_frame(&Frame { kind: Kind::Hello as u16, request: 0, payload: to_json(&ep.hello) }).await?;
+        wr.write_frame(&frame(&Message::Hello(ep.hello.clone()))).await?;
         let f = rd.read_frame().await?.ok_or(TransportError::Closed)?;
-        match Kind::from_u16(f.kind) {
-            Some(Kind::Welcome) => {
-                let theirs: Hello = from_json("welcome", &f.payload)?;
+        match Message::decode(f.kind, &f.payload)? {
+            Message::Welcome(theirs) => {
                 if theirs.namespace != ep.hello.namespace {
                     return Err(TransportError::Namespace {
                         ours: ep.hello.namespace.clone(),
@@ -283,7 +297,7 @@ pub async fn connect(addr: &str, ep: &Endpoint) -> Result<Conn, TransportError> 
                 }
                 Ok(spawn(rd, wr, theirs, peer_key, ep, ()))
             }
-            Some(Kind::Refused) => Err(TransportError::Refused(String::from_utf8_lossy(&f.payload).into_owned())),
+            Message::Refused(why) => Err(TransportError::Refused(why)),
             _ => Err(TransportError::Unexpected(f.kind)),
         }
     })
@@ -315,10 +329,9 @@ async fn accept_inner<G: Send + 'static>(mut s: TcpStream, ep: &Endpoint, guard:
     let (r, w) = s.into_split();
     let (mut rd, mut wr) = session.split(r, w);
     let f = rd.read_frame().await?.ok_or(TransportError::Closed)?;
-    if f.kind != Kind::Hello as u16 {
+    let Message::Hello(theirs) = Message::decode(f.kind, &f.payload)? else {
         return Err(TransportError::Unexpected(f.kind));
-    }
-    let theirs: Hello = from_json("hello", &f.payload)?;
+    };
     let ours = &ep.hello;
     if theirs.version != PROTOCOL_VERSION {
         let e = TransportError::Version { ours: PROTOCOL_VERSION, theirs: theirs.version };
@@ -333,6 +346,6 @@ async fn accept_inner<G: Send + 'static>(mut s: TcpStream, ep: &Endpoint, guard:
         wr.write_frame(&refuse(msg)).await?;
         return Err(TransportError::Namespace { ours: ours.namespace.clone(), theirs: theirs.namespace });
     }
-    wr.write_frame(&Frame { kind: Kind::Welcome as u16, request: 0, payload: to_json(ours) }).await?;
+    wr.write_frame(&frame(&Message::Welcome(ours.clone()))).await?;
     Ok(spawn(rd, wr, theirs, peer_key, ep, guard))
 }

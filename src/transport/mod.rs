@@ -2,21 +2,27 @@
 //! the cluster secret, then every frame encrypted ([`noise`]); a hello that checks protocol
 //! version and namespace; hidden states as raw little-endian f32 rows.
 
+mod batch;
 mod conn;
 mod frame;
 mod message;
 pub mod noise;
+mod payload;
+mod refusal;
 
+pub use batch::{BatchMsg, MAX_EMBEDDING};
 pub use conn::{accept, connect, Conn, Endpoint, Hello, Incoming, HANDSHAKE_TIMEOUT};
 pub use frame::{
     decode_header, encode_header, read_frame, read_frame_capped, write_frame, Frame, Header, HEADER_LEN, MAGIC,
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
-pub use message::{
-    BatchMsg, EmbeddingMsg, Kind, LoadProgressMsg, LoadRefusal, LoadStage, ProgressItem, SeqOp, WeightsAsk,
-    WeightsMeta, MAX_EMBEDDING, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
-};
+pub use message::{Kind, Message};
 pub use noise::{Security, NOISE_PARAMS};
+pub use payload::{
+    Held, LinkFigure, LoadProgressMsg, LoadStage, OpReply, Pong, ProgressItem, SeqOp, StageOp, WeightsAsk, WeightsMeta,
+    MAX_HELD, MAX_LINKS, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
+};
+pub use refusal::{LoadRefusal, PeerError, WeightsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -48,4 +54,7 @@ pub enum TransportError {
     Closed,
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The peer answered a request with a typed error.
+    #[error(transparent)]
+    Peer(PeerError),
 }

@@ -57,11 +57,14 @@ pub struct Security {
     /// Bench only (`EXO_UNSAFE_PLAINTEXT_PEERS`): handshake as usual, then records travel
     /// unencrypted and unauthenticated, to measure what encryption costs. Both sides must agree.
     pub plaintext: bool,
+    /// First handshake messages this node answered lately (shared by its clones: one node, one
+    /// record; a harness or test that makes a new `Security` starts from none).
+    pub answered: FirstMessages,
 }
 
 impl Security {
     pub fn new(keys: Arc<NodeKeys>) -> Security {
-        Security { keys, plaintext: false }
+        Security { keys, plaintext: false, answered: FirstMessages::default() }
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -185,8 +188,15 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securi
 }
 
 /// First handshake messages answered lately, by their ephemeral key (a fresh one per handshake
-/// from an honest peer), in this process.
-static FIRST_MESSAGES: std::sync::LazyLock<Seen> = std::sync::LazyLock::new(Seen::default);
+/// from an honest peer).
+#[derive(Clone, Default)]
+pub struct FirstMessages(Arc<Seen>);
+
+impl std::fmt::Debug for FirstMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstMessages")
+    }
+}
 
 /// Ephemeral keys seen, the newest [`Seen::CAP`] of them.
 #[derive(Default)]
@@ -249,7 +259,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sec: &Securit
     }
     // a recorded first message sent again passes the check above (it is authentic), and
     // answering it costs the DH work of the second message: a repeat is refused before that
-    if !FIRST_MESSAGES.fresh(&f.payload[PREAMBLE_LEN..]) {
+    if !sec.answered.0.fresh(&f.payload[PREAMBLE_LEN..]) {
         return Err(TransportError::Handshake("a replayed first handshake message".into()));
     }
     let n = hs.write_message(&[], &mut buf).map_err(hs_err("second message"))?;
@@ -455,7 +465,7 @@ mod tests {
         let (mut x, mut y) = tokio::io::duplex(1 << 16);
         let pre = honest.preamble();
         // the forger's handshake uses its own secret under the honest key id
-        let mut hs = Security { keys: forger.keys.clone(), plaintext: false }.handshake(true).unwrap();
+        let mut hs = Security::new(forger.keys.clone()).handshake(true).unwrap();
         let mut buf = [0u8; 256];
         let n = hs.write_message(&[], &mut buf).unwrap();
         let mut first = pre.to_vec();
@@ -529,7 +539,7 @@ mod tests {
     }
 
     /// Records written by one session, opened by the other; `edit` alters the stream between.
-    async fn deliver(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<Result<Option<Frame>, String>> {
+    async fn deliver(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<Result<Option<Frame>, TransportError>> {
         let (mut x, mut y) = tokio::io::duplex(1 << 16);
         let (si, sr) = (sec(1), sec(1));
         let (i, r) = tokio::join!(initiate(&mut x, &si), respond(&mut y, &sr));
@@ -542,7 +552,7 @@ mod tests {
         let (mut rd, _) = r.unwrap().split(&wire[..], tokio::io::sink());
         let mut got = Vec::new();
         for _ in 0..3 {
-            got.push(rd.read_frame().await.map_err(|e| e.to_string()));
+            got.push(rd.read_frame().await);
         }
         got
     }
@@ -554,7 +564,7 @@ mod tests {
         // each frame is one record here: 2 + 16 + 20 + n bytes
         let first = 2 + TAG + HEADER_LEN + 10;
         let tampered = deliver(|w| w[first + 5] ^= 1).await;
-        assert!(tampered[0].is_ok() && tampered[1].as_ref().unwrap_err().contains("authentication"), "{tampered:?}");
+        assert!(tampered[0].is_ok() && matches!(tampered[1], Err(TransportError::Crypto)), "{tampered:?}");
         let replayed = deliver(|w| {
             let rec = w[..first].to_vec();
             w.splice(first..first, rec);

@@ -251,21 +251,35 @@ async fn write_seeds() {
         }],
     })
     .unwrap();
-    let refusal = serde_json::to_vec(&exo::transport::LoadRefusal::Limit {
+    use exo::transport::{Message, OpReply, PeerError, WeightsAsk};
+    let refusal = Message::Error(PeerError::Load(exo::transport::LoadRefusal::Limit {
         node: "a".into(),
         field: "n_ctx".into(),
         value: 9,
         max: 1,
-    })
-    .unwrap();
+    }))
+    .encode();
+    let fault = exo::pipeline::StageFault {
+        stage: 1,
+        node: "b".into(),
+        kind: exo::pipeline::FaultKind::Engine { detail: "stage 1 failed".into() },
+    };
     for (name, kind, payload) in [
         ("hello", Kind::Hello, hello.to_vec()),
         ("load_stage", Kind::LoadStage, serde_json::to_vec(&load).unwrap()),
         ("loaded", Kind::Loaded, br#"{"n_ctx":512}"#.to_vec()),
         ("forward_hidden", Kind::Forward, batch.clone()),
         ("forward_tokens", Kind::Forward, tokens_batch.encode()),
-        ("tokens", Kind::Tokens, br#"{"tokens":[5,6],"error":null}"#.to_vec()),
-        ("tokens_error", Kind::Tokens, br#"{"tokens":[],"error":"stage 1 failed"}"#.to_vec()),
+        ("tokens", Kind::Tokens, Message::Tokens(Ok(vec![5, 6])).encode()),
+        ("tokens_error", Kind::Tokens, Message::Tokens(Err(fault.clone())).encode()),
+        ("embedding", Kind::Embedding, Message::Embedding(Ok(vec![0.5, -1.0])).encode()),
+        ("embedding_error", Kind::Embedding, Message::Embedding(Err(fault)).encode()),
+        ("seq_done", Kind::SeqDone, Message::SeqDone(OpReply::Removed(true)).encode()),
+        (
+            "weights_ask",
+            Kind::WeightsAsk,
+            Message::WeightsAsk(WeightsAsk::Read { model: "m".into(), start: 0, len: 4 }).encode(),
+        ),
         ("seq_clear", Kind::SeqOp, br#"{"instance":1,"stage":0,"op":"Clear"}"#.to_vec()),
         ("seq_remove", Kind::SeqOp, br#"{"instance":1,"stage":0,"op":{"Remove":{"seq":0,"p0":3,"p1":-1}}}"#.to_vec()),
         ("unload", Kind::Unload, br#"{"instance":1}"#.to_vec()),

@@ -8,7 +8,7 @@ use common::nodes::{spawn_env, wait_for, ANY};
 use common::weights::{generate_n, partial_of, place_model, window_bytes};
 use exo::engine::{Batch, BatchInput, ContextParams, DecodeOutput, ModelWindow, StageHandle, StageSpec};
 use exo::gguf::{GgufFile, ModelFiles, ModelShape};
-use exo::store::fetch::{fetch_window, BoxFut, FileInfo, RangeSource, PIECE};
+use exo::store::fetch::{fetch_window, BoxFut, FileInfo, RangeSource, SourceError, PIECE};
 use exo::store::partial::{allocated_bytes, hash_range, Partial};
 use exo::synth;
 use serde_json::{json, Value};
@@ -35,14 +35,14 @@ impl RangeSource for FileSource {
     fn name(&self) -> String {
         "a test file".into()
     }
-    fn info(&self) -> BoxFut<'_, Result<FileInfo, String>> {
+    fn info(&self) -> BoxFut<'_, Result<FileInfo, SourceError>> {
         let g = GgufFile::open(&self.path).unwrap();
         Box::pin(async move { Ok(FileInfo { size: g.file_size, data_offset: g.data_offset }) })
     }
-    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, String>> {
-        Box::pin(async move { hash_range(&self.path, start, end).map(Some).map_err(|e| e.to_string()) })
+    fn hash(&self, start: u64, end: u64) -> BoxFut<'_, Result<Option<String>, SourceError>> {
+        Box::pin(async move { hash_range(&self.path, start, end).map(Some).map_err(|e| e.to_string().into()) })
     }
-    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, String>> {
+    fn read(&self, start: u64, len: u32) -> BoxFut<'_, Result<Vec<u8>, SourceError>> {
         Box::pin(async move {
             if self.reads.fetch_add(1, Ordering::SeqCst) >= self.fail_after {
                 return Err("the source went away".into());
