@@ -13,7 +13,7 @@ pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use fault::{FaultKind, StageFault};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
-pub use pipe::{BoxFuture, Pipe};
+pub use pipe::{BoxFuture, Pipe, Stages};
 
 use crate::engine::{LayerRange, SamplingParams, StageCounters, StageInfo, Token};
 use serde::{Deserialize, Serialize};

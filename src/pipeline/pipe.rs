@@ -42,12 +42,36 @@ pub trait Pipe: Send + Sync {
     fn report(&self) -> BoxFuture<'_, Result<PipelineReport, PipelineError>>;
 }
 
-impl Pipe for Chain {
+/// What a pipeline shows of its stages; with [`Pipeline`] it makes a [`Pipe`].
+pub trait Stages {
+    /// (node, layers) of each stage; `here` names this node.
+    fn stage_list(&self, here: &str) -> Vec<(String, LayerRange)>;
+    fn all_up(&self) -> bool {
+        true
+    }
+    fn remote(&self) -> bool {
+        false
+    }
+}
+
+impl Stages for Chain {
+    fn stage_list(&self, here: &str) -> Vec<(String, LayerRange)> {
+        self.stages().iter().map(|s| (here.to_string(), s.info().range)).collect()
+    }
+}
+
+impl<T: Pipeline + Stages> Pipe for T {
     fn info(&self) -> &StageInfo {
         Pipeline::info(self)
     }
     fn stages(&self, here: &str) -> Vec<(String, LayerRange)> {
-        Chain::stages(self).iter().map(|s| (here.to_string(), s.info().range)).collect()
+        self.stage_list(here)
+    }
+    fn healthy(&self) -> bool {
+        self.all_up()
+    }
+    fn distributed(&self) -> bool {
+        self.remote()
     }
     fn set_sampler(
         &self,
