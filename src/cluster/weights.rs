@@ -342,6 +342,12 @@ async fn fetch_from(
     Ok(Ok(path))
 }
 
+impl From<crate::transport::TransportError> for crate::store::fetch::SourceError {
+    fn from(e: crate::transport::TransportError) -> Self {
+        crate::store::fetch::SourceError::Peer(Box::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

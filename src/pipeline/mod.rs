@@ -4,18 +4,17 @@
 mod bench;
 mod chain;
 mod embed;
-mod fault;
 mod generate;
 mod pipe;
 
+pub use crate::transport::{FaultKind, StageFault, StageReport};
 pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
-pub use fault::{FaultKind, StageFault};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 pub use pipe::{BoxFuture, Pipe, Stages};
 
-use crate::engine::{LayerRange, SamplingParams, StageCounters, StageInfo, Token};
+use crate::engine::{SamplingParams, StageInfo, Token};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -98,20 +97,6 @@ pub trait Pipeline: Send + Sync {
     /// Work counters of every stage and of the nodes involved (for `exo bench`); asked after
     /// the work queued before it.
     fn report(&self) -> impl Future<Output = Result<PipelineReport, PipelineError>> + Send;
-}
-
-/// One stage's counters and its node's, as a stage reports them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StageReport {
-    pub node: String,
-    pub range: LayerRange,
-    /// CPU threads the stage computes with.
-    pub n_threads: i32,
-    pub counters: StageCounters,
-    /// Inference data the stage's node has sent to other nodes (all its stages together); for
-    /// in-process stages, the hidden-state bytes handed from stage to stage.
-    pub node_data_bytes_sent: u64,
-    pub node_peak_rss_bytes: Option<u64>,
 }
 
 /// A node taking part in a pipeline without being a stage of it (the coordinator).

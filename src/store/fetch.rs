@@ -59,9 +59,10 @@ pub trait RangeSource: Send + Sync + 'static {
 /// Why a source did not deliver what was asked (or delivered something unusable).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The peer connection failed, or the peer refused (typed: [`crate::transport::PeerError`]).
+    /// The peer connection failed, or the peer refused (the peer source's typed transport error;
+    /// boxed so that the store does not depend on the peer protocol).
     #[error(transparent)]
-    Peer(#[from] crate::transport::TransportError),
+    Peer(Box<dyn std::error::Error + Send + Sync>),
     #[error("unexpected {what} answer")]
     Unexpected { what: String },
     #[error("{detail}")]

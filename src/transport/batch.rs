@@ -2,8 +2,8 @@
 //! output flags, then f32 rows, so that a 4-byte float costs 4 bytes on the wire) and
 //! embeddings. Every count is checked against the bytes present before it sizes anything.
 
+use super::StageFault;
 use super::TransportError;
-use crate::pipeline::StageFault;
 
 /// One decode step for a stage: tokens (first stage) or hidden states (later stages).
 #[derive(Clone, Debug, PartialEq)]

@@ -5,8 +5,8 @@
 use super::frame::{write_frame, Frame, HEADER_LEN, PROTOCOL_VERSION};
 use super::message::{Kind, Message};
 use super::noise::{self, RecordReader, RecordWriter, Security};
+use super::payload::Hello;
 use super::TransportError;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,17 +45,6 @@ impl Endpoint {
     pub fn new(hello: Hello, security: Security, incoming: mpsc::Sender<Incoming>) -> Endpoint {
         Endpoint { hello, security, incoming, budget: Arc::new(Semaphore::new(QUEUE_BUDGET)) }
     }
-}
-
-/// What each side says about itself when connecting.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub version: u16,
-    pub namespace: String,
-    pub node_id: String,
-    pub node_name: String,
-    /// Address peers reach this node's peer port at.
-    pub peer_addr: String,
 }
 
 /// A frame the node must act on, with the connection it came in on (to answer) and its share of

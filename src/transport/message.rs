@@ -4,10 +4,9 @@
 //! nothing beyond its frame (itself capped) and the caps checked here.
 
 use super::batch::{decode_embedding, encode_embedding};
-use super::conn::Hello;
-use super::payload::{LoadProgressMsg, LoadStage, OpReply, Pong, StageOp, WeightsAsk, WeightsMeta};
+use super::payload::{Hello, LoadProgressMsg, LoadStage, OpReply, Pong, StageOp, WeightsAsk, WeightsMeta};
+use super::StageFault;
 use super::{BatchMsg, PeerError, TransportError};
-use crate::pipeline::StageFault;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +223,7 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::FaultKind;
+    use crate::transport::FaultKind;
     use crate::transport::{LoadRefusal, SeqOp, WeightsError};
 
     fn fault() -> StageFault {

@@ -4,6 +4,7 @@
 
 mod batch;
 mod conn;
+mod fault;
 mod frame;
 mod message;
 pub mod noise;
@@ -11,7 +12,8 @@ mod payload;
 mod refusal;
 
 pub use batch::{BatchMsg, MAX_EMBEDDING};
-pub use conn::{accept, connect, Conn, Endpoint, Hello, Incoming, HANDSHAKE_TIMEOUT};
+pub use conn::{accept, connect, Conn, Endpoint, Incoming, HANDSHAKE_TIMEOUT};
+pub use fault::{FaultKind, StageFault};
 pub use frame::{
     decode_header, encode_header, read_frame, read_frame_capped, write_frame, Frame, Header, HEADER_LEN, MAGIC,
     MAX_PAYLOAD, PROTOCOL_VERSION,
@@ -19,8 +21,8 @@ pub use frame::{
 pub use message::{Kind, Message};
 pub use noise::{Security, NOISE_PARAMS};
 pub use payload::{
-    Held, LinkFigure, LoadProgressMsg, LoadStage, OpReply, Pong, ProgressItem, SeqOp, StageOp, WeightsAsk, WeightsMeta,
-    MAX_HELD, MAX_LINKS, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
+    Held, Hello, LinkFigure, LoadProgressMsg, LoadStage, OpReply, Pong, ProgressItem, SeqOp, StageOp, StageReport,
+    WeightsAsk, WeightsMeta, MAX_HELD, MAX_LINKS, MAX_PROGRESS_ITEMS, MAX_WEIGHTS_READ,
 };
 pub use refusal::{LoadRefusal, PeerError, WeightsError};
 

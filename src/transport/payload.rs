@@ -1,7 +1,7 @@
 //! The structured payloads of peer messages (JSON on the wire, see [`super::Message`]).
 
+use crate::engine::StageCounters;
 use crate::engine::{LayerRange, SamplingParams};
-use crate::pipeline::StageReport;
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -215,4 +215,29 @@ mod tests {
         let b = Pong { profile: p, held: vec![long, many, ok.clone()], links: vec![] }.bounded();
         assert_eq!(b.held, vec![ok]);
     }
+}
+
+/// One stage's counters and its node's, as a stage reports them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub node: String,
+    pub range: LayerRange,
+    /// CPU threads the stage computes with.
+    pub n_threads: i32,
+    pub counters: StageCounters,
+    /// Inference data the stage's node has sent to other nodes (all its stages together); for
+    /// in-process stages, the hidden-state bytes handed from stage to stage.
+    pub node_data_bytes_sent: u64,
+    pub node_peak_rss_bytes: Option<u64>,
+}
+
+/// What each side says about itself when connecting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    pub namespace: String,
+    pub node_id: String,
+    pub node_name: String,
+    /// Address peers reach this node's peer port at.
+    pub peer_addr: String,
 }

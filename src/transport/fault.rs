@@ -1,7 +1,7 @@
 //! Which stage of a cluster pipeline failed, and how: produced where a stage operation fails (the
 //! code that knows which stage and node it talked to), carried to healing as it is.
 
-use crate::transport::PeerError;
+use super::PeerError;
 use serde::{Deserialize, Serialize};
 
 /// A failed stage: its index in the pipeline, its node (as the coordinator's placement names
@@ -44,10 +44,10 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// A transport failure talking to a stage, kept typed when the peer answered with an error.
-    pub fn from_transport(e: crate::transport::TransportError) -> FaultKind {
+    pub fn from_transport(e: super::TransportError) -> FaultKind {
         match e {
             crate::transport::TransportError::Peer(p) => FaultKind::Refused(p),
-            crate::transport::TransportError::Closed => FaultKind::Closed,
+            super::TransportError::Closed => FaultKind::Closed,
             e => FaultKind::Link { detail: e.to_string() },
         }
     }
