@@ -16,6 +16,7 @@ mod pooling;
 mod quantize;
 mod sampler;
 mod stage;
+mod template;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;

@@ -5,12 +5,10 @@ use super::batch::RawBatch;
 use super::context::{Context, ContextParams};
 use super::model::{LayerRange, Model, ModelWindow};
 use super::sampler::{Sampler, SamplingParams};
-use super::{log, EngineError, Pooling, Token};
+use super::{EngineError, Pooling, Token};
 use crate::gguf::ModelShape;
-use llama_cpp_sys_2 as sys;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,19 +96,7 @@ pub enum DecodeOutput {
     Embedding(Vec<f32>),
 }
 
-/// One message as llama.cpp's built-in template matching takes it (the chat layer's richer
-/// messages are reduced to this before they reach the engine).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TemplateMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl TemplateMessage {
-    pub fn new(role: &str, content: &str) -> TemplateMessage {
-        TemplateMessage { role: role.into(), content: content.into() }
-    }
-}
+pub use super::template::TemplateMessage;
 
 enum Cmd {
     /// Decodes on this stage, then hands the hidden state straight to `next[0]` (which gets
@@ -470,7 +456,11 @@ impl Stage {
                     let _ = reply.send(tokens.iter().map(|&t| self.model.token_bytes(t, special)).collect());
                 }
                 Cmd::Template { messages, add_assistant, reply } => {
-                    let _ = reply.send(self.apply_template(&messages, add_assistant));
+                    let _ = reply.send(super::template::apply(
+                        self.info.chat_template.as_deref(),
+                        &messages,
+                        add_assistant,
+                    ));
                 }
             }
         }
@@ -547,48 +537,6 @@ impl Stage {
             }
         }
         Ok(DecodeOutput::Last { logits, tokens })
-    }
-
-    fn apply_template(&self, messages: &[TemplateMessage], add_assistant: bool) -> Result<String, EngineError> {
-        let tmpl = self
-            .info
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| EngineError::Template { reason: "the model has no chat template".into() })?;
-        let cstr =
-            |s: &str| CString::new(s).map_err(|_| EngineError::Template { reason: "text contains a NUL byte".into() });
-        let ctmpl = cstr(tmpl)?;
-        let owned: Vec<(CString, CString)> =
-            messages.iter().map(|m| Ok((cstr(&m.role)?, cstr(&m.content)?))).collect::<Result<_, EngineError>>()?;
-        let msgs: Vec<sys::llama_chat_message> =
-            owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
-        let mut buf = vec![0u8; 1024 + messages.iter().map(|m| m.content.len() * 2).sum::<usize>()];
-        for _ in 0..2 {
-            log::clear_errors();
-            // SAFETY: all strings are NUL-terminated and outlive the call; buf has buf.len() bytes.
-            let n = unsafe {
-                sys::llama_chat_apply_template(
-                    ctmpl.as_ptr(),
-                    msgs.as_ptr(),
-                    msgs.len(),
-                    add_assistant,
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len() as i32,
-                )
-            };
-            if n < 0 {
-                return Err(EngineError::Template {
-                    reason: "llama.cpp does not support this model's chat template".into(),
-                });
-            }
-            if (n as usize) <= buf.len() {
-                buf.truncate(n as usize);
-                return String::from_utf8(buf)
-                    .map_err(|_| EngineError::Template { reason: "output is not UTF-8".into() });
-            }
-            buf.resize(n as usize, 0);
-        }
-        Err(EngineError::Template { reason: "output size changed between calls".into() })
     }
 }
 
