@@ -62,7 +62,7 @@ impl Batcher {
 
     /// The new pipeline is there (or cannot be): every sequence is decoded again up to where it
     /// was, or fails with the reason.
-    pub(super) fn rebuilt(&mut self, r: Result<(std::sync::Arc<dyn crate::pipeline::Pipe>, f64), RuntimeError>) {
+    pub(super) fn rebuilt(&mut self, r: Result<(Arc<dyn Pipe>, f64), RuntimeError>) {
         self.rebuilding = false;
         self.recovering = false;
         self.epoch += 1;

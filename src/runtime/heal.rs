@@ -9,12 +9,10 @@ use super::{policy, LoadOptions, Runtime, RuntimeError};
 use crate::gguf::ModelShape;
 use crate::pipeline::Pipe;
 use crate::store::LocalModel;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxFuture<T> = crate::pipeline::BoxFuture<'static, T>;
 
 /// Builds a new pipeline for the instance (same sequences and context) over the nodes there are
 /// now; with its predicted tokens/s.
