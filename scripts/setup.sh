@@ -27,7 +27,7 @@ Linux)
               python3 python3-venv python3-pip chromium chromium-driver ccache)
         # cmake builds llama.cpp; libclang-dev feeds bindgen; patch applies ggml-patches/;
         # chromium and its driver run the dashboard in tests/external/dashboard.rs; ccache lets
-        # .ci/run's second llama.cpp build (Vulkan) reuse the first one's objects
+        # scripts/vulkan-check.sh's second llama.cpp build (Vulkan) reuse the first one's objects
         if [ "$vulkan" = 1 ]; then pkgs+=(mesa-vulkan-drivers glslc libvulkan-dev spirv-headers); fi
         # the Node clients (tests/clients/js) need node >= 20; Debian 12's nodejs is 18, which
         # openai-node 6 no longer supports (it runs there, but unsupported): a newer node on PATH wins
