@@ -20,7 +20,7 @@ mod template;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;
-pub use grammar::{json_schema_to_grammar, MAX_GRAMMAR};
+pub use grammar::{json_schema_to_grammar, GrammarFault, GRAMMAR_STEP_BUDGET, MAX_GRAMMAR};
 pub use memory::trim as trim_memory;
 pub use model::{Device, LayerRange, ModelWindow};
 pub use observed::{observe_decode, observed_decode_gbps};
@@ -73,6 +73,9 @@ pub enum EngineError {
     Template { reason: String },
     #[error("grammar: {reason}")]
     Grammar { reason: String },
+    /// One sequence's grammar ended it; in a batch, its row carries [`GrammarFault::token`].
+    #[error(transparent)]
+    GrammarFault(#[from] GrammarFault),
     #[error("invalid sampling parameters: {reason}")]
     Sampling { reason: String },
     #[error("no ggml device named {name:?} (this build has: {})", available.join(", "))]

@@ -1,7 +1,7 @@
 //! Sampling on the last stage through llama.cpp's samplers (via llama-cpp-2): repetition
 //! penalty, top-k, top-p, min-p, temperature, then a seeded draw (or greedy at temperature 0).
 
-use super::grammar::Grammar;
+use super::grammar::{Grammar, GrammarFault};
 use super::{EngineError, Token};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
@@ -191,9 +191,9 @@ impl Sampler {
             Some(g) => {
                 self.masked.clear();
                 self.masked.extend_from_slice(logits);
-                g.constrain(&mut self.masked);
+                g.constrain(&mut self.masked)?;
                 if self.masked.iter().all(|l| *l == f32::NEG_INFINITY) {
-                    return Err(EngineError::Grammar { reason: "no token can continue the grammar".into() });
+                    return Err(GrammarFault::DeadEnd.into());
                 }
                 &self.masked[..]
             }

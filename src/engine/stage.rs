@@ -530,7 +530,11 @@ impl Stage {
                 let s = self.samplers.get_mut(&seq).ok_or_else(|| EngineError::Sampling {
                     reason: format!("no sampler configured for sequence {seq}"),
                 })?;
-                tokens.push(s.sample(l)?);
+                // a grammar ends its own sequence, not the batch's others
+                tokens.push(match s.sample(l) {
+                    Err(EngineError::GrammarFault(f)) => f.token(),
+                    t => t?,
+                });
             }
             if want_logits {
                 logits.push(l.to_vec());

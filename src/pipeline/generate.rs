@@ -70,8 +70,7 @@ pub async fn generate<P: Pipeline + ?Sized>(
     // all chunks at once: a multi-node pipeline works on consecutive chunks side by side
     let chunks = TokenChunk::prompt(&req.prompt, n_past, req.seq, n_batch);
     pos += req.prompt.len();
-    let mut next =
-        *chain.run(chunks).await?.first().ok_or(PipelineError::Protocol { index: 0, what: "no sampled token" })?;
+    let mut next = sampled(chain.run(chunks).await?)?;
     let prompt_duration = t0.elapsed();
 
     // decode
@@ -91,7 +90,7 @@ pub async fn generate<P: Pipeline + ?Sized>(
         let step = TokenChunk { tokens: vec![next], pos: vec![pos as i32], seq: vec![req.seq], output: vec![true] };
         let toks = chain.run(vec![step]).await?;
         pos += 1;
-        next = *toks.first().ok_or(PipelineError::Protocol { index: 0, what: "no sampled token" })?;
+        next = sampled(toks)?;
     };
     Ok(GenerationStats {
         prompt_tokens: req.prompt.len(),
@@ -101,4 +100,13 @@ pub async fn generate<P: Pipeline + ?Sized>(
         done_reason,
         n_past: pos,
     })
+}
+
+/// The one token a step sampled, or why the sequence's grammar ended it.
+fn sampled(tokens: Vec<Token>) -> Result<Token, PipelineError> {
+    let t = *tokens.first().ok_or(PipelineError::Protocol { index: 0, what: "no sampled token" })?;
+    match crate::engine::GrammarFault::of_token(t) {
+        Some(f) => Err(PipelineError::Engine(f.into())),
+        None => Ok(t),
+    }
 }

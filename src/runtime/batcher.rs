@@ -510,6 +510,12 @@ impl Batcher {
         if job.doomed {
             return;
         }
+        if let Some(f) = crate::engine::GrammarFault::of_token(t) {
+            // its grammar ended this sequence; its KV is dropped like a failed one's
+            let _ = job.req.events.send(SeqEvent::Failed(crate::engine::EngineError::from(f).into()));
+            job.doomed = true;
+            return;
+        }
         let end = if !job.req.ignore_eos && eog {
             Some(false)
         } else {

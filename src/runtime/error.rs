@@ -208,6 +208,7 @@ impl From<crate::pipeline::PipelineError> for RuntimeError {
             P::Engine(E::Grammar { reason }) => {
                 RuntimeError::field(Field::Format, format!("the schema's grammar cannot be used: {reason}"))
             }
+            P::Engine(E::GrammarFault(f)) => RuntimeError::field(Field::Format, f.to_string()),
             P::Engine(E::Template { reason }) => RuntimeError::field(Field::Prompt, format!("chat template: {reason}")),
             P::Engine(E::Tokenize { reason }) => {
                 RuntimeError::field(Field::Prompt, format!("cannot tokenize: {reason}"))

@@ -1,7 +1,8 @@
 //! The API over real TCP on loopback (`api::server::serve`, what `exo serve` runs): DNS rebinding
 //! and cross-site requests refused while same-origin calls work, slowloris clients cut off by
 //! the header timeout and the pending-connection cap while a client with the key gets through,
-//! an oversized `Content-Length` answered at once.
+//! an oversized `Content-Length` answered at once, prompts and grammars too costly to serve ended
+//! while other requests go on.
 
 use crate::common;
 
@@ -178,4 +179,47 @@ async fn the_quadratic_prompt_is_refused_at_once_while_another_request_completes
     println!("attacks refused in {a1:?} and {a2:?}; the victim took {v:?} (alone {alone:?})");
     assert!(a1 < Duration::from_secs(1) && a2 < Duration::from_secs(1), "{a1:?} {a2:?}");
     assert!(v < alone + Duration::from_secs(1), "victim {v:?} vs {alone:?} alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grammar_too_costly_to_apply_ends_its_own_request_while_another_completes() {
+    let models = common::http::models_dir();
+    let addr = start(models.path(), Access::default(), ServeLimits::default()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let generate = |format: Option<serde_json::Value>, n: u32| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let t = Instant::now();
+            let mut body = serde_json::json!({"model": "tiny-llama", "prompt": "pick", "stream": false,
+                "options": {"num_predict": n, "temperature": 0}});
+            if let Some(f) = format {
+                body["format"] = f;
+            }
+            let r = http.post(format!("{base}/api/generate")).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap(), t.elapsed())
+        }
+    };
+    let enumerated = |n: usize| {
+        let values: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        serde_json::json!({"type": "object", "properties": {"a": {"enum": values}}, "required": ["a"]})
+    };
+    generate(None, 3).await; // loads the model
+    let (_, _, alone) = generate(None, 8).await;
+    // the happy case: a short enum is a grammar like any other
+    let (status, text, _) = generate(Some(enumerated(20)), 12).await;
+    assert_eq!(status, 200, "{text}");
+    // 15,000 values keep 15,000 alternatives open after the opening quote: seconds per token
+    // before the budget (a concurrent request waited 18 s)
+    let attacker = generate(Some(enumerated(15_000)), 12);
+    let victim = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        generate(None, 8).await
+    };
+    let ((a_status, a_text, a_took), (v_status, v_text, v_took)) = tokio::join!(attacker, victim);
+    println!("the costly grammar ended in {a_took:?}: {a_text}; the victim took {v_took:?} (alone {alone:?})");
+    assert_eq!(a_status, 400, "{a_text}");
+    assert!(a_text.contains("format") && a_text.contains("ms per token"), "{a_text}");
+    assert_eq!(v_status, 200, "{v_text}");
+    assert!(v_took < alone + Duration::from_secs(3), "victim {v_took:?} vs {alone:?} alone");
 }
