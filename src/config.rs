@@ -23,6 +23,12 @@ pub fn read_only_models_dirs() -> Vec<PathBuf> {
     std::env::var_os("EXO_MODELS_READ_ONLY_DIRS").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default()
 }
 
+/// `EXO_LINK_TARGETS` (colon list): dirs besides the models dirs that a symlinked GGUF in a
+/// models dir may point into.
+pub fn link_targets() -> Vec<PathBuf> {
+    std::env::var_os("EXO_LINK_TARGETS").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default()
+}
+
 pub fn default_models_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     if cfg!(target_os = "macos") {

@@ -4,6 +4,7 @@
 
 use super::error::{Field, RuntimeError};
 use super::request::{KeepAlive, ModelRef};
+use super::tokens::Counted;
 use super::{LoadOptions, Runtime};
 use crate::engine::{normalize, Pooling, Token};
 use crate::pipeline::embed_tokens;
@@ -97,24 +98,26 @@ impl Runtime {
         let mut all = Vec::with_capacity(n);
         let mut total = 0usize;
         for (i, input) in req.inputs.iter().enumerate() {
-            let mut tokens = match input {
-                EmbedInput::Text(t) => inst.vocab.tokenize(t, true, true).await?,
+            let counted = match input {
+                // in bounded pieces like a prompt, and no further than truncation keeps
+                EmbedInput::Text(t) => inst.tokenize_up_to(t, n_ctx, !req.truncate).await?,
                 EmbedInput::Tokens(t) => {
                     if let Some(bad) = t.iter().find(|&&t| t < 0 || t as usize >= info.n_vocab) {
                         let v = info.n_vocab;
                         return Err(input_error(i, n, format!("token id {bad} is outside the vocabulary of {v}")));
                     }
-                    t.clone()
+                    Counted { tokens: t.clone(), complete: t.len() <= n_ctx, at_least: t.len() }
                 }
             };
-            if tokens.is_empty() {
+            let mut tokens = counted.tokens;
+            if counted.at_least == 0 {
                 return Err(input_error(i, n, "empty input"));
             }
-            if tokens.len() > n_ctx {
+            if !counted.complete {
                 if !req.truncate {
-                    let len = tokens.len();
+                    let len = counted.at_least;
                     let why = format!(
-                        "{len} tokens but the context holds {n_ctx}; shorten it, raise num_ctx or allow truncation"
+                        "at least {len} tokens but the context holds {n_ctx}; shorten it, raise num_ctx or allow truncation"
                     );
                     return Err(input_error(i, n, why));
                 }

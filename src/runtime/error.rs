@@ -189,7 +189,9 @@ impl From<crate::store::StoreError> for RuntimeError {
             S::NotOurs { ref name, .. } => RuntimeError::NotDeletable { name: name.clone(), reason: e.to_string() },
             S::NotDownloadable { .. } => RuntimeError::Store { kind: ErrorKind::NotFound, reason: e.to_string() },
             S::Offline { .. } => RuntimeError::Store { kind: ErrorKind::Unavailable, reason: e.to_string() },
-            S::NoSpace { .. } => RuntimeError::Store { kind: ErrorKind::NoSpace, reason: e.to_string() },
+            S::NoSpace { .. } | S::OverBudget { .. } => {
+                RuntimeError::Store { kind: ErrorKind::NoSpace, reason: e.to_string() }
+            }
             S::Hub { .. } | S::Corrupt { .. } => {
                 RuntimeError::Store { kind: ErrorKind::Upstream, reason: e.to_string() }
             }

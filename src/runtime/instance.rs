@@ -94,12 +94,26 @@ impl Instance {
     /// Tokenizes a prompt with its cost bounded before and during the work ([`super::tokens`]);
     /// refuses one that needs `n_ctx` tokens or more.
     pub(crate) async fn tokenize_prompt(&self, text: &str) -> Result<Vec<Token>, RuntimeError> {
+        super::tokens::prompt(&self.vocab, self.vocab_facts().await?, text, self.loaded.n_ctx).await
+    }
+
+    /// Tokenizes a text in bounded pieces, stopping past `max` tokens ([`super::tokens::up_to`]).
+    pub(crate) async fn tokenize_up_to(
+        &self,
+        text: &str,
+        max: usize,
+        bound_first: bool,
+    ) -> Result<super::tokens::Counted, RuntimeError> {
+        super::tokens::up_to(&self.vocab, self.vocab_facts().await?, text, max, bound_first).await
+    }
+
+    async fn vocab_facts(&self) -> Result<&super::tokens::VocabFacts, RuntimeError> {
         let facts = self
             .vocab_facts
             .get_or_try_init(|| async { super::tokens::VocabFacts::read(&self.vocab).await.map(Arc::new) })
             .await
             .map_err(RuntimeError::from)?;
-        super::tokens::prompt(&self.vocab, facts, text, self.loaded.n_ctx).await
+        Ok(facts)
     }
 
     /// The chat template and tool format, read on first use.

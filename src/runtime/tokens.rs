@@ -100,34 +100,64 @@ impl VocabFacts {
     }
 }
 
-/// Tokenizes `text` as `vocab.tokenize(text, true, true)` would, refusing it as soon as it is
-/// known to need `n_ctx` tokens or more: first from [`VocabFacts::at_least`], then piece by piece.
+/// A text's tokens, or the first of them when it needs more than asked for.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    /// All of the text's tokens when `complete`; otherwise a prefix of them (perhaps none), at
+    /// least `max + 1` long when `at_least` came from tokenizing rather than from the bound.
+    pub tokens: Vec<Token>,
+    pub complete: bool,
+    /// Tokens the whole text needs at least.
+    pub at_least: usize,
+}
+
+/// Tokenizes `text` as `vocab.tokenize(text, true, true)` would, stopping as soon as it is known
+/// to need more than `max` tokens: at once from [`VocabFacts::at_least`] when `bound_first`
+/// (nothing tokenized), else at the first piece past `max` (the prefix kept, to truncate).
+pub(crate) async fn up_to(
+    vocab: &StageHandle,
+    facts: &VocabFacts,
+    text: &str,
+    max: usize,
+    bound_first: bool,
+) -> Result<Counted, RuntimeError> {
+    if bound_first {
+        let at_least = facts.at_least(text);
+        if at_least > max {
+            return Ok(Counted { tokens: Vec::new(), complete: false, at_least });
+        }
+    }
+    let mut tokens = facts.before.clone();
+    let mut start = 0;
+    for end in facts.cuts(text).into_iter().chain([text.len()]) {
+        if end > start {
+            // cuts fall after ASCII bytes of special tokens: always char boundaries
+            let piece = text.get(start..end).unwrap_or_default();
+            tokens.extend(vocab.tokenize(piece, false, true).await?);
+            if tokens.len() > max {
+                let at_least = tokens.len() + facts.at_least(&text[end..]).saturating_sub(facts.before.len());
+                return Ok(Counted { tokens, complete: false, at_least });
+            }
+        }
+        start = end;
+    }
+    tokens.extend(&facts.after);
+    let at_least = tokens.len();
+    Ok(Counted { tokens, complete: at_least <= max, at_least })
+}
+
+/// A prompt's tokens ([`up_to`]), refused when it needs `n_ctx` tokens or more.
 pub(crate) async fn prompt(
     vocab: &StageHandle,
     facts: &VocabFacts,
     text: &str,
     n_ctx: u32,
 ) -> Result<Vec<Token>, RuntimeError> {
-    let least = facts.at_least(text);
-    if least >= n_ctx as usize {
-        return Err(RuntimeError::PromptAtLeast { at_least: least, n_ctx });
+    let c = up_to(vocab, facts, text, (n_ctx as usize).saturating_sub(1), true).await?;
+    match c.complete {
+        true => Ok(c.tokens),
+        false => Err(RuntimeError::PromptAtLeast { at_least: c.at_least, n_ctx }),
     }
-    let mut out = facts.before.clone();
-    let mut start = 0;
-    for end in facts.cuts(text).into_iter().chain([text.len()]) {
-        if end > start {
-            // cuts fall after ASCII bytes of special tokens: always char boundaries
-            let piece = text.get(start..end).unwrap_or_default();
-            out.extend(vocab.tokenize(piece, false, true).await?);
-            if out.len() >= n_ctx as usize {
-                let at_least = out.len() + facts.at_least(&text[end..]).saturating_sub(facts.before.len());
-                return Err(RuntimeError::PromptAtLeast { at_least, n_ctx });
-            }
-        }
-        start = end;
-    }
-    out.extend(&facts.after);
-    Ok(out)
 }
 
 /// Special-token texts by their bytes.
@@ -265,6 +295,13 @@ mod tests {
             let n = vocab.tokenize(&long, true, true).await.unwrap().len() as u32;
             assert!(prompt(&vocab, &facts, &long, n).await.is_err());
             assert_eq!(prompt(&vocab, &facts, &long, n + 1).await.unwrap().len(), n as usize);
+            // truncating (embeddings): the first tokens of the whole, without tokenizing it all
+            let whole = vocab.tokenize(&long, true, true).await.unwrap();
+            let c = up_to(&vocab, &facts, &long, 100, false).await.unwrap();
+            assert!(!c.complete && c.tokens.len() > 100 && c.tokens.len() < whole.len() && c.at_least <= whole.len());
+            assert_eq!(c.tokens[..], whole[..c.tokens.len()]);
+            let c = up_to(&vocab, &facts, &long, whole.len(), false).await.unwrap();
+            assert!(c.complete && c.tokens == whole);
         }
     }
 }

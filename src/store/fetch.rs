@@ -176,19 +176,29 @@ pub async fn fetch_window(
     piece: u64,
     progress: OnProgress,
 ) -> Result<(PathBuf, Fetched), FetchError> {
-    fetch_window_on(dir, model, window, src, piece, progress, &|d: &Path| fs4::available_space(d)).await
+    let room = Room { free: &|d: &Path| fs4::available_space(d), budget: None };
+    fetch_window_on(dir, model, window, src, piece, progress, &room).await
 }
 
 /// Free bytes on the file system of a dir.
 pub type FreeSpace = dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync;
 
+/// What a fetch may take on disk.
+pub struct Room<'a> {
+    /// The free space of a dir's file system.
+    pub free: &'a FreeSpace,
+    /// Bytes every partial model in the dir may take together (EXO_PARTIAL_BUDGET_GB).
+    pub budget: Option<u64>,
+}
+
 /// Bytes kept free beyond what a fetch writes (the sidecar, logs, the rest of the system).
 pub const SPARE: u64 = 16 << 20;
 
-/// [`fetch_window`] with the free space of `dir` told by `free`: a window whose missing bytes
-/// do not fit is refused before any of them is fetched (naming what is needed and what is
-/// free), and a fetch that runs out of space anyway removes its partial file unless it holds
-/// finished windows: a disk is never left full by a transfer that cannot finish.
+/// [`fetch_window`] within `room`: a window whose missing bytes do not fit the free space, or
+/// that would take this partial past the budget, is refused before any of them is fetched
+/// (naming what is needed and what there is); within the budget, the least recently used other
+/// partials make room first; a fetch that runs out of space anyway removes its partial file
+/// unless it holds finished windows: a disk is never left full by a transfer that cannot finish.
 pub async fn fetch_window_on(
     dir: &Path,
     model: &str,
@@ -196,9 +206,9 @@ pub async fn fetch_window_on(
     src: Arc<dyn RangeSource>,
     piece: u64,
     progress: OnProgress,
-    free: &FreeSpace,
+    room: &Room<'_>,
 ) -> Result<(PathBuf, Fetched), FetchError> {
-    let r = fetch_window_inner(dir, model, (begin, end), src, piece, progress, free).await;
+    let r = fetch_window_inner(dir, model, (begin, end), src, piece, progress, room).await;
     if let Err(e) = &r {
         if is_out_of_space(e) {
             // only one that holds no finished window: those stay usable
@@ -214,7 +224,7 @@ pub async fn fetch_window_on(
 
 fn is_out_of_space(e: &FetchError) -> bool {
     match e {
-        FetchError::Store(StoreError::NoSpace { .. }) => true,
+        FetchError::Store(StoreError::NoSpace { .. } | StoreError::OverBudget { .. }) => true,
         FetchError::Store(StoreError::Io { source, .. }) => source.kind() == std::io::ErrorKind::StorageFull,
         _ => false,
     }
@@ -227,7 +237,7 @@ async fn fetch_window_inner(
     src: Arc<dyn RangeSource>,
     piece: u64,
     progress: OnProgress,
-    free: &FreeSpace,
+    room: &Room<'_>,
 ) -> Result<(PathBuf, Fetched), FetchError> {
     let piece = piece.max(1);
     // the header first: it says where the window's tensors are
@@ -259,7 +269,16 @@ async fn fetch_window_inner(
         .collect();
     let total: u64 = todo.iter().map(|r| r.1 - r.0).sum();
     // the partial file is sparse: what it takes more is what is still to be written
-    let available = free(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+    if let Some(budget) = room.budget {
+        let after = p.allocated().saturating_add(total);
+        if after > budget {
+            return Err(StoreError::OverBudget { name: model.into(), needed: after, budget }.into());
+        }
+        // the others make room now, not after the fetch: the budget holds throughout
+        let (dirs, keep) = (vec![dir.to_path_buf()], path.clone());
+        blocking(move || Ok(partial::evict(&dirs, budget - total, &keep))).await?;
+    }
+    let available = (room.free)(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
     if total.saturating_add(SPARE) > available {
         return Err(StoreError::NoSpace {
             name: model.into(),

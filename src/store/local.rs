@@ -80,29 +80,33 @@ pub fn quant_from_name(name: &str) -> Option<String> {
 }
 
 /// GGUF files under `dir` (and its subdirectories when `recursive`). Links are hostile until
-/// checked: a linked file counts only when it is a GGUF (its magic, so a planted link to
-/// `/etc/passwd` is never listed nor served to peers); a linked directory is entered only when it
-/// lies inside `dir`; a directory seen before (a link loop) or [`MAX_DEPTH`] deep is skipped.
-fn ggufs(dir: &Path, recursive: bool) -> Vec<PathBuf> {
+/// checked: a linked file counts only when its target lies inside one of `allowed` (canonical
+/// paths: the models dirs, and what EXO_LINK_TARGETS allows) and is a GGUF (its magic), so a
+/// planted link to `/etc/passwd` or to a GGUF elsewhere is never listed nor served to peers; a
+/// linked directory is entered only when it lies inside `dir`; a directory seen before (a link
+/// loop) or [`MAX_DEPTH`] deep is skipped.
+fn ggufs(dir: &Path, recursive: bool, allowed: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(root) = std::fs::canonicalize(dir) else { return out };
     let mut seen = std::collections::HashSet::new();
-    walk(dir, &root, recursive, 0, &mut seen, &mut out);
+    walk(Walk { root: &root, recursive, allowed }, dir, 0, &mut seen, &mut out);
     out.sort();
     out
+}
+
+/// What a scan is allowed to enter and follow.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    root: &'a Path,
+    recursive: bool,
+    allowed: &'a [PathBuf],
 }
 
 /// Deepest directory a scan enters (the hub layout needs 3 or 4).
 pub const MAX_DEPTH: usize = 16;
 
-fn walk(
-    dir: &Path,
-    root: &Path,
-    recursive: bool,
-    depth: usize,
-    seen: &mut std::collections::HashSet<PathBuf>,
-    out: &mut Vec<PathBuf>,
-) {
+fn walk(w: Walk, dir: &Path, depth: usize, seen: &mut std::collections::HashSet<PathBuf>, out: &mut Vec<PathBuf>) {
+    let (root, recursive) = (w.root, w.recursive);
     let Ok(canon) = std::fs::canonicalize(dir) else { return };
     if depth > MAX_DEPTH || !seen.insert(canon) {
         tracing::debug!(dir = %dir.display(), "skipped: a link loop or too deep");
@@ -118,14 +122,19 @@ fn walk(
             let Ok(m) = std::fs::metadata(&p) else { continue };
             if m.is_dir() && recursive {
                 if std::fs::canonicalize(&p).is_ok_and(|c| c.starts_with(root)) {
-                    walk(&p, root, recursive, depth + 1, seen, out);
+                    walk(w, &p, depth + 1, seen, out);
                 }
-            } else if m.is_file() && is_gguf_name && has_gguf_magic(&p) {
-                out.push(p);
+            } else if m.is_file() && is_gguf_name {
+                let inside = std::fs::canonicalize(&p).is_ok_and(|c| w.allowed.iter().any(|a| c.starts_with(a)));
+                if !inside {
+                    tracing::debug!(link = %p.display(), "skipped: its target is outside the models dirs and EXO_LINK_TARGETS");
+                } else if has_gguf_magic(&p) {
+                    out.push(p);
+                }
             }
         } else if ft.is_dir() {
             if recursive {
-                walk(&p, root, recursive, depth + 1, seen, out);
+                walk(w, &p, depth + 1, seen, out);
             }
         } else if ft.is_file() && is_gguf_name {
             out.push(p);
@@ -161,8 +170,9 @@ fn size(paths: &[PathBuf]) -> u64 {
 }
 
 /// Flat GGUFs in a models dir (not recursive: the `hf/` subtree is scanned as a hub layout).
-pub fn scan_flat(dir: &Path, location: Location) -> Vec<LocalModel> {
-    group(&ggufs(dir, false))
+/// `allowed`: canonical dirs linked files may point into ([`ggufs`]).
+pub fn scan_flat(dir: &Path, location: Location, allowed: &[PathBuf]) -> Vec<LocalModel> {
+    group(&ggufs(dir, false, allowed))
         .into_iter()
         .filter_map(|paths| {
             let name = super::local_names::model_name(&paths[0])?;
@@ -179,7 +189,7 @@ pub fn scan_flat(dir: &Path, location: Location) -> Vec<LocalModel> {
 }
 
 /// A Hugging Face cache layout (`models--ORG--REPO/snapshots/REV/...`).
-pub fn scan_hub(root: &Path, location: Location) -> Vec<LocalModel> {
+pub fn scan_hub(root: &Path, location: Location, allowed: &[PathBuf]) -> Vec<LocalModel> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else { return out };
     let mut repos: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -195,7 +205,7 @@ pub fn scan_hub(root: &Path, location: Location) -> Vec<LocalModel> {
             _ => std::fs::read_dir(&snapshots).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default(),
         };
         for rev in revs {
-            for paths in group(&ggufs(&rev, true)) {
+            for paths in group(&ggufs(&rev, true, allowed)) {
                 let rel: Vec<String> =
                     paths.iter().map(|p| p.strip_prefix(&rev).unwrap_or(p).to_string_lossy().into_owned()).collect();
                 let quant = quant_from_name(&rel[0]);
@@ -327,14 +337,14 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn links_are_listed_only_to_ggufs_and_loops_end() {
+    fn links_are_listed_only_to_ggufs_inside_allowed_dirs_and_loops_end() {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let root = d.path();
         std::fs::write(root.join("real.gguf"), b"GGUF....").unwrap();
         std::fs::write(outside.path().join("model.gguf"), b"GGUF....").unwrap();
         std::fs::write(outside.path().join("secret"), b"root:x:0:0").unwrap();
-        // a link to a GGUF elsewhere (how tests and users share models) is a model
+        // a link to a GGUF in an allowed dir (another models dir, EXO_LINK_TARGETS) is a model
         symlink(outside.path().join("model.gguf"), root.join("shared.gguf")).unwrap();
         // a planted link to a file that is no GGUF is not
         symlink(outside.path().join("secret"), root.join("passwd.gguf")).unwrap();
@@ -350,9 +360,13 @@ mod tests {
         let names = |v: Vec<std::path::PathBuf>| -> Vec<String> {
             v.iter().map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned()).collect()
         };
-        assert_eq!(names(ggufs(root, false)), ["real.gguf", "shared.gguf"]);
+        let allowed = [std::fs::canonicalize(root).unwrap(), std::fs::canonicalize(outside.path()).unwrap()];
+        assert_eq!(names(ggufs(root, false, &allowed)), ["real.gguf", "shared.gguf"]);
         // recursive: each directory once, whatever links lead back to it; none outside
-        assert_eq!(names(ggufs(root, true)), ["real.gguf", "shared.gguf", "sub/deep.gguf"]);
+        assert_eq!(names(ggufs(root, true, &allowed)), ["real.gguf", "shared.gguf", "sub/deep.gguf"]);
+        // the same GGUF is no model while its dir is not allowed: files in the dir itself are
+        assert_eq!(names(ggufs(root, false, &allowed[..1])), ["real.gguf"]);
+        assert_eq!(names(ggufs(root, true, &[])), ["real.gguf", "sub/deep.gguf"]);
         assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
     }
 

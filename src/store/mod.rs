@@ -35,6 +35,8 @@ pub enum StoreError {
     Offline { name: String },
     #[error("not enough free space for {name}: it needs {} and {}", fmt(*needed), dirs_free(dirs))]
     NoSpace { name: String, needed: u64, dirs: Vec<(PathBuf, u64)> },
+    #[error("the partial models of this node may take {} (EXO_PARTIAL_BUDGET_GB) but {name}'s window would take them to {}; raise the budget or give this node fewer layers", fmt(*budget), fmt(*needed))]
+    OverBudget { name: String, needed: u64, budget: u64 },
     #[error("{what}: {reason}")]
     Hub { what: String, reason: String },
     #[error("download of {file} is corrupt ({reason}); the file was removed")]
@@ -92,6 +94,9 @@ pub struct Store {
     pub chunk_size: usize,
     /// Disk bytes partial models may take (EXO_PARTIAL_BUDGET_GB); least recently used go first.
     pub partial_budget: Option<u64>,
+    /// Dirs besides the models dirs that a linked GGUF in a models dir may point into
+    /// (EXO_LINK_TARGETS); a link pointing anywhere else is not a model.
+    pub link_targets: Vec<PathBuf>,
     free_space: FreeSpace,
     /// Downloads and window fetches, running and recent (shared by every clone).
     pub transfers: Transfers,
@@ -126,6 +131,7 @@ impl Store {
                 .and_then(|v| v.parse::<f64>().ok())
                 .filter(|g| g.is_finite() && *g >= 0.0)
                 .map(|g| (g * 1e9) as u64),
+            link_targets: crate::config::link_targets(),
             free_space: Arc::new(|p: &Path| fs4::available_space(p)),
             transfers: Transfers::default(),
         }
@@ -141,19 +147,27 @@ impl Store {
         Hub { endpoint: self.endpoint.clone(), token: self.token.clone(), chunk_size: self.chunk_size }
     }
 
+    /// Where a linked GGUF may point: every dir models are read from, and `link_targets`
+    /// (canonical paths; those that do not exist are left out).
+    fn link_roots(&self) -> Vec<PathBuf> {
+        let dirs = self.dirs.iter().chain(&self.read_only).chain(&self.hf_cache).chain(&self.ollama);
+        dirs.chain(&self.link_targets).filter_map(|d| std::fs::canonicalize(d).ok()).collect()
+    }
+
     /// Every model on this machine.
     pub fn local_models(&self) -> Vec<LocalModel> {
+        let allowed = self.link_roots();
         let mut v = Vec::new();
         for d in &self.dirs {
-            v.extend(local::scan_flat(d, Location::ModelsDir));
-            v.extend(local::scan_hub(&d.join("hf"), Location::ModelsDir));
+            v.extend(local::scan_flat(d, Location::ModelsDir, &allowed));
+            v.extend(local::scan_hub(&d.join("hf"), Location::ModelsDir, &allowed));
         }
         for d in &self.read_only {
-            v.extend(local::scan_flat(d, Location::ReadOnlyDir));
-            v.extend(local::scan_hub(&d.join("hf"), Location::ReadOnlyDir));
+            v.extend(local::scan_flat(d, Location::ReadOnlyDir, &allowed));
+            v.extend(local::scan_hub(&d.join("hf"), Location::ReadOnlyDir, &allowed));
         }
         if let Some(c) = &self.hf_cache {
-            v.extend(local::scan_hub(c, Location::HfCache));
+            v.extend(local::scan_hub(c, Location::HfCache, &allowed));
         }
         if let Some(o) = &self.ollama {
             v.extend(local::scan_ollama(o));
@@ -176,6 +190,12 @@ impl Store {
         self.partials()
             .into_iter()
             .find(|p| p.sidecar.model == model && p.sidecar.size == size && p.has_window(begin, end))
+    }
+
+    /// What a window fetch into the models dirs may take: the free space as this store measures
+    /// it, and the partial models' budget.
+    pub fn room(&self) -> fetch::Room<'_> {
+        fetch::Room { free: &*self.free_space, budget: self.partial_budget }
     }
 
     /// Applies the partial models' disk budget, keeping `keep` (the one just used).

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -23,8 +22,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PAYLOAD_GRACE: Duration = Duration::from_secs(10);
 pub const PAYLOAD_MIN_RATE: u64 = 1 << 20;
 
-fn payload_deadline(len: u32) -> Duration {
-    PAYLOAD_GRACE + Duration::from_secs(len as u64 / PAYLOAD_MIN_RATE)
+fn payload_deadline(grace: Duration, len: u32) -> Duration {
+    grace + Duration::from_secs(len as u64 / PAYLOAD_MIN_RATE)
 }
 
 /// Bytes of received frames a node holds before they are handled (all connections together):
@@ -39,11 +38,14 @@ pub struct Endpoint {
     pub incoming: mpsc::Sender<Incoming>,
     /// Bytes of received frames not yet handled ([`QUEUE_BUDGET`]).
     pub budget: Arc<Semaphore>,
+    /// [`PAYLOAD_GRACE`] (shorter in tests).
+    pub payload_grace: Duration,
 }
 
 impl Endpoint {
     pub fn new(hello: Hello, security: Security, incoming: mpsc::Sender<Incoming>) -> Endpoint {
-        Endpoint { hello, security, incoming, budget: Arc::new(Semaphore::new(QUEUE_BUDGET)) }
+        let budget = Arc::new(Semaphore::new(QUEUE_BUDGET));
+        Endpoint { hello, security, incoming, budget, payload_grace: PAYLOAD_GRACE }
     }
 }
 
@@ -180,14 +182,19 @@ impl Conn {
 }
 
 /// Starts the connection's tasks; `guard` is dropped when the connection ends.
-fn spawn<G: Send + 'static>(
-    mut rd: RecordReader<OwnedReadHalf>,
-    mut wr: RecordWriter<OwnedWriteHalf>,
+fn spawn<G, R, W>(
+    mut rd: RecordReader<R>,
+    mut wr: RecordWriter<W>,
     peer: Hello,
     peer_key: [u8; 32],
     ep: &Endpoint,
     guard: G,
-) -> Conn {
+) -> Conn
+where
+    G: Send + 'static,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let conn = Conn {
         inner: Arc::new(Inner {
@@ -215,7 +222,7 @@ fn spawn<G: Send + 'static>(
         }
         // dropping the write half shuts the socket down for writing
     });
-    let (c, incoming, budget) = (conn.clone(), ep.incoming.clone(), ep.budget.clone());
+    let (c, incoming, budget, grace) = (conn.clone(), ep.incoming.clone(), ep.budget.clone(), ep.payload_grace);
     tokio::spawn(async move {
         let _guard = guard;
         let end = loop {
@@ -226,7 +233,7 @@ fn spawn<G: Send + 'static>(
             };
             // room in the budget first, then the allocation
             let Ok(queued) = budget.clone().acquire_many_owned(h.len + HEADER_LEN as u32).await else { break None };
-            let limit = payload_deadline(h.len);
+            let limit = payload_deadline(grace, h.len);
             let payload = match tokio::time::timeout(limit, rd.read_payload(h.len)).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => break Some(e),
@@ -337,4 +344,70 @@ async fn accept_inner<G: Send + 'static>(mut s: TcpStream, ep: &Endpoint, guard:
     }
     wr.write_frame(&frame(&Message::Welcome(ours.clone()))).await?;
     Ok(spawn(rd, wr, theirs, peer_key, ep, guard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::frame::encode_header;
+    use tokio::io::AsyncWriteExt;
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            namespace: "n".into(),
+            node_id: "00".into(),
+            node_name: name.into(),
+            peer_addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    /// A connection over an in-memory pipe whose far end the test writes raw records into.
+    fn piped(ep: &Endpoint) -> (Conn, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4 << 20);
+        let (r, w) = tokio::io::split(ours);
+        let (rd, wr) = noise::Session::plaintext().split(r, w);
+        (spawn(rd, wr, hello("peer"), [0; 32], ep, ()), theirs)
+    }
+
+    /// One unencrypted record (what `Session::plaintext` reads).
+    fn record(plain: &[u8]) -> Vec<u8> {
+        let mut r = (plain.len() as u16).to_be_bytes().to_vec();
+        r.extend_from_slice(plain);
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_payload_closes_its_connection_only_and_gives_back_the_budget() {
+        let keys =
+            Arc::new(crate::secret::NodeKeys::ephemeral(crate::secret::ClusterSecret::generate().unwrap()).unwrap());
+        let (tx, mut incoming) = mpsc::channel(8);
+        let grace = Duration::from_millis(300);
+        let ep = Endpoint { payload_grace: grace, ..Endpoint::new(hello("us"), Security::new(keys), tx) };
+        let (stalled, mut far) = piped(&ep);
+        let (healthy, mut other) = piped(&ep);
+        // a header announcing 1 MiB, 1 KiB of it, then nothing
+        let big = Frame { kind: Kind::Ping as u16, request: 7, payload: vec![0; 1 << 20] };
+        let mut first = encode_header(&big).unwrap().to_vec();
+        first.extend_from_slice(&[0; 1024]);
+        far.write_all(&record(&first)).await.unwrap();
+        let t = std::time::Instant::now();
+        // meanwhile the other connection's frames arrive as usual
+        let ping = Frame { kind: Kind::Ping as u16, request: 1, payload: Message::Ping { padding: 0 }.encode() };
+        let mut one = encode_header(&ping).unwrap().to_vec();
+        one.extend_from_slice(&ping.payload);
+        other.write_all(&record(&one)).await.unwrap();
+        let got = incoming.recv().await.unwrap();
+        assert_eq!(got.frame.request, 1);
+        assert!(t.elapsed() < grace);
+        drop(got);
+        let closed = tokio::time::timeout(Duration::from_secs(10), stalled.closed()).await;
+        assert!(closed.is_ok(), "the stalled connection is still open");
+        let took = t.elapsed();
+        let deadline = payload_deadline(grace, 1 << 20);
+        assert!(took >= deadline && took < deadline + Duration::from_secs(1), "{took:?}");
+        assert!(!healthy.is_closed(), "only the stalled connection closes");
+        // the stalled frame's share of the byte budget is back
+        assert_eq!(ep.budget.available_permits(), QUEUE_BUDGET);
+    }
 }

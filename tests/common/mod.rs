@@ -55,13 +55,34 @@ pub fn offline_store(dir: &std::path::Path) -> exo::store::Store {
     s.hf_cache = None;
     s.ollama = None;
     s.offline = true;
+    s.link_targets = link_targets();
     s
+}
+
+/// Where the tests' models live: the links in their models dirs point there, so those dirs are
+/// what an `exo` the tests start allows links into (`EXO_LINK_TARGETS`).
+pub fn link_targets() -> Vec<PathBuf> {
+    let mut v = vec![
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-models"),
+    ];
+    for var in ["EXO_TEST_REAL_MODEL", "EXO_TEST_SWA_MODEL"] {
+        v.extend(std::env::var_os(var).map(PathBuf::from).and_then(|p| p.parent().map(|d| d.to_path_buf())));
+    }
+    v
+}
+
+/// The `exo` binary, allowed to follow the tests' links to their models.
+pub fn exo_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_exo"));
+    c.env("EXO_LINK_TARGETS", std::env::join_paths(link_targets()).expect("no colon in test paths"));
+    c
 }
 
 /// Runs the `exo` binary as a user on a machine with no node running: no models dir, no mDNS,
 /// no startup measurement.
 pub fn exo(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+    exo_command()
         .args(args)
         .env("EXO_MODELS_DIRS", "/nonexistent")
         .env("EXO_API_ADDR", "127.0.0.1:1")

@@ -73,7 +73,7 @@ pub fn spawn_env(
 /// tests/common/procs.rs build on it): models from `models` only (also its HOME), one thread, no
 /// mDNS, no startup measurement, offline, info logs, no cluster token from the environment.
 pub fn serve_command(name: &str, models: &Path, ports: Ports, peers: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_exo"));
+    let mut c = super::exo_command();
     c.args(serve_args(name, ports, peers))
         .envs(NODE_ENV.iter().copied())
         .env("EXO_MODELS_DIRS", models)

@@ -78,7 +78,7 @@ impl Server {
             std::os::unix::fs::symlink(file, dir.join(format!("{name}.gguf"))).unwrap();
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_exo"))
+        let child = common::exo_command()
             // one compute thread: the clients' Python and Node share the two cores, and llama.cpp's
             // spin-waiting threads slow down many times over when a core is taken from them
             .args(["serve", "--api-addr", &format!("127.0.0.1:{port}"), "--peer-addr", "127.0.0.1:0", "--threads", "1"])

@@ -111,6 +111,7 @@ fn two_nodes_find_each_other_by_mdns_in_network_namespaces() {
             .env("HOME", models.path())
             .env("EXO_DECODE_GBPS", "10")
             .env("EXO_OFFLINE", "1")
+            .env("EXO_LINK_TARGETS", std::env::join_paths(common::link_targets()).unwrap())
             .env_remove("EXO_NO_DISCOVERY")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

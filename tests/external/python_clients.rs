@@ -39,7 +39,7 @@ async fn real_python_clients_against_exo_serve() {
     std::os::unix::fs::symlink(common::model("tiny-llama"), models.join("tiny-llama.gguf")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_exo"))
+    let mut server = common::exo_command()
         .args(["serve", "--api-addr", &format!("127.0.0.1:{port}"), "--peer-addr", "127.0.0.1:0", "--threads", "2"])
         .env("HOME", home.path())
         .env("EXO_DECODE_GBPS", "10")

@@ -457,7 +457,8 @@ async fn hostile_inputs_are_refused_fast_and_touch_nothing() {
             StatusCode::BAD_REQUEST,
             "not paths",
         ),
-        (Method::DELETE, "/api/delete", json!({ "model": "escape" }), StatusCode::FORBIDDEN, "only deletes"),
+        // its target is outside the models dirs (and EXO_LINK_TARGETS): no model at all
+        (Method::DELETE, "/api/delete", json!({ "model": "escape" }), StatusCode::NOT_FOUND, "not found"),
         (Method::POST, "/api/show", json!({ "model": "/etc/passwd" }), StatusCode::BAD_REQUEST, "not paths"),
         (Method::POST, "/api/show", json!({ "model": "/no/such/file" }), StatusCode::BAD_REQUEST, "not paths"),
         (

@@ -258,7 +258,7 @@ async fn pull_list_rm_and_run_from_the_command_line() {
     let exo = |args: Vec<String>| {
         let (url, home, models) = (url.clone(), home.path().to_path_buf(), models.clone());
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+            common::exo_command()
                 .args(&args)
                 .env("HOME", &home)
                 .env("HF_HOME", home.join("hf"))
@@ -299,8 +299,8 @@ async fn pull_list_rm_and_run_from_the_command_line() {
 }
 
 /// Models dirs that are links, links inside them: a delete through a linked models dir removes
-/// the file and says so (no 500 for the second unlink); a planted link to a file that is no GGUF
-/// is never a model; a link loop in the hub layout does not hang the listing; errors name files
+/// the file and says so (no 500 for the second unlink); a planted link to a file that is no GGUF,
+/// or to a GGUF outside the models dirs and EXO_LINK_TARGETS, is never a model; a link loop in the hub layout does not hang the listing; errors name files
 /// relative to their models dir.
 #[test]
 fn links_in_and_to_models_dirs() {
@@ -335,4 +335,15 @@ fn links_in_and_to_models_dirs() {
     let e = s.remove("shared").unwrap_err().to_string();
     assert!(!e.contains(&*ro.path().to_string_lossy()), "{e}");
     assert!(e.contains("shared.gguf"), "{e}");
+
+    // a link to a GGUF outside every models dir: no model until its dir is allowed
+    // (EXO_LINK_TARGETS); a link into the read-only dir is one
+    let elsewhere = tempfile::tempdir().unwrap();
+    exo::synth::make_model(&exo::synth::preset("tiny-llama").unwrap(), &elsewhere.path().join("x.gguf")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("x.gguf"), real.path().join("outside.gguf")).unwrap();
+    std::os::unix::fs::symlink(ro.path().join("shared.gguf"), real.path().join("inside.gguf")).unwrap();
+    let names = |s: &Store| -> Vec<String> { s.local_models().into_iter().map(|m| m.name).collect() };
+    assert_eq!(names(&s), ["inside", "shared"]);
+    s.link_targets = vec![elsewhere.path().to_path_buf()];
+    assert_eq!(names(&s), ["inside", "outside", "shared"]);
 }

@@ -1,8 +1,9 @@
 //! `exo plan` on header-only GGUFs with real model shapes and a hypothetical cluster file.
 
+use crate::common;
 use exo::synth::{self, WeightType};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const CLUSTER: &str = r#"
 [[node]]
@@ -33,7 +34,7 @@ fn setup(dir: &Path, model: &str, q: WeightType) -> (PathBuf, PathBuf) {
 }
 
 fn plan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exo"))
+    common::exo_command()
         .arg("plan")
         .args(args)
         .env("EXO_MODELS_DIRS", "/nonexistent")

@@ -75,7 +75,7 @@ fn unknown_model_is_a_clear_runtime_error() {
 fn model_is_found_by_name_in_models_dir_and_prompt_read_from_stdin() {
     let m = common::model("tiny-qwen2");
     let dir = m.parent().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
+    let mut child = common::exo_command()
         .args(["run", "tiny-qwen2:latest", "--max-tokens", "8", "--seed", "3", "--verbose"])
         .env("EXO_MODELS_DIRS", dir)
         .env("EXO_API_ADDR", "127.0.0.1:1")

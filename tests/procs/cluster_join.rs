@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common;
@@ -17,7 +16,7 @@ fn serve(name: &'static str, models: &Path, config: &Path, ports: Ports, peers: 
 }
 
 fn token(config: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_exo"))
+    let out = common::exo_command()
         .args(["cluster", "token"])
         .env("EXO_CONFIG_DIR", config)
         .env_remove("EXO_CLUSTER_TOKEN")

@@ -93,7 +93,7 @@ async fn three_processes() {
             let mut args = vec!["run".to_string(), model.to_string_lossy().into_owned(), "Tell me a story".into()];
             args.extend(["--temperature", "0", "--max-tokens", "20"].iter().map(|s| s.to_string()));
             args.extend(extra.iter().map(|s| s.to_string()));
-            Command::new(env!("CARGO_BIN_EXE_exo"))
+            common::exo_command()
                 .args(&args)
                 .env("EXO_API_ADDR", api)
                 .env("EXO_NO_DISCOVERY", "1")
@@ -109,7 +109,7 @@ async fn three_processes() {
     assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
     assert_eq!(String::from_utf8_lossy(&remote.stdout), String::from_utf8_lossy(&local.stdout));
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_exo")).args(["cluster", "--api-addr", &api_addr]).output().unwrap()
+        common::exo_command().args(["cluster", "--api-addr", &api_addr]).output().unwrap()
     })
     .await
     .unwrap();
@@ -121,7 +121,7 @@ async fn three_processes() {
     let bench_out = {
         let (model, api) = (model.clone(), a.api.trim_start_matches("http://").to_string());
         tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_exo"))
+            common::exo_command()
                 .args(["bench", model.to_str().unwrap(), "--pp", "32", "--tg", "16", "--repeat", "2", "--json"])
                 .args(["--split", "a=0:4,b=4:8"])
                 .env("EXO_API_ADDR", api)

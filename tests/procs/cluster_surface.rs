@@ -21,7 +21,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
 }
 
 fn exo_at(api: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+    common::exo_command()
         .args(args)
         .env("EXO_API_ADDR", api.trim_start_matches("http://"))
         .env("EXO_CONFIG_DIR", common::config_dir())

@@ -169,7 +169,7 @@ async fn placements_know_where_the_bytes_are() {
     let lacking = window_bytes(&model, 0, n) - window_bytes(&model, 2, n);
     assert!(about(s["move_bytes"].as_u64().unwrap(), lacking), "{s}; lacks {lacking}");
     // `exo plan` shows the same
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+    let out = common::exo_command()
         .args(["plan", "tiny-llama"])
         .env("EXO_API_ADDR", api.trim_start_matches("http://"))
         .env("EXO_CONFIG_DIR", cfg)

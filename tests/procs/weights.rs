@@ -155,7 +155,7 @@ async fn killed_transfers_resume_corrupt_ranges_come_again_and_windows_grow() {
     assert!(store.resolve_name("wide").is_err());
     assert_eq!(store.partials().len(), 1);
     // `exo list` shows it as a partial with its layers
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+    let out = common::exo_command()
         .arg("list")
         .env("EXO_MODELS_DIRS", d.path())
         .env("EXO_MODELS_READ_ONLY_DIRS", "")
@@ -270,7 +270,7 @@ async fn an_automatic_placement_on_a_node_without_the_model_fetches_it() {
 /// `exo run tiny-llama "Once upon a time"` (8 greedy tokens) with `args` and `env`.
 async fn exo_run(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+        common::exo_command()
             .args(["run", "tiny-llama", "Once upon a time", "--temperature", "0", "--max-tokens", "8"])
             .args(args)
             .envs(env)
@@ -414,13 +414,14 @@ async fn an_automatic_split_fetches_the_other_nodes_window() {
 /// and what is free; no partial file is left behind (one holding a finished window is kept).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_does_not_fit_the_disk_is_refused_before_fetching() {
-    use exo::store::fetch::fetch_window_on;
+    use exo::store::fetch::{fetch_window_on, Room};
     let whole = wide_model();
     let d = tempfile::tempdir().unwrap();
     let want = window_bytes(&whole, 2, 6);
     let small = move |_: &std::path::Path| Ok(want / 2);
     let src = FileSource::new(&whole, u64::MAX);
-    let err = fetch_window_on(d.path(), "wide", (2, 6), src.clone(), PIECE, quiet(), &small).await.unwrap_err();
+    let room = Room { free: &small, budget: None };
+    let err = fetch_window_on(d.path(), "wide", (2, 6), src.clone(), PIECE, quiet(), &room).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("not enough free space") && msg.contains("free"), "{msg}");
     assert!(Partial::open(&Partial::path_in(d.path(), "wide")).is_none(), "no partial left: {msg}");
@@ -429,6 +430,75 @@ async fn a_window_that_does_not_fit_the_disk_is_refused_before_fetching() {
     // room for one window: it is fetched; the next that does not fit leaves it in place
     let (path, _) = fetch_window(d.path(), "wide", (2, 4), src.clone(), PIECE, quiet()).await.unwrap();
     let tiny = |_: &std::path::Path| Ok(1024);
-    assert!(fetch_window_on(d.path(), "wide", (4, 6), src.clone(), PIECE, quiet(), &tiny).await.is_err());
+    let room = Room { free: &tiny, budget: None };
+    assert!(fetch_window_on(d.path(), "wide", (4, 6), src.clone(), PIECE, quiet(), &room).await.is_err());
     assert!(Partial::open(&path).is_some_and(|p| p.has_window(2, 4)), "the finished window stays");
+}
+
+/// A disk that fills while the window arrives (its free space misread, as when another writer
+/// takes it meanwhile): a real tmpfs smaller than the window. The fetch fails and removes its
+/// partial file: the disk is not left full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_during_a_fetch_is_not_left_full() {
+    use exo::store::fetch::{fetch_window_on, Room};
+    let whole = wide_model();
+    let want = window_bytes(&whole, 2, 6);
+    let mnt = tempfile::tempdir().unwrap();
+    let size = (want / 2).div_ceil(4096) * 4096;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mnt.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        common::skip("cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let empty = fs4::available_space(mnt.path()).unwrap();
+    let plenty = |_: &std::path::Path| Ok(u64::MAX / 4);
+    let room = Room { free: &plenty, budget: None };
+    let src = FileSource::new(&whole, u64::MAX);
+    let err = fetch_window_on(mnt.path(), "wide", (2, 6), src, PIECE, quiet(), &room).await.unwrap_err();
+    println!("{want} bytes onto a {size}-byte tmpfs: {err}");
+    assert!(!Partial::path_in(mnt.path(), "wide").exists(), "the partial file was removed: {err}");
+    let after = fs4::available_space(mnt.path()).unwrap();
+    assert!(after + (64 << 10) >= empty, "the space came back: {after} of {empty} free");
+}
+
+/// EXO_PARTIAL_BUDGET_GB holds before a fetch: a window that would take the partial models past
+/// it is refused before a byte of it moves (saying so); within it, the least recently used other
+/// partial is deleted before the new window arrives, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_budget_holds_before_a_fetch() {
+    use exo::store::fetch::{fetch_window_on, Room};
+    let whole = wide_model();
+    let want = window_bytes(&whole, 2, 6);
+    let d = tempfile::tempdir().unwrap();
+    let plenty = |_: &std::path::Path| Ok(u64::MAX / 4);
+    let src = FileSource::new(&whole, u64::MAX);
+    let fetch = |model: &'static str, budget: u64| {
+        let (dir, src) = (d.path().to_path_buf(), src.clone());
+        async move {
+            let room = Room { free: &plenty, budget: Some(budget) };
+            fetch_window_on(&dir, model, (2, 6), src, PIECE, quiet(), &room).await
+        }
+    };
+    let err = fetch("a", want / 2).await.unwrap_err().to_string();
+    assert!(err.contains("EXO_PARTIAL_BUDGET_GB"), "{err}");
+    assert!(!Partial::path_in(d.path(), "a").exists(), "nothing kept: {err}");
+
+    let one = fetch("a", 4 * want).await.unwrap().0;
+    let held = Partial::open(&one).unwrap().allocated();
+    // room for one and a half: "a" goes before "b" is fetched
+    let (two, _) = fetch("b", held * 3 / 2).await.unwrap();
+    assert!(!one.exists(), "the least recently used partial made room");
+    assert!(Partial::open(&two).is_some_and(|p| p.has_window(2, 6)));
 }

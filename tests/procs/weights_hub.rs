@@ -298,7 +298,7 @@ async fn no_node_has_the_model_each_fetches_its_window_from_the_hub() {
     let before = h.data_bytes(FILE);
     let api_addr = api.trim_start_matches("http://").to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_exo"))
+        common::exo_command()
             .args(["run", NAME, "The quick brown fox", "--temperature", "0", "--max-tokens", "8"])
             .env("EXO_API_ADDR", api_addr)
             .env("EXO_NO_DISCOVERY", "1")
