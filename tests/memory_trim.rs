@@ -53,7 +53,12 @@ fn rss_returns_near_its_start_after_stages_unload() {
     let (kept, kept_off) = (end.saturating_sub(start), end_off.saturating_sub(start_off));
     assert!(end < start + (peak - start) / 4, "rss stayed near its high-water mark: {} MB", mb(end));
     // measured: 26 MB kept vs 50 MB without the trim
-    assert!(kept * 4 < kept_off * 3, "the trim gives back memory: {} MB kept vs {} MB without it", mb(kept), mb(kept_off));
+    assert!(
+        kept * 4 < kept_off * 3,
+        "the trim gives back memory: {} MB kept vs {} MB without it",
+        mb(kept),
+        mb(kept_off)
+    );
 }
 
 /// Three load, decode, unload cycles of the real model; prints `rss START PEAK END` in bytes.

@@ -172,13 +172,43 @@ impl RuntimeError {
         }
     }
 
-    /// The message with the field named as `name` calls it (each API's own field names).
+    /// The message with the field named as `name` calls it (each API's own field names), and
+    /// files named by their file name only: what clients read never shows this machine's dirs.
     pub fn message_with(&self, name: impl Fn(Field) -> String) -> String {
-        match self {
+        let m = match self {
             RuntimeError::InvalidField { field, reason } => format!("{}: {reason}", name(*field)),
             other => other.to_string(),
+        };
+        file_names_only(&m)
+    }
+}
+
+/// `text` with every absolute path of this machine (one whose parent dir exists) cut to its file
+/// name; routes such as `/api/chat` are no paths here and stay.
+pub fn file_names_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('/') {
+        let starts_word = rest[..i].chars().next_back().is_none_or(|c| c.is_whitespace() || "\"'(=[`".contains(c));
+        let len = rest[i..].find(|c: char| c.is_whitespace() || "\"'`),;".contains(c)).unwrap_or(rest.len() - i);
+        // a trailing colon or period ends a sentence or a clause, not the path
+        let path = rest[i..i + len].trim_end_matches([':', '.']);
+        let p = std::path::Path::new(path);
+        let ours = starts_word && path.matches('/').count() >= 2 && p.parent().is_some_and(|d| d.is_dir());
+        match p.file_name().filter(|_| ours) {
+            Some(name) => {
+                out.push_str(&rest[..i]);
+                out.push_str(&name.to_string_lossy());
+                rest = &rest[i + path.len()..];
+            }
+            None => {
+                out.push_str(&rest[..=i]);
+                rest = &rest[i + 1..];
+            }
         }
     }
+    out.push_str(rest);
+    out
 }
 
 impl From<crate::store::StoreError> for RuntimeError {
@@ -223,5 +253,25 @@ impl From<crate::pipeline::PipelineError> for RuntimeError {
 impl From<crate::engine::EngineError> for RuntimeError {
     fn from(e: crate::engine::EngineError) -> Self {
         crate::pipeline::PipelineError::Engine(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn absolute_paths_become_file_names_and_routes_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("models/llama.gguf");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let f = file.display();
+        let m = format!("cannot load {f} layers [0, 3): bad; see \"{f}\" or ({f}). Then /api/chat at {f}:");
+        assert_eq!(
+            super::file_names_only(&m),
+            "cannot load llama.gguf layers [0, 3): bad; see \"llama.gguf\" or (llama.gguf). Then /api/chat at llama.gguf:"
+        );
+        for same in ["POST /api/pull first", "a/b/c", "10 tokens/s", "/", "", "x // y", "/nonexistent-dir-xyz/a/b.gguf"]
+        {
+            assert_eq!(super::file_names_only(same), same);
+        }
     }
 }
