@@ -90,19 +90,14 @@ impl ClusterChain {
             .await
             .map_err(|e| PipelineError::BadStages { n_layer: 0, detail: e.to_string() })??;
         let n_layer = vocab.info().n_layer;
-        let mut next = 0;
-        for st in &stages {
-            if st.range.begin != next || st.range.end <= st.range.begin {
-                return Err(PipelineError::BadStages {
-                    n_layer,
-                    detail: format!("stage {} on {} does not continue at layer {next}", st.range, st.node),
-                });
-            }
-            next = st.range.end;
-        }
-        if next != n_layer {
-            return Err(PipelineError::BadStages { n_layer, detail: format!("the stages end at layer {next}") });
-        }
+        LayerRange::tiling(stages.iter().map(|st| st.range), n_layer).map_err(|e| {
+            let on = |r: &LayerRange| stages.iter().find(|st| st.range == *r).map(|st| st.node.clone());
+            let detail = match &e {
+                crate::engine::TilingError::Gap { range, .. } => format!("{e} (on {})", on(range).unwrap_or_default()),
+                _ => e.to_string(),
+            };
+            PipelineError::BadStages { n_layer, detail }
+        })?;
         let instance = node.new_request();
         let mut conns = Vec::new();
         for (i, st) in stages.iter().enumerate() {

@@ -141,6 +141,17 @@ pub struct ClusterNode {
     held: Mutex<Vec<holdings::Held>>,
     memory_limit: Option<u64>,
     discovery: Mutex<Option<crate::discovery::Discovery>>,
+    /// The node's own tasks (accepting, dispatching, heartbeats, discovery, the decode probe):
+    /// they hold the node weakly and are stopped when it drops, so its peer port is released.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
 }
 
 impl ClusterNode {
@@ -178,7 +189,9 @@ impl ClusterNode {
             held: Mutex::new(vec![]),
             memory_limit: cfg.memory_limit,
             discovery: Mutex::new(None),
+            tasks: Mutex::default(),
         });
+        let own = |t: tokio::task::JoinHandle<()>| node.tasks.lock().unwrap().push(t.abort_handle());
         if cfg.discovery {
             // mDNS hands over addresses from its own thread; connecting happens here
             let (found_tx, mut found_rx) = mpsc::unbounded_channel::<String>();
@@ -189,21 +202,21 @@ impl ClusterNode {
                 Err(e) => tracing::warn!("{e}; only --peers will be used"),
             }
             let weak = Arc::downgrade(&node);
-            tokio::spawn(async move {
+            own(tokio::spawn(async move {
                 while let Some(a) = found_rx.recv().await {
                     let Some(n) = weak.upgrade() else { return };
                     if let Err(e) = n.conn(&a).await {
                         tracing::debug!(addr = %a, "discovered peer not reachable: {e}");
                     }
                 }
-            });
+            }));
         }
         if cfg.decode_gbps.is_none() {
             // measured in the background: the node serves meanwhile; a disturbed measurement
             // is used for now and repeated later
             let weak = Arc::downgrade(&node);
             let (dir, threads) = (cfg.cache_dir.clone(), cfg.threads);
-            tokio::spawn(async move {
+            own(tokio::spawn(async move {
                 for attempt in 0..PROBE_ATTEMPTS {
                     let (d, t) = (dir.clone(), threads);
                     match tokio::task::spawn_blocking(move || profile::measure_decode_gbps(&d, t)).await {
@@ -228,11 +241,11 @@ impl ClusterNode {
                     }
                     tokio::time::sleep(PROBE_RETRY * (attempt + 1)).await;
                 }
-            });
+            }));
         }
-        tokio::spawn(accept_loop(Arc::downgrade(&node), listener));
-        tokio::spawn(dispatch::dispatch(Arc::downgrade(&node), rx));
-        tokio::spawn(heartbeat::heartbeat(Arc::downgrade(&node), cfg.peers.clone()));
+        own(tokio::spawn(accept_loop(Arc::downgrade(&node), listener)));
+        own(tokio::spawn(dispatch::dispatch(Arc::downgrade(&node), rx)));
+        own(tokio::spawn(heartbeat::heartbeat(Arc::downgrade(&node), cfg.peers.clone())));
         tracing::info!(peer_addr = %node.hello.peer_addr, name = %node.hello.node_name, key_id = %cfg.security.key_id(), "peer listener up");
         if cfg.security.plaintext {
             tracing::warn!("EXO_UNSAFE_PLAINTEXT_PEERS: peer traffic is NOT encrypted (benchmarks only)");

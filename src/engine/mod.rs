@@ -22,7 +22,7 @@ pub use context::ContextParams;
 pub use detok::TokenDecoder;
 pub use grammar::{json_schema_to_grammar, GrammarFault, GRAMMAR_STEP_BUDGET, MAX_GRAMMAR};
 pub use memory::trim as trim_memory;
-pub use model::{Device, LayerRange, ModelWindow};
+pub use model::{Device, LayerRange, ModelWindow, TilingError};
 pub use observed::{observe_decode, observed_decode_gbps};
 pub use pooling::{normalize, Pooling};
 pub use quantize::{quantize, QuantType};

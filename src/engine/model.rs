@@ -13,6 +13,37 @@ pub struct LayerRange {
     pub end: u32,
 }
 
+/// How stages fail to cover a model's layers exactly once, in order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TilingError {
+    #[error("no stages")]
+    Empty,
+    #[error("stage {range} does not continue at layer {expected}")]
+    Gap { range: LayerRange, expected: u32 },
+    #[error("the stages end at layer {end} of {n_layer}")]
+    Short { end: u32, n_layer: u32 },
+}
+
+impl LayerRange {
+    /// Checks that `ranges` cover `[0, n_layer)` in order, each non-empty, without gap or
+    /// overlap: what every pipeline of stages needs (the one place this is checked).
+    pub fn tiling(ranges: impl IntoIterator<Item = LayerRange>, n_layer: u32) -> Result<(), TilingError> {
+        let mut next = None;
+        for range in ranges {
+            let expected = next.unwrap_or(0);
+            if range.begin != expected || range.end <= range.begin {
+                return Err(TilingError::Gap { range, expected });
+            }
+            next = Some(range.end);
+        }
+        match next {
+            None => Err(TilingError::Empty),
+            Some(end) if end != n_layer => Err(TilingError::Short { end, n_layer }),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 impl std::fmt::Display for LayerRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.begin, self.end)
@@ -345,5 +376,27 @@ fn classify(path: &Path, r: LayerRange, reason: String) -> EngineError {
         EngineError::Unsupported { path: path.to_path_buf(), reason }
     } else {
         EngineError::Load { path: path.to_path_buf(), begin: r.begin, end: r.end, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LayerRange, TilingError};
+
+    fn r(begin: u32, end: u32) -> LayerRange {
+        LayerRange { begin, end }
+    }
+
+    #[test]
+    fn stages_tile_the_layers_in_order_or_say_where_not() {
+        assert_eq!(LayerRange::tiling([r(0, 3), r(3, 5), r(5, 8)], 8), Ok(()));
+        assert_eq!(LayerRange::tiling([r(0, 8)], 8), Ok(()));
+        assert_eq!(LayerRange::tiling([], 8), Err(TilingError::Empty));
+        assert_eq!(LayerRange::tiling([r(1, 8)], 8), Err(TilingError::Gap { range: r(1, 8), expected: 0 }));
+        assert_eq!(LayerRange::tiling([r(0, 3), r(4, 8)], 8), Err(TilingError::Gap { range: r(4, 8), expected: 3 }));
+        assert_eq!(LayerRange::tiling([r(0, 4), r(3, 8)], 8), Err(TilingError::Gap { range: r(3, 8), expected: 4 }));
+        assert_eq!(LayerRange::tiling([r(0, 0), r(0, 8)], 8), Err(TilingError::Gap { range: r(0, 0), expected: 0 }));
+        assert_eq!(LayerRange::tiling([r(0, 5)], 8), Err(TilingError::Short { end: 5, n_layer: 8 }));
+        assert_eq!(LayerRange::tiling([r(0, 9)], 8), Err(TilingError::Short { end: 9, n_layer: 8 }));
     }
 }

@@ -21,20 +21,8 @@ impl Chain {
     /// Wraps loaded stages; they must cover `[0, n_layer)` in order.
     pub fn new(stages: Vec<StageHandle>) -> Result<Chain, PipelineError> {
         let n_layer = stages.first().map_or(0, |s| s.info().n_layer);
-        let mut next = 0;
-        for s in &stages {
-            let r = s.info().range;
-            if r.begin != next {
-                return Err(PipelineError::BadStages {
-                    n_layer,
-                    detail: format!("stage {r} starts at {}, expected {next}", r.begin),
-                });
-            }
-            next = r.end;
-        }
-        if next != n_layer || stages.is_empty() {
-            return Err(PipelineError::BadStages { n_layer, detail: format!("the stages end at layer {next}") });
-        }
+        LayerRange::tiling(stages.iter().map(|s| s.info().range), n_layer)
+            .map_err(|e| PipelineError::BadStages { n_layer, detail: e.to_string() })?;
         Ok(Chain { stages, handed: Arc::default() })
     }
 

@@ -128,20 +128,9 @@ impl<'a> Ctx<'a> {
     /// Builds the full plan for stages (node index, begin, end), checking everything.
     pub fn evaluate(&self, stages: &[(usize, u32, u32)]) -> Result<Plan, PlacementError> {
         let n_layer = self.n_layer();
-        let mut expected = 0;
-        for &(_, a, b) in stages {
-            if a != expected || b <= a {
-                return Err(PlacementError::BadStages {
-                    detail: format!("stage {a}:{b} does not continue at layer {expected}"),
-                });
-            }
-            expected = b;
-        }
-        if expected != n_layer || stages.is_empty() {
-            return Err(PlacementError::BadStages {
-                detail: format!("the stages end at layer {expected} of {n_layer}"),
-            });
-        }
+        let ranges = stages.iter().map(|&(_, begin, end)| crate::engine::LayerRange { begin, end });
+        crate::engine::LayerRange::tiling(ranges, n_layer)
+            .map_err(|e| PlacementError::BadStages { detail: e.to_string() })?;
         let k = stages.len();
         let fwd = forward_bytes(self.m);
         let mut out = Vec::with_capacity(k);

@@ -279,15 +279,5 @@ async fn place_and_build(
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {
-    let mut next = 0;
-    for r in ranges {
-        if r.begin != next || r.end <= r.begin {
-            return Err(RuntimeError::BadPlacement { reason: format!("stage {r} does not continue at layer {next}") });
-        }
-        next = r.end;
-    }
-    if next != n_layer {
-        return Err(RuntimeError::BadPlacement { reason: format!("the stages end at layer {next} of {n_layer}") });
-    }
-    Ok(())
+    LayerRange::tiling(ranges.iter().copied(), n_layer).map_err(|e| RuntimeError::BadPlacement { reason: e.to_string() })
 }

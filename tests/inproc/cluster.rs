@@ -342,3 +342,25 @@ async fn eight_batched_requests_over_two_nodes_equal_each_alone() {
         assert_eq!(t.await.unwrap(), alone[i], "request {i}");
     }
 }
+
+/// A node's tasks (accepting, dispatching, heartbeats) stop when the last handle to it drops:
+/// its peer port is released and a peer that knew it sees it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_node_stops_its_tasks_and_releases_its_peer_port() {
+    let d = models();
+    let a = node("a", d.path(), "drop").await;
+    let b = node("b", d.path(), "drop").await;
+    let addr: std::net::SocketAddr = b.hello.peer_addr.parse().unwrap();
+    a.conn(&b.hello.peer_addr).await.unwrap();
+    drop(b);
+    let t = Instant::now();
+    loop {
+        // the port can be bound again once the accept loop has let go of its listener
+        if std::net::TcpListener::bind(addr).is_ok() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the dropped node still holds {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("peer port released {:?} after the drop", t.elapsed());
+}
