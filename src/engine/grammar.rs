@@ -1,16 +1,18 @@
 //! Constrained sampling: llama.cpp's GBNF grammar sampler (owned here, freed on drop) and its
 //! JSON-schema-to-grammar converter.
 
+use super::thread_time::ThreadTime;
 use super::{EngineError, Token};
 use llama_cpp_sys_2 as sys;
 use std::ffi::CString;
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest grammar a request may carry (a schema of a few hundred properties is well below).
 pub const MAX_GRAMMAR: usize = 256 << 10;
 
-/// Longest one token's grammar work (masking a row of logits, advancing past the token) may take.
+/// Longest one token's grammar work (masking a row of logits, advancing past the token) may take,
+/// in the stage thread's CPU time (a loaded machine does not make a grammar costly).
 /// The grammar runs on the stage thread that samples every sequence of the model, so its cost
 /// is every other request's wait: a 15,000-value `enum` costs seconds per token on a 49k-token
 /// vocabulary (llama.cpp tries each candidate token against each open alternative).
@@ -106,7 +108,7 @@ impl Grammar {
     /// each: a grammar too costly to apply stops after about 1/[`SLICES`] of the cost over the
     /// budget, whichever tokens are the costly ones.
     pub fn constrain(&mut self, logits: &mut [f32]) -> Result<(), GrammarFault> {
-        let start = Instant::now();
+        let start = ThreadTime::now();
         if let Some(took) = self.overran.take() {
             return Err(too_costly(took));
         }
@@ -127,7 +129,7 @@ impl Grammar {
 
     /// Advances the grammar past `token`.
     pub fn accept(&mut self, token: Token) {
-        let start = Instant::now();
+        let start = ThreadTime::now();
         // SAFETY: ptr is a live grammar sampler owned by self.
         unsafe { sys::llama_sampler_accept(self.ptr.as_ptr(), token) };
         let took = start.elapsed();

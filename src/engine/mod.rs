@@ -17,6 +17,7 @@ mod quantize;
 mod sampler;
 mod stage;
 mod template;
+mod thread_time;
 
 pub use context::ContextParams;
 pub use detok::TokenDecoder;

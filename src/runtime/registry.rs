@@ -279,5 +279,6 @@ async fn place_and_build(
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {
-    LayerRange::tiling(ranges.iter().copied(), n_layer).map_err(|e| RuntimeError::BadPlacement { reason: e.to_string() })
+    LayerRange::tiling(ranges.iter().copied(), n_layer)
+        .map_err(|e| RuntimeError::BadPlacement { reason: e.to_string() })
 }
