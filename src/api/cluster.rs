@@ -195,9 +195,9 @@ async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
     let name = lease.instance.name().to_string();
     match run_bench(&*lease.instance.pipe(), &name, lease.seq, &r.config, |step| tracing::info!(step, "bench")).await {
         Ok(report) => axum::Json(report).into_response(),
-        Err(e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. })) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        Err(
+            e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. } | PipelineError::BenchConfig(_)),
+        ) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

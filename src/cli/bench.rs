@@ -57,7 +57,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             .map(|s| s.parse::<u32>().map_err(|_| UsageError(format!("--pp: {s:?} is not a token count"))))
             .collect::<Result<_, _>>()?;
     let cfg = BenchConfig { pp, tg: a.tg, repeat: a.repeat };
-    cfg.validate().map_err(UsageError)?;
+    cfg.validate().map_err(|e| UsageError(e.to_string()))?;
     if a.batch_size == 0 {
         return Err(UsageError("--batch-size must be positive".into()).into());
     }

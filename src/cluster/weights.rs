@@ -320,7 +320,7 @@ async fn fetch_from(
     let (begin, end) = (ls.range.begin, ls.range.end);
     let fetched = fetch::fetch_window(dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress).await;
     if let Ok(h) = Arc::try_unwrap(handle) {
-        h.finish(fetched.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        h.finish(&fetched);
     }
     let (path, done) = match fetched {
         Ok(x) => x,

@@ -180,6 +180,13 @@ impl Transfers {
     }
 }
 
+/// How a transfer ended, as the list shows it (the reason is a message: peers report theirs as
+/// text).
+enum End {
+    Done,
+    Failed { reason: String },
+}
+
 /// One running transfer; dropped unfinished, it is marked failed ("stopped").
 pub struct TransferHandle {
     transfers: Transfers,
@@ -202,24 +209,28 @@ impl TransferHandle {
         });
     }
 
-    pub fn finish(mut self, result: Result<(), String>) {
-        self.close(result);
+    /// Records how the transfer ended: done, or failed with the error's message.
+    pub fn finish<T, E: std::fmt::Display>(mut self, result: &Result<T, E>) {
+        self.close(match result {
+            Ok(_) => End::Done,
+            Err(e) => End::Failed { reason: e.to_string() },
+        });
     }
 
-    fn close(&mut self, result: Result<(), String>) {
+    fn close(&mut self, end: End) {
         if !std::mem::replace(&mut self.open, false) {
             return;
         }
         self.transfers.update(self.id, |t| {
             t.seconds = t.t0.elapsed().as_secs_f64();
-            match result {
-                Ok(()) => {
+            match end {
+                End::Done => {
                     t.state = "done";
                     t.done_bytes = t.total_bytes.max(t.done_bytes);
                 }
-                Err(e) => {
+                End::Failed { reason } => {
                     t.state = "failed";
-                    t.error = Some(e);
+                    t.error = Some(reason);
                 }
             }
         });
@@ -228,7 +239,7 @@ impl TransferHandle {
 
 impl Drop for TransferHandle {
     fn drop(&mut self) {
-        self.close(Err("stopped".into()));
+        self.close(End::Failed { reason: "stopped".into() });
     }
 }
 
@@ -243,13 +254,14 @@ mod tests {
         a.advance(30);
         a.advance(20);
         assert_eq!((t.list()[0].done_bytes, t.list()[0].state), (50, "running"));
-        a.finish(Ok(()));
+        a.finish(&Ok::<_, std::io::Error>(()));
         assert_eq!((t.list()[0].done_bytes, t.list()[0].state), (100, "done"));
         drop(t.start("window", "m", "127.0.0.1:1", 10)); // dropped unfinished
         assert_eq!((t.list()[0].state, t.list()[0].error.as_deref()), ("failed", Some("stopped")));
         for _ in 0..40 {
-            t.start("window", "m", "p", 1).finish(Err("x".into()));
+            t.start("window", "m", "p", 1).finish(&Err::<(), _>(std::io::Error::other("x")));
         }
+        assert_eq!((t.list()[0].state, t.list()[0].error.as_deref()), ("failed", Some("x")));
         let running = t.start("window", "m", "p", 1);
         assert_eq!(t.list().len(), KEEP_FINISHED + 1);
         assert_eq!(t.list()[0].state, "running");
