@@ -3,6 +3,7 @@
 //! there on arrival.
 
 use super::ClusterNode;
+use crate::store::Reported;
 use crate::transport::{Conn, LoadProgressMsg, LoadStage, Message, ProgressItem, MAX_PROGRESS_ITEMS};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,16 +65,17 @@ pub(super) async fn report(
 pub(super) fn record(transfers: &crate::store::Transfers, from: &str, msg: &LoadProgressMsg) {
     let cut = |s: &str| s.chars().take(MAX_TEXT).collect::<String>();
     for t in msg.transfers.iter().take(MAX_PROGRESS_ITEMS) {
-        transfers.mirror(
-            &cut(from),
-            t.id,
-            &cut(&t.model),
-            &cut(&t.source),
-            (t.done_bytes, t.total_bytes),
-            &t.state,
-            t.error.as_deref().map(cut),
-            t.seconds,
-        );
+        let r = Reported {
+            id: t.id,
+            model: cut(&t.model),
+            source: cut(&t.source),
+            done_bytes: t.done_bytes,
+            total_bytes: t.total_bytes,
+            state: cut(&t.state),
+            error: t.error.as_deref().map(cut),
+            seconds: t.seconds,
+        };
+        transfers.mirror(&cut(from), r);
     }
 }
 

@@ -4,7 +4,7 @@
 //! stages must receive first (from which node, or the hub) and how long that takes. Nothing is
 //! loaded.
 
-use super::policy::{self, View};
+use super::policy::{self, Ask, View};
 use super::{blocking, validate, ModelRef, Runtime, RuntimeError};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement::{self, baselines, ModelCost, Moves, Options, PlacementError, Plan, Weights};
@@ -144,25 +144,16 @@ fn one_node(cost: &ModelCost, view: &View, o: &Options) -> Result<Plan, Placemen
     best.ok_or_else(|| err.unwrap_or(PlacementError::NoNodes))
 }
 
-/// The candidates for `cost` over `view`, with the context priced as the load policy would, and
-/// the bytes each moves given where they are (`weights`).
-#[allow(clippy::too_many_arguments)]
-pub fn candidates(
-    key: &str,
-    cost: &ModelCost,
-    view: &View,
-    weights: &Weights,
-    n_ctx_seq: u32,
-    asked_ctx: bool,
-    max_seq: u32,
-    local: bool,
-) -> Preview {
-    let ours = policy::decide_cost(key, cost, view, n_ctx_seq, asked_ctx, max_seq, N_BATCH, None);
+/// The candidates for `cost` over `view`, with the context priced as the load policy would
+/// (`ask`), and the bytes each moves given where they are (`weights`).
+pub fn candidates(key: &str, cost: &ModelCost, view: &View, weights: &Weights, ask: &Ask, local: bool) -> Preview {
+    let n_ctx_seq = ask.n_ctx_seq;
+    let ours = policy::decide_cost(key, cost, view, ask);
     let (n_seq, ctx) = match &ours {
         Ok(d) => (d.n_seq, d.n_ctx_seq.saturating_mul(d.n_seq)),
         Err(_) => (1, n_ctx_seq),
     };
-    let o = Options { ctx, n_ubatch: N_BATCH, ..Options::default() };
+    let o = Options { ctx, n_ubatch: ask.n_batch, ..Options::default() };
     let moves = |p: &Plan| placement::moves(cost, &view.cluster, weights, p);
     let candidates = vec![
         candidate(
@@ -253,8 +244,14 @@ impl Runtime {
         };
         let mut weights = view.weights(&key, &cost, size);
         weights.hub_bandwidth.extend(hub_rate(&self.store).map(|r| (view.here.clone(), r)));
+        let ask = Ask {
+            n_ctx_seq,
+            asked_ctx: num_ctx.is_some(),
+            max_seq: self.limits.parallel,
+            n_batch: N_BATCH,
+            forced: None,
+        };
         // several searches: off the async workers
-        let (asked, parallel) = (num_ctx.is_some(), self.limits.parallel);
-        blocking(move || Ok(candidates(&key, &cost, &view, &weights, n_ctx_seq, asked, parallel, local))).await
+        blocking(move || Ok(candidates(&key, &cost, &view, &weights, &ask, local))).await
     }
 }

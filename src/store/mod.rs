@@ -19,7 +19,7 @@ pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
 pub use hub_range::{HubFile, HubFileError, HubRange};
 pub use local::{quant_from_name, LocalModel, Location};
 pub use local_names::model_name;
-pub use transfers::{Shown, Transfer, TransferHandle, Transfers, KEEP_RUNNING_PER_NODE};
+pub use transfers::{Reported, Shown, Transfer, TransferHandle, Transfers, KEEP_RUNNING_PER_NODE};
 
 use hub::Hub;
 use std::path::{Path, PathBuf};

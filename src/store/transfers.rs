@@ -61,6 +61,19 @@ pub struct Transfer {
     remote: String,
 }
 
+/// A transfer as another node reported it: its id there, what it moves and how far it got.
+pub struct Reported {
+    pub id: u64,
+    pub model: String,
+    pub source: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// "running" or "done"; anything else is taken as failed.
+    pub state: String,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
 /// Shared by every clone of a [`super::Store`].
 #[derive(Clone, Default)]
 pub struct Transfers(Arc<Mutex<(u64, VecDeque<Transfer>)>>);
@@ -91,20 +104,10 @@ impl Transfers {
         TransferHandle { transfers: self.clone(), id, open: true }
     }
 
-    /// Records what another node reported of its transfer `remote_id` (kept apart by node).
-    #[allow(clippy::too_many_arguments)]
-    pub fn mirror(
-        &self,
-        node: &str,
-        remote_id: u64,
-        model: &str,
-        source: &str,
-        (done_bytes, total_bytes): (u64, u64),
-        state: &str,
-        error: Option<String>,
-        seconds: f64,
-    ) {
-        let state = match state {
+    /// Records what `node` reported of one of its transfers (kept apart by node).
+    pub fn mirror(&self, node: &str, r: Reported) {
+        let Reported { id: remote_id, model, source, done_bytes, total_bytes, state, error, seconds } = r;
+        let state = match state.as_str() {
             "running" => "running",
             "done" => "done",
             _ => "failed",
@@ -127,8 +130,8 @@ impl Transfers {
                     id,
                     kind: "window",
                     node: Some(node.to_string()),
-                    model: model.to_string(),
-                    source: source.to_string(),
+                    model,
+                    source,
                     done_bytes: 0,
                     total_bytes: 0,
                     state: "running",
