@@ -307,7 +307,7 @@ async fn fetch_from(
     let (model, from) = (ls.model.clone(), src.name());
     // a line every 2 s: a window of a big model takes minutes
     let shown = std::sync::Mutex::new(std::time::Instant::now());
-    let handle = Arc::new(node.store.transfers.start("window", &ls.model, &from, 0));
+    let handle = Arc::new(node.store.transfers.start(crate::store::TransferKind::Window, &ls.model, &from, 0));
     let recorded = handle.clone();
     let progress: fetch::OnProgress = Arc::new(move |done, total| {
         recorded.progress(done, total);

@@ -8,13 +8,14 @@ use super::policy::{self, Ask, View};
 use super::{blocking, validate, ModelRef, Runtime, RuntimeError};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement::{self, baselines, ModelCost, Moves, Options, PlacementError, Plan, Weights};
-use crate::store::{self, Resolved};
-use serde::Serialize;
+use crate::store::{self, Resolved, TransferKind, TransferState};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Rows per decode call the runtime loads with unless asked otherwise.
 const N_BATCH: u32 = 512;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Preview {
     pub model: String,
     pub n_layer: u32,
@@ -30,11 +31,11 @@ pub struct Preview {
     pub candidates: Vec<Candidate>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Candidate {
     /// `exo-rs`, `exo-memory-split` or `one-node`.
-    pub strategy: &'static str,
-    pub description: &'static str,
+    pub strategy: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     pub fits: bool,
     pub error: Option<String>,
     pub stages: Vec<Stage>,
@@ -48,7 +49,7 @@ pub struct Candidate {
     pub move_seconds: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stage {
     pub node: String,
     pub begin: u32,
@@ -80,8 +81,8 @@ fn candidate<E: std::fmt::Display>(
             candidate_of(strategy, description, p, mv)
         }
         Err(e) => Candidate {
-            strategy,
-            description,
+            strategy: strategy.into(),
+            description: description.into(),
             fits: false,
             error: Some(e.to_string()),
             stages: vec![],
@@ -96,8 +97,8 @@ fn candidate<E: std::fmt::Display>(
 
 fn candidate_of(strategy: &'static str, description: &'static str, p: Plan, mv: Moves) -> Candidate {
     Candidate {
-        strategy,
-        description,
+        strategy: strategy.into(),
+        description: description.into(),
         fits: true,
         error: None,
         stages: p
@@ -194,7 +195,12 @@ fn hub_rate(store: &crate::store::Store) -> Option<f64> {
         .transfers
         .list()
         .into_iter()
-        .find(|t| t.kind == "download" && t.state == "done" && t.done_bytes >= HUB_RATE_MIN_BYTES && t.seconds > 0.0)
+        .find(|t| {
+            t.kind == TransferKind::Download
+                && t.state == TransferState::Done
+                && t.done_bytes >= HUB_RATE_MIN_BYTES
+                && t.seconds > 0.0
+        })
         .map(|t| t.done_bytes as f64 / t.seconds)
 }
 

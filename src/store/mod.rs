@@ -19,7 +19,9 @@ pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
 pub use hub_range::{HubFile, HubFileError, HubRange};
 pub use local::{quant_from_name, LocalModel, Location};
 pub use local_names::model_name;
-pub use transfers::{Reported, Shown, Transfer, TransferHandle, Transfers, KEEP_RUNNING_PER_NODE};
+pub use transfers::{
+    Reported, Shown, Transfer, TransferHandle, TransferKind, TransferState, Transfers, KEEP_RUNNING_PER_NODE,
+};
 
 use hub::Hub;
 use std::path::{Path, PathBuf};
@@ -380,7 +382,10 @@ impl Store {
         let total = remote.iter().map(|f| f.size).sum();
         progress.planned(total, remote.len());
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        let shown = Arc::new(Shown { inner: progress, handle: self.transfers.start("download", name, &r.repo, total) });
+        let shown = Arc::new(Shown {
+            inner: progress,
+            handle: self.transfers.start(TransferKind::Download, name, &r.repo, total),
+        });
         let result = hub.download(&dir, &r.repo, &remote, shown.clone()).await;
         if let Ok(s) = Arc::try_unwrap(shown) {
             s.handle.finish(&result);
