@@ -2,11 +2,26 @@
 //! *measured* decode speed: a short decode on a generated model larger than the CPU caches,
 //! reported as GB of weights processed per second. The only user of sysinfo.
 
-use crate::engine::{self, ContextParams, ModelWindow, StageHandle, StageSpec};
+use crate::engine::{self, ContextParams, EngineError, ModelWindow, StageHandle, StageSpec};
 use crate::synth;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Why the decode-speed probe could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot create the probe cache {path}: {source}")]
+    CacheDir { path: PathBuf, source: std::io::Error },
+    #[error("no probe preset {name:?}")]
+    NoPreset { name: &'static str },
+    #[error("cannot write the probe model {path}: {source}")]
+    Model { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot start the probe's runtime: {0}")]
+    Runtime(std::io::Error),
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
@@ -72,17 +87,19 @@ const IMPLAUSIBLE_GBPS: f64 = 0.2;
 /// TinyLlama's layer shape (Q8_0, ~370 MB: past the CPU caches): the best of several rounds.
 /// The model file and a trustworthy result are cached in `cache_dir` (by exo version and thread
 /// count); a stale, implausible or disturbed figure is measured again.
-pub fn measure_decode_gbps(cache_dir: &Path, threads: i32) -> Result<Probe, String> {
+pub fn measure_decode_gbps(cache_dir: &Path, threads: i32) -> Result<Probe, ProbeError> {
     let key = format!("v{}-{threads}t", env!("CARGO_PKG_VERSION"));
     let result = cache_dir.join(format!("decode-probe-{key}.txt"));
     if let Some(g) = read_cached(&result) {
         return Ok(Probe { gbps: g, cached: true });
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| e.to_string())?;
-    let spec = synth::ModelSpec { n_layer: 8, ..synth::preset("tinyllama-1b").ok_or("no probe preset")? };
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|source| ProbeError::CacheDir { path: cache_dir.to_path_buf(), source })?;
+    const PRESET: &str = "tinyllama-1b";
+    let spec = synth::ModelSpec { n_layer: 8, ..synth::preset(PRESET).ok_or(ProbeError::NoPreset { name: PRESET })? };
     let path = cache_dir.join("decode-probe.gguf");
     if !path.exists() {
-        synth::make_model(&spec, &path).map_err(|e| e.to_string())?;
+        synth::make_model(&spec, &path).map_err(|source| ProbeError::Model { path: path.clone(), source })?;
     }
     let stage = StageHandle::load(StageSpec {
         window: ModelWindow::full(&path),
@@ -94,27 +111,26 @@ pub fn measure_decode_gbps(cache_dir: &Path, threads: i32) -> Result<Probe, Stri
             n_seq_max: 1,
             exact: false,
         },
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let bytes: u64 = stage.info().shape.layer_bytes.iter().sum();
     let others = OtherLoad::start();
-    let rt = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread().build().map_err(ProbeError::Runtime)?;
     let rounds = rt.block_on(async {
         use crate::engine::{Batch, BatchInput};
         let step =
             |pos: i32| Batch { input: BatchInput::Tokens(vec![1]), pos: vec![pos], seq: vec![0], output: vec![true] };
-        stage.decode(step(0), false, false).await.map_err(|e| e.to_string())?; // pages in the weights
+        stage.decode(step(0), false, false).await?; // pages in the weights
         let mut secs = Vec::with_capacity(ROUNDS);
         let mut pos = 1;
         for _ in 0..ROUNDS {
             let t = Instant::now();
             for _ in 0..STEPS_PER_ROUND {
-                stage.decode(step(pos), false, false).await.map_err(|e| e.to_string())?;
+                stage.decode(step(pos), false, false).await?;
                 pos += 1;
             }
             secs.push(t.elapsed().as_secs_f64() / STEPS_PER_ROUND as f64);
         }
-        Ok::<Vec<f64>, String>(secs)
+        Ok::<Vec<f64>, EngineError>(secs)
     })?;
     let busy = others.cores();
     let gbps: Vec<f64> = rounds.iter().map(|s| bytes as f64 / s / 1e9).collect();

@@ -2,7 +2,7 @@
 
 use super::errors::AnthropicError;
 use super::sampling::{openai_defaults, Options};
-use super::util::{model, parse, random_seed, TextContent};
+use super::util::{model, parse, random_seed, RequestError, TextContent};
 use super::{anthropic_stream, reply, tools, AppState};
 use crate::chat::ChatMessage;
 use crate::chat::ToolCall;
@@ -47,13 +47,35 @@ struct MessagesReq {
     tool_choice: Option<Value>,
 }
 
+/// Why a message's content is refused; each message names the field (`messages`).
+#[derive(Debug, thiserror::Error)]
+enum MessageError {
+    #[error("messages: content must be a string or a list of blocks")]
+    Content,
+    #[error("messages: a tool_use block needs id and name")]
+    ToolUseId,
+    #[error("messages: tool_use input must be an object")]
+    ToolUseInput,
+    #[error("messages: tool_result needs tool_use_id")]
+    ToolResultId,
+    #[error("messages: tool_result content: {0}")]
+    ToolResultContent(serde_json::Error),
+    #[error("messages: content blocks of type {kind:?} are not supported here")]
+    Block { kind: String },
+    #[error("messages: a content block without a type")]
+    Untyped,
+    /// A text part of another type than text (the message as for any content).
+    #[error(transparent)]
+    Part(#[from] RequestError),
+}
+
 /// A message's content blocks as chat messages: text (and tool_use calls) of its role, and one
 /// `tool` message per tool_result.
-fn convert(m: Message, names: &mut Vec<(String, String)>) -> Result<Vec<ChatMessage>, String> {
+fn convert(m: Message, names: &mut Vec<(String, String)>) -> Result<Vec<ChatMessage>, MessageError> {
     let blocks = match m.content {
         Value::String(s) => return Ok(vec![ChatMessage::new(m.role, s)]),
         Value::Array(b) => b,
-        _ => return Err("messages: content must be a string or a list of blocks".into()),
+        _ => return Err(MessageError::Content),
     };
     let mut out = Vec::new();
     let mut main = ChatMessage::new(m.role.clone(), "");
@@ -64,23 +86,22 @@ fn convert(m: Message, names: &mut Vec<(String, String)>) -> Result<Vec<ChatMess
                 let (Some(id), Some(name)) =
                     (b.get("id").and_then(Value::as_str), b.get("name").and_then(Value::as_str))
                 else {
-                    return Err("messages: a tool_use block needs id and name".into());
+                    return Err(MessageError::ToolUseId);
                 };
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
                 if !input.is_object() {
-                    return Err("messages: tool_use input must be an object".into());
+                    return Err(MessageError::ToolUseInput);
                 }
                 names.push((id.to_string(), name.to_string()));
                 main.tool_calls.push(ToolCall { id: id.into(), name: name.into(), arguments: input });
             }
             Some("tool_result") if m.role == "user" => {
-                let id =
-                    b.get("tool_use_id").and_then(Value::as_str).ok_or("messages: tool_result needs tool_use_id")?;
+                let id = b.get("tool_use_id").and_then(Value::as_str).ok_or(MessageError::ToolResultId)?;
                 let content = match b.get("content") {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(s)) => s.clone(),
                     Some(v) => serde_json::from_value::<TextContent>(v.clone())
-                        .map_err(|e| format!("messages: tool_result content: {e}"))?
+                        .map_err(MessageError::ToolResultContent)?
                         .text()?,
                 };
                 let mut t = ChatMessage::new("tool", content);
@@ -88,8 +109,8 @@ fn convert(m: Message, names: &mut Vec<(String, String)>) -> Result<Vec<ChatMess
                 t.name = names.iter().find(|(i, _)| i == id).map(|(_, n)| n.clone());
                 out.push(t);
             }
-            Some(k) => return Err(format!("messages: content blocks of type {k:?} are not supported here")),
-            None => return Err("messages: a content block without a type".into()),
+            Some(k) => return Err(MessageError::Block { kind: k.to_string() }),
+            None => return Err(MessageError::Untyped),
         }
     }
     if !main.content.is_empty() || !main.tool_calls.is_empty() || out.is_empty() {
@@ -138,5 +159,47 @@ async fn messages(State(state): State<AppState>, body: Bytes) -> Result<Response
         Ok(reply::stream(enc, vec![gen]))
     } else {
         reply::collect(enc, vec![gen]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: Value) -> Message {
+        Message { role: role.into(), content }
+    }
+
+    #[test]
+    fn blocks_become_chat_messages() {
+        let mut names = Vec::new();
+        let call = json!([{ "type": "text", "text": "let me look" },
+            { "type": "tool_use", "id": "t1", "name": "weather", "input": { "city": "Oslo" } }]);
+        let out = convert(msg("assistant", call), &mut names).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].content.as_str(), out[0].tool_calls.len()), ("let me look", 1));
+        let result =
+            json!([{ "type": "tool_result", "tool_use_id": "t1", "content": [{ "type": "text", "text": "4 C" }] }]);
+        let out = convert(msg("user", result), &mut names).unwrap();
+        assert_eq!((out[0].role.as_str(), out[0].content.as_str()), ("tool", "4 C"));
+        assert_eq!(out[0].name.as_deref(), Some("weather"));
+    }
+
+    #[test]
+    fn hostile_blocks_are_refused_naming_the_field() {
+        let refuse = |role: &str, content: Value| convert(msg(role, content), &mut Vec::new()).unwrap_err();
+        assert!(matches!(refuse("user", json!(5)), MessageError::Content));
+        assert!(matches!(refuse("assistant", json!([{ "type": "tool_use", "id": "t" }])), MessageError::ToolUseId));
+        let e = refuse("assistant", json!([{ "type": "tool_use", "id": "t", "name": "f", "input": [1] }]));
+        assert!(matches!(e, MessageError::ToolUseInput));
+        assert!(matches!(refuse("user", json!([{ "type": "tool_result" }])), MessageError::ToolResultId));
+        let e = refuse("user", json!([{ "type": "tool_result", "tool_use_id": "t", "content": 5 }]));
+        assert!(matches!(e, MessageError::ToolResultContent(_)));
+        let e =
+            refuse("user", json!([{ "type": "tool_result", "tool_use_id": "t", "content": [{ "type": "image" }] }]));
+        assert_eq!(e.to_string(), r#"content of type "image" is not supported"#);
+        let e = refuse("user", json!([{ "type": "tool_use", "id": "t", "name": "f" }]));
+        assert_eq!(e.to_string(), r#"messages: content blocks of type "tool_use" are not supported here"#);
+        assert!(matches!(refuse("user", json!([{ "text": "x" }])), MessageError::Untyped));
     }
 }

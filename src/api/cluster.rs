@@ -3,14 +3,15 @@
 //! (what `exo bench` runs), `GET /placements/preview?model=NAME` (the candidate placements,
 //! nothing loaded).
 
+use super::cluster_view::{BenchRequest, ClusterView, InstanceView, NodeStage, NodeView, PlaceRequest, Placed};
 use super::ollama::{error, runtime_error};
 use super::util::{model, parse};
 use super::{status, AppState};
 use crate::engine::LayerRange;
-use crate::pipeline::{run_bench, BenchConfig, PipelineError};
+use crate::pipeline::{run_bench, PipelineError};
 use crate::placement::{stage_memory, ModelCost};
 use crate::runtime::validate::{MAX_CONTEXT, MIN_CONTEXT};
-use crate::runtime::{Field, Forced, LoadOptions, ModelRef};
+use crate::runtime::{Field, Forced, Instance, LoadOptions, ModelRef};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -18,8 +19,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use serde::Deserialize;
-use serde_json::json;
 use std::time::SystemTime;
 
 pub fn routes() -> Router<AppState> {
@@ -76,66 +75,81 @@ async fn cluster(State(state): State<AppState>) -> Response {
     let rt = &state.runtime;
     let (me, peers) = match rt.cluster() {
         Some(c) => (
-            json!({ "node_id": c.hello.node_id, "name": c.hello.node_name, "address": c.hello.peer_addr, "namespace": c.hello.namespace, "self": true, "profile": c.profile(), "held": c.held_here(), "key": c.key_fingerprint(), "cluster_key_id": c.key_id().to_string() }),
+            NodeView {
+                node_id: Some(c.hello.node_id.clone()),
+                name: c.hello.node_name.clone(),
+                address: Some(c.hello.peer_addr.clone()),
+                namespace: Some(c.hello.namespace.clone()),
+                is_self: true,
+                last_seen_ms_ago: None,
+                profile: Some(c.profile()),
+                held: Some(c.held_here()),
+                key: Some(c.key_fingerprint()),
+                cluster_key_id: Some(c.key_id().to_string()),
+            },
             c.peers(),
         ),
-        None => (json!({ "name": "local", "self": true }), vec![]),
+        None => (NodeView { name: "local".into(), is_self: true, ..NodeView::default() }, vec![]),
     };
-    let here = me["name"].as_str().unwrap_or("local").to_string();
-    let here_id = me["node_id"].as_str().unwrap_or_default().to_string();
+    let (here, here_id) = (me.name.clone(), me.node_id.clone().unwrap_or_default());
     let mut nodes = vec![me];
-    for p in &peers {
-        nodes.push(json!({ "node_id": p.node_id, "name": p.name, "address": p.address, "self": false, "last_seen_ms_ago": p.last_seen_ms_ago, "profile": p.profile, "held": p.held, "key": p.key }));
-    }
+    nodes.extend(peers.iter().map(|p| NodeView {
+        node_id: Some(p.node_id.clone()),
+        name: p.name.clone(),
+        address: Some(p.address.clone()),
+        namespace: None,
+        is_self: false,
+        last_seen_ms_ago: Some(p.last_seen_ms_ago),
+        profile: p.profile.clone(),
+        held: Some(p.held.clone()),
+        key: Some(p.key.clone()),
+        cluster_key_id: None,
+    }));
     // every pair, each direction once, as its own end (else the other end) measured it
     let links = crate::cluster::links::pairwise(&here_id, &here, &peers);
-    let instances: Vec<_> = rt
-        .instances()
+    let instances = rt.instances().iter().map(|i| instance_view(i, &here)).collect();
+    let view = ClusterView {
+        nodes,
+        links,
+        instances,
+        hosted_stages: rt.cluster().map(|c| c.hosted()).unwrap_or_default(),
+        transfers: rt.store().transfers.list(),
+    };
+    axum::Json(view).into_response()
+}
+
+fn instance_view(i: &Instance, here: &str) -> InstanceView {
+    let l = &i.loaded;
+    let stages = i.pipe().stages(here);
+    let k = stages.len();
+    let cost = ModelCost::from_shape(&l.name, &l.shape);
+    // each stage's memory as the placement estimates it: weights, KV and compute buffers
+    let memory: Vec<u64> = stages
         .iter()
-        .map(|i| {
-            let l = &i.loaded;
-            let stages = i.pipe().stages(&here);
-            let k = stages.len();
-            let cost = ModelCost::from_shape(&l.name, &l.shape);
-            // each stage's memory as the placement estimates it: weights, KV and compute buffers
-            let memory: Vec<u64> = stages
-                .iter()
-                .enumerate()
-                .map(|(j, (_, r))| {
-                    let (w, kv, c) = stage_memory(&cost, r.begin, r.end, j == 0, j + 1 == k, l.n_ctx * l.n_seq, 512);
-                    w + kv + c
-                })
-                .collect();
-            let stages: Vec<_> =
-                stages.into_iter().map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end })).collect();
-            let expires = i.expires_at().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
-            json!({ "id": i.name(), "model": i.name(), "stages": stages, "active_requests": i.active(), "waiting_requests": i.waiting(), "sequences": l.n_seq, "context_length": l.n_ctx, "stage_memory_bytes": memory, "size": l.size, "expires_in_seconds": expires, "recoveries": i.recoveries() })
+        .enumerate()
+        .map(|(j, (_, r))| {
+            let (w, kv, c) = stage_memory(&cost, r.begin, r.end, j == 0, j + 1 == k, l.n_ctx * l.n_seq, 512);
+            w + kv + c
         })
         .collect();
-    // stages this node runs for coordinators (itself included)
-    let hosted = rt.cluster().map(|c| c.hosted()).unwrap_or_default();
-    // downloads and window fetches of this node, running and recent
-    let transfers = rt.store().transfers.list();
-    axum::Json(json!({ "nodes": nodes, "links": links, "instances": instances, "hosted_stages": hosted, "transfers": transfers }))
-        .into_response()
-}
-
-#[derive(Deserialize)]
-struct StageReq {
-    node: String,
-    begin: u32,
-    end: u32,
-}
-
-#[derive(Deserialize)]
-struct CreateReq {
-    model: String,
-    placement: Vec<StageReq>,
-    num_ctx: Option<u32>,
+    let expires = i.expires_at().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
+    InstanceView {
+        id: i.name().to_string(),
+        model: i.name().to_string(),
+        stages: stages.into_iter().map(|(node, r)| NodeStage { node, begin: r.begin, end: r.end }).collect(),
+        active_requests: i.active(),
+        waiting_requests: i.waiting(),
+        sequences: l.n_seq,
+        context_length: l.n_ctx,
+        stage_memory_bytes: memory,
+        size: l.size,
+        expires_in_seconds: expires,
+        recoveries: i.recoveries(),
+    }
 }
 
 async fn create(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: CreateReq = match parse(&body) {
+    let r: PlaceRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -145,34 +159,18 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
     };
     match state.runtime.place(&m, forced(r.placement), r.num_ctx, None).await {
         Ok(i) => {
-            let here = state.runtime.here();
-            let stages: Vec<_> = i
-                .pipe()
-                .stages(&here)
-                .into_iter()
-                .map(|(n, r)| json!({ "node": n, "begin": r.begin, "end": r.end }))
-                .collect();
-            axum::Json(json!({ "id": i.name(), "model": i.name(), "stages": stages })).into_response()
+            let stages = i.pipe().stages(&state.runtime.here());
+            let stages = stages.into_iter().map(|(node, r)| NodeStage { node, begin: r.begin, end: r.end }).collect();
+            axum::Json(Placed { id: i.name().to_string(), model: i.name().to_string(), stages }).into_response()
         }
         Err(e) => runtime_error(e),
     }
 }
 
-#[derive(Deserialize)]
-struct BenchReq {
-    model: String,
-    /// A forced placement; without it the node places the model as for any request.
-    placement: Option<Vec<StageReq>>,
-    /// Tokens per decode call (the prompt's chunk size) for a forced placement.
-    batch_size: Option<u32>,
-    #[serde(flatten)]
-    config: BenchConfig,
-}
-
 /// Runs `exo bench`'s tests on the model's instance (loaded as requested) on a sequence lent by
 /// its batcher, and answers with the report once all runs are done.
 async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
-    let r: BenchReq = match parse(&body) {
+    let r: BenchRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -195,15 +193,15 @@ async fn bench(State(state): State<AppState>, body: Bytes) -> Response {
     let name = lease.instance.name().to_string();
     match run_bench(&*lease.instance.pipe(), &name, lease.seq, &r.config, |step| tracing::info!(step, "bench")).await {
         Ok(report) => axum::Json(report).into_response(),
-        Err(e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. })) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        Err(
+            e @ (PipelineError::PromptTooLong { .. } | PipelineError::Bench { .. } | PipelineError::BenchConfig(_)),
+        ) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 /// A placement as the API takes it: node names and layer ranges (checked by the runtime).
-fn forced(placement: Vec<StageReq>) -> Forced {
+fn forced(placement: Vec<NodeStage>) -> Forced {
     Forced::Nodes(placement.into_iter().map(|s| (s.node, LayerRange { begin: s.begin, end: s.end })).collect())
 }
 

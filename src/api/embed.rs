@@ -125,18 +125,49 @@ async fn ollama_embed(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+/// Why an embedding `input` is refused; each message names the field (and the item) as both
+/// APIs call it.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum InputError {
+    #[error("input: missing")]
+    Missing,
+    #[error("input: an empty string")]
+    EmptyString,
+    #[error("input: an empty array")]
+    EmptyArray,
+    #[error("input: {len} items; at most {max} per request")]
+    TooMany { len: usize, max: usize },
+    #[error("input: item {index} is an empty string")]
+    EmptyItem { index: usize },
+    #[error("input: item {index} is not a string")]
+    NotAString { index: usize },
+    #[error("input: item {index} is not an array of token ids")]
+    NotTokens { index: usize },
+    #[error("input{}: an empty array of token ids", item_at(*.item))]
+    NoTokens { item: Option<usize> },
+    #[error("input{}: {value} is not a token id", item_at(*.item))]
+    NotAToken { item: Option<usize>, value: String },
+    #[error("input: must be a string, an array of strings or an array of token ids")]
+    Shape,
+}
+
+/// " item 3" for an item of a list of token arrays, "" for the input itself.
+fn item_at(item: Option<usize>) -> String {
+    item.map(|i| format!(" item {i}")).unwrap_or_default()
+}
+
 /// Strings of an `input` array; an empty string in it is refused (it has nothing to embed).
-fn strings(a: &[Value]) -> Result<Vec<EmbedInput>, String> {
-    if a.len() > crate::runtime::MAX_EMBED_INPUTS {
-        let max = crate::runtime::MAX_EMBED_INPUTS;
-        return Err(format!("input: {} items; at most {max} per request", a.len()));
+fn strings(a: &[Value]) -> Result<Vec<EmbedInput>, InputError> {
+    let max = crate::runtime::MAX_EMBED_INPUTS;
+    if a.len() > max {
+        return Err(InputError::TooMany { len: a.len(), max });
     }
     a.iter()
         .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) if s.is_empty() => Err(format!("input: item {i} is an empty string")),
+        .map(|(index, v)| match v {
+            Value::String(s) if s.is_empty() => Err(InputError::EmptyItem { index }),
             Value::String(s) => Ok(EmbedInput::Text(s.clone())),
-            _ => Err(format!("input: item {i} is not a string")),
+            _ => Err(InputError::NotAString { index }),
         })
         .collect()
 }
@@ -167,42 +198,41 @@ async fn ollama_embeddings(State(state): State<AppState>, body: Bytes) -> Respon
 }
 
 /// OpenAI: a string, an array of strings, an array of token ids or an array of such arrays.
-fn openai_inputs(v: Option<&Value>) -> Result<Vec<EmbedInput>, String> {
-    let tokens = |a: &[Value], at: &str| -> Result<EmbedInput, String> {
+fn openai_inputs(v: Option<&Value>) -> Result<Vec<EmbedInput>, InputError> {
+    let tokens = |a: &[Value], item: Option<usize>| -> Result<EmbedInput, InputError> {
         if a.is_empty() {
-            return Err(format!("input{at}: an empty array of token ids"));
+            return Err(InputError::NoTokens { item });
         }
         a.iter()
             .map(|t| {
                 t.as_i64()
                     .and_then(|t| i32::try_from(t).ok())
-                    .ok_or_else(|| format!("input{at}: {t} is not a token id"))
+                    .ok_or_else(|| InputError::NotAToken { item, value: t.to_string() })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(EmbedInput::Tokens)
     };
+    let max = crate::runtime::MAX_EMBED_INPUTS;
     match v {
-        None | Some(Value::Null) => Err("input: missing".into()),
-        Some(Value::String(s)) if s.is_empty() => Err("input: an empty string".into()),
+        None | Some(Value::Null) => Err(InputError::Missing),
+        Some(Value::String(s)) if s.is_empty() => Err(InputError::EmptyString),
         Some(Value::String(s)) => Ok(vec![EmbedInput::Text(s.clone())]),
-        Some(Value::Array(a)) if a.is_empty() => Err("input: an empty array".into()),
-        Some(Value::Array(a)) if a.len() > crate::runtime::MAX_EMBED_INPUTS => {
-            Err(format!("input: {} items; at most {} per request", a.len(), crate::runtime::MAX_EMBED_INPUTS))
-        }
+        Some(Value::Array(a)) if a.is_empty() => Err(InputError::EmptyArray),
+        Some(Value::Array(a)) if a.len() > max => Err(InputError::TooMany { len: a.len(), max }),
         Some(Value::Array(a)) => match &a[0] {
             Value::String(_) => strings(a),
-            Value::Number(_) => Ok(vec![tokens(a, "")?]),
+            Value::Number(_) => Ok(vec![tokens(a, None)?]),
             Value::Array(_) => a
                 .iter()
                 .enumerate()
-                .map(|(i, x)| match x {
-                    Value::Array(t) => tokens(t, &format!(" item {i}")),
-                    _ => Err(format!("input: item {i} is not an array of token ids")),
+                .map(|(index, x)| match x {
+                    Value::Array(t) => tokens(t, Some(index)),
+                    _ => Err(InputError::NotTokens { index }),
                 })
                 .collect(),
-            _ => Err("input: must be a string, an array of strings or an array of token ids".into()),
+            _ => Err(InputError::Shape),
         },
-        Some(_) => Err("input: must be a string, an array of strings or an array of token ids".into()),
+        Some(_) => Err(InputError::Shape),
     }
 }
 
@@ -301,9 +331,15 @@ mod tests {
             json!([1e12]),
             json!({}),
         ] {
-            let e = v(bad.clone()).unwrap_err();
+            let e = v(bad.clone()).unwrap_err().to_string();
             assert!(e.starts_with("input"), "{bad}: {e}");
         }
-        assert!(openai_inputs(None).unwrap_err().starts_with("input"));
+        assert_eq!(openai_inputs(None).unwrap_err(), InputError::Missing);
+        // the messages name the field and the item as before
+        assert_eq!(v(json!([[1], [2, "x"]])).unwrap_err().to_string(), "input item 1: \"x\" is not a token id");
+        assert_eq!(v(json!([1.5])).unwrap_err().to_string(), "input: 1.5 is not a token id");
+        assert_eq!(v(json!([[]])).unwrap_err().to_string(), "input item 0: an empty array of token ids");
+        let many = Value::Array(vec![json!("a"); crate::runtime::MAX_EMBED_INPUTS + 1]);
+        assert!(matches!(v(many).unwrap_err(), InputError::TooMany { .. }));
     }
 }

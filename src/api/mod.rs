@@ -8,6 +8,7 @@ pub mod anthropic;
 mod anthropic_stream;
 mod body;
 pub mod cluster;
+pub mod cluster_view;
 pub mod dashboard;
 mod embed;
 mod errors;

@@ -4,7 +4,7 @@
 use super::errors::OllamaError;
 use super::ollama_chat::{extras, message, no_images, Extras, MessageIn};
 use super::ollama_stream::ndjson;
-use super::util::{keep_alive, model, parse, rfc3339, stream_body};
+use super::util::{keep_alive, model, parse, rfc3339, stream_body, RequestError};
 use super::{ollama_stream, reply, sampling, AppState};
 use crate::chat::ChatMessage;
 use crate::engine::SamplingParams;
@@ -290,8 +290,8 @@ struct NameReq {
 }
 
 impl NameReq {
-    fn get(self) -> Result<String, String> {
-        self.model.or(self.name).filter(|s| !s.is_empty()).ok_or_else(|| "missing field `model`".to_string())
+    fn get(self) -> Result<String, RequestError> {
+        self.model.or(self.name).filter(|s| !s.is_empty()).ok_or(RequestError::MissingField { field: "model" })
     }
 }
 
@@ -401,7 +401,7 @@ async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response, Ol
     let r: PullReq = parse(&body).map_err(OllamaError::bad)?;
     let stream = r.stream.unwrap_or(true);
     let Some(name) = r.model.or(r.name).filter(|s| !s.is_empty()) else {
-        return Err(OllamaError::bad("missing field `model`"));
+        return Err(OllamaError::bad(RequestError::MissingField { field: "model" }));
     };
     let m = model(&name)?;
     let (ptx, mut prx) = mpsc::unbounded_channel();

@@ -38,7 +38,7 @@ fn items(list: Vec<Value>, messages: &mut Vec<ChatMessage>) -> Result<(), Runtim
                 let role = s(&it, "role").ok_or_else(|| bad("a message needs a role".into()))?;
                 let content: TextContent = serde_json::from_value(it.get("content").cloned().unwrap_or(Value::Null))
                     .map_err(|e| bad(format!("message content: {e}")))?;
-                let text = content.text().map_err(bad)?;
+                let text = content.text().map_err(|e| bad(e.to_string()))?;
                 let role = if role == "developer" { "system".to_string() } else { role };
                 messages.push(ChatMessage::new(role, text));
             }

@@ -6,12 +6,26 @@ use axum::body::{Body, Bytes};
 use serde::de::DeserializeOwned;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Why a request body is refused before any field is looked at (a 400 in every API).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("missing request body")]
+    NoBody,
+    /// Malformed JSON, a missing field or one of the wrong type: serde names the field.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error("missing field `{field}`")]
+    MissingField { field: &'static str },
+    #[error("content of type {kind:?} is not supported")]
+    Content { kind: String },
+}
+
 /// Parses a JSON body; the error says what is wrong (malformed, missing field, wrong type).
-pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, RequestError> {
     if body.is_empty() {
-        return Err("missing request body".into());
+        return Err(RequestError::NoBody);
     }
-    serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))
+    Ok(serde_json::from_slice(body)?)
 }
 
 /// For `#[serde(deserialize_with)]` on struct-typed fields: only a JSON object (or null: the
@@ -59,14 +73,14 @@ pub struct TextPart {
 }
 
 impl TextContent {
-    pub fn text(self) -> Result<String, String> {
+    pub fn text(self) -> Result<String, RequestError> {
         match self {
             TextContent::Text(t) => Ok(t),
             TextContent::Parts(p) => {
                 // Responses calls text parts input_text and output_text
                 if let Some(bad) = p.iter().find(|p| !["text", "input_text", "output_text"].contains(&p.kind.as_str()))
                 {
-                    return Err(format!("content of type {:?} is not supported", bad.kind));
+                    return Err(RequestError::Content { kind: bad.kind.clone() });
                 }
                 Ok(p.into_iter().map(|p| p.text).collect::<Vec<_>>().join(""))
             }
@@ -213,9 +227,23 @@ mod tests {
         assert_eq!(p(r#"{"options": null}"#).unwrap().options, O::default());
         assert_eq!(p(r#"{}"#).unwrap().options, O::default());
         for bad in [r#"{"options": []}"#, r#"{"options": [5]}"#, r#"{"options": "x"}"#, r#"{"options": 1}"#] {
-            let e = p(bad).unwrap_err();
+            let e = p(bad).unwrap_err().to_string();
             assert!(e.contains("expected an object"), "{bad}: {e}");
         }
         assert!(p(r#"{"options": {"a": "x"}}"#).is_err());
+    }
+
+    #[test]
+    fn bodies_and_content_refused_with_the_reason() {
+        let e = parse::<serde_json::Value>(&Bytes::new()).unwrap_err();
+        assert_eq!(e.to_string(), "missing request body");
+        let e = parse::<serde_json::Value>(&Bytes::from_static(b"{")).unwrap_err();
+        assert!(matches!(e, RequestError::Invalid(_)) && e.to_string().starts_with("invalid request: "), "{e}");
+        let c = |v: serde_json::Value| serde_json::from_value::<TextContent>(v).unwrap().text();
+        assert_eq!(c(serde_json::json!("hi")).unwrap(), "hi");
+        let parts = serde_json::json!([{ "type": "text", "text": "a" }, { "type": "input_text", "text": "b" }]);
+        assert_eq!(c(parts).unwrap(), "ab");
+        let e = c(serde_json::json!([{ "type": "image" }])).unwrap_err();
+        assert_eq!(e.to_string(), r#"content of type "image" is not supported"#);
     }
 }

@@ -1,12 +1,13 @@
 //! `exo bench MODEL`: llama-bench-style pp/tg tests on this machine (in-process stages with an
 //! unnamed `--split`) or across the cluster through the running node (`POST /bench`).
 
+use super::client::Node;
 use super::UsageError;
+use crate::api::cluster_view::BenchRequest;
 use crate::engine::ContextParams;
 use crate::pipeline::{run_bench, BenchConfig, BenchReport, Chain};
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -57,7 +58,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             .map(|s| s.parse::<u32>().map_err(|_| UsageError(format!("--pp: {s:?} is not a token count"))))
             .collect::<Result<_, _>>()?;
     let cfg = BenchConfig { pp, tg: a.tg, repeat: a.repeat };
-    cfg.validate().map_err(UsageError)?;
+    cfg.validate().map_err(|e| UsageError(e.to_string()))?;
     if a.batch_size == 0 {
         return Err(UsageError("--batch-size must be positive".into()).into());
     }
@@ -126,13 +127,13 @@ async fn remote(a: &BenchArgs, cfg: &BenchConfig, base: &str) -> anyhow::Result<
         eprintln!("note: --threads applies to in-process runs; the nodes use their own thread counts");
     }
     eprintln!("benchmarking {} through the node at {base} (this takes a while)", a.model);
-    let body = json!({ "model": super::remote::name_for_node(&a.model), "placement": placement, "batch_size": a.batch_size,
-        "pp": cfg.pp, "tg": cfg.tg, "repeat": cfg.repeat });
-    let r = super::http().build()?.post(format!("{base}/bench")).json(&body).send().await?;
-    if !r.status().is_success() {
-        return Err(super::remote::error_of(r).await);
-    }
-    r.json().await.context("reading the node's bench report")
+    let req = BenchRequest {
+        model: super::remote::name_for_node(&a.model),
+        placement,
+        batch_size: Some(a.batch_size),
+        config: cfg.clone(),
+    };
+    Ok(Node::new(base)?.bench(&req).await?)
 }
 
 /// Progress lines on stderr when it is a terminal (the report itself goes to stdout).

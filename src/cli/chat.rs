@@ -7,6 +7,19 @@ use crate::chat::ChatMessage;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
+/// Why `/set parameter` did nothing (printed, and the chat goes on).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SetError {
+    #[error("usage: /set parameter NAME VALUE")]
+    Usage,
+    #[error("{value:?} is not a number")]
+    NotANumber { value: String },
+    #[error("{value:?} is not an integer")]
+    NotAnInteger { value: String },
+    #[error("unknown parameter {name:?}")]
+    Unknown { name: String },
+}
+
 /// Sampling and length settings a turn is answered with (`/set parameter` changes them).
 #[derive(Clone, Debug, Default)]
 pub struct Params {
@@ -33,11 +46,11 @@ impl Params {
     }
 
     /// `/set parameter NAME VALUE`; the reply to print.
-    fn set(&mut self, rest: &str) -> Result<String, String> {
-        let (name, value) = rest.trim().split_once(' ').ok_or("usage: /set parameter NAME VALUE")?;
+    fn set(&mut self, rest: &str) -> Result<String, SetError> {
+        let (name, value) = rest.trim().split_once(' ').ok_or(SetError::Usage)?;
         let value = value.trim();
-        let f = || value.parse::<f32>().map_err(|_| format!("{value:?} is not a number"));
-        let i = || value.parse::<i64>().map_err(|_| format!("{value:?} is not an integer"));
+        let f = || value.parse::<f32>().map_err(|_| SetError::NotANumber { value: value.into() });
+        let i = || value.parse::<i64>().map_err(|_| SetError::NotAnInteger { value: value.into() });
         match name {
             "temperature" => self.temperature = Some(f()?),
             "top_k" => self.top_k = Some(i()?.clamp(0, i32::MAX as i64) as i32),
@@ -46,7 +59,7 @@ impl Params {
             "repeat_penalty" => self.repeat_penalty = Some(f()?),
             "seed" => self.seed = Some(i()? as u32),
             "num_predict" => self.max_tokens = u64::try_from(i()?).ok().filter(|n| *n > 0),
-            _ => return Err(format!("unknown parameter {name:?}")),
+            _ => return Err(SetError::Unknown { name: name.into() }),
         }
         Ok(format!("Set parameter '{name}' to '{value}'"))
     }
@@ -192,5 +205,23 @@ fn fmt_dur(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64())
     } else {
         format!("{:.3}ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_parameter() {
+        let mut p = Params::default();
+        assert_eq!(p.set("temperature 0.5").unwrap(), "Set parameter 'temperature' to '0.5'");
+        assert_eq!(p.temperature, Some(0.5));
+        p.set("num_predict 0").unwrap();
+        assert_eq!(p.max_tokens, None);
+        assert_eq!(p.set("temperature").unwrap_err(), SetError::Usage);
+        assert_eq!(p.set("top_p warm").unwrap_err(), SetError::NotANumber { value: "warm".into() });
+        assert_eq!(p.set("seed 1.5").unwrap_err().to_string(), r#""1.5" is not an integer"#);
+        assert_eq!(p.set("mirostat 2").unwrap_err(), SetError::Unknown { name: "mirostat".into() });
     }
 }

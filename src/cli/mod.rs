@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod bench;
 mod chat;
+pub mod client;
 mod dev;
 mod models;
 mod peer_args;

@@ -3,9 +3,11 @@
 //! `GET /placements/preview` prices its own placement next to exo's split and one node, with the
 //! bytes each stage must receive, from where, and how long that takes.
 
+use super::client::Node;
 use super::UsageError;
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement::{self, units::fmt_bytes, Cluster, ModelCost, Options, PlacementError, Plan};
+use crate::runtime::preview::{Preview, Stage};
 use crate::store::{self, Resolved, Store};
 use anyhow::Context;
 use clap::Args;
@@ -191,61 +193,50 @@ fn live(a: &PlanArgs) -> anyhow::Result<()> {
     }
     let addr = crate::config::api_addr();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let v: serde_json::Value = rt.block_on(async {
+    let v: Preview = rt.block_on(async {
         let base = super::remote::running_node(&addr).await.ok_or_else(|| {
             anyhow::anyhow!(
                 "no exo node is running at {addr}: start one with `exo serve`, or plan for a described cluster with --cluster FILE.toml"
             )
         })?;
         let name = super::remote::name_for_node(&a.model);
-        let mut q = vec![("model", name)];
-        q.extend(a.ctx.map(|c| ("ctx", c.to_string())));
-        let r = super::http().build()?.get(format!("{base}/placements/preview")).query(&q).send().await?;
-        if !r.status().is_success() {
-            return Err(super::remote::error_of(r).await);
-        }
-        Ok::<_, anyhow::Error>(r.json().await?)
+        Ok::<_, anyhow::Error>(Node::new(&base)?.preview(&name, a.ctx).await?)
     })?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_candidates(&v);
     }
-    let ours = v["candidates"].as_array().and_then(|c| c.first());
-    match ours {
-        Some(c) if c["fits"] == true => Ok(()),
-        Some(c) => Err(anyhow::anyhow!("{}", c["error"].as_str().unwrap_or("it does not fit"))),
+    match v.candidates.first() {
+        Some(c) if c.fits => Ok(()),
+        Some(c) => Err(anyhow::anyhow!("{}", c.error.as_deref().unwrap_or("it does not fit"))),
         None => Err(anyhow::anyhow!("the node sent no candidates")),
     }
 }
 
-fn print_candidates(v: &serde_json::Value) {
-    let bytes = |x: &serde_json::Value| fmt_bytes(x.as_u64().unwrap_or(0));
+fn print_candidates(v: &Preview) {
     outln!(
         "{}: {} layers, {} of weights{}; context {} x {} sequences; nodes: {}",
-        v["model"].as_str().unwrap_or("?"),
-        v["n_layer"],
-        bytes(&v["weight_bytes"]),
-        if v["local"] == true { "" } else { " (not on the node yet)" },
-        v["context_per_sequence"],
-        v["sequences"],
-        v["nodes"]
-            .as_array()
-            .map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
+        v.model,
+        v.n_layer,
+        fmt_bytes(v.weight_bytes),
+        if v.local { "" } else { " (not on the node yet)" },
+        v.context_per_sequence,
+        v.sequences,
+        v.nodes.join(", ")
     );
-    for c in v["candidates"].as_array().cloned().unwrap_or_default() {
+    for c in &v.candidates {
         outln!();
-        let name = c["strategy"].as_str().unwrap_or("?");
-        if c["fits"] != true {
-            outln!("{name}: does not fit: {}", c["error"].as_str().unwrap_or("?"));
+        let name = &c.strategy;
+        if !c.fits {
+            outln!("{name}: does not fit: {}", c.error.as_deref().unwrap_or("?"));
             continue;
         }
         outln!(
             "{name}: {:.2} tokens/s predicted, time to first token {:.2} s ({})",
-            c["predicted_decode_tokens_per_second"].as_f64().unwrap_or(0.0),
-            c["predicted_ttft_seconds"].as_f64().unwrap_or(0.0),
-            c["description"].as_str().unwrap_or("")
+            c.predicted_decode_tokens_per_second.unwrap_or(0.0),
+            c.predicted_ttft_seconds.unwrap_or(0.0),
+            c.description
         );
         outln!(
             "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>11}  {}",
@@ -257,39 +248,34 @@ fn print_candidates(v: &serde_json::Value) {
             "TIME SHARE",
             "TO MOVE"
         );
-        for s in c["stages"].as_array().cloned().unwrap_or_default() {
+        for s in &c.stages {
             outln!(
                 "  {:<16} {:>9} {:>11} {:>10} {:>23} {:>10.1}%  {}",
-                s["node"].as_str().unwrap_or("?"),
-                format!("{}:{}", s["begin"], s["end"]),
-                bytes(&s["weight_bytes"]),
-                bytes(&s["kv_bytes"]),
-                format!("{} / {}", bytes(&s["memory_bytes"]), bytes(&s["offered_bytes"])),
-                100.0 * s["time_share"].as_f64().unwrap_or(0.0),
-                to_move(&s)
+                s.node,
+                format!("{}:{}", s.begin, s.end),
+                fmt_bytes(s.weight_bytes),
+                fmt_bytes(s.kv_bytes),
+                format!("{} / {}", fmt_bytes(s.memory_bytes), fmt_bytes(s.offered_bytes)),
+                100.0 * s.time_share,
+                to_move(s)
             );
         }
-        match c["move_bytes"].as_u64() {
+        match c.move_bytes {
             Some(0) | None => outln!("  moves nothing: every stage's node holds its layers"),
             Some(b) => outln!(
                 "  moves {} before loading, about {} (the stages fetch in parallel)",
                 fmt_bytes(b),
-                fmt_secs(c["move_seconds"].as_f64().unwrap_or(0.0))
+                fmt_secs(c.move_seconds.unwrap_or(0.0))
             ),
         }
     }
 }
 
 /// A stage's transfer: "-" when its node holds its layers, else bytes, source and time.
-fn to_move(s: &serde_json::Value) -> String {
-    match s["move_bytes"].as_u64() {
-        Some(0) | None => "-".into(),
-        Some(b) => format!(
-            "{} from {} in {}",
-            fmt_bytes(b),
-            s["move_from"].as_str().unwrap_or("?"),
-            fmt_secs(s["move_seconds"].as_f64().unwrap_or(0.0))
-        ),
+fn to_move(s: &Stage) -> String {
+    match s.move_bytes {
+        0 => "-".into(),
+        b => format!("{} from {} in {}", fmt_bytes(b), s.move_from.as_deref().unwrap_or("?"), fmt_secs(s.move_seconds)),
     }
 }
 
@@ -318,8 +304,20 @@ mod tests {
         assert_eq!(fmt_secs(38.2), "38 s");
         assert_eq!(fmt_secs(720.0), "12 min");
         assert_eq!(fmt_secs(5400.0 * 2.0), "3.0 h");
-        let s = serde_json::json!({ "move_bytes": 3u64 << 20, "move_from": "a", "move_seconds": 0.5 });
-        assert_eq!(to_move(&s), "3.0 MiB from a in 0.50 s");
-        assert_eq!(to_move(&serde_json::json!({ "move_bytes": 0, "move_from": null })), "-");
+        let stage = |move_bytes, move_from: Option<&str>| Stage {
+            node: "b".into(),
+            begin: 0,
+            end: 4,
+            weight_bytes: 0,
+            kv_bytes: 0,
+            memory_bytes: 0,
+            offered_bytes: 0,
+            time_share: 1.0,
+            move_bytes,
+            move_from: move_from.map(str::to_string),
+            move_seconds: 0.5,
+        };
+        assert_eq!(to_move(&stage(3 << 20, Some("a"))), "3.0 MiB from a in 0.50 s");
+        assert_eq!(to_move(&stage(0, None)), "-");
     }
 }

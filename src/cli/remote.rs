@@ -1,8 +1,10 @@
 //! `exo run` and `exo cluster` through a running node's HTTP API (EXO_API_ADDR).
 
 use super::chat::{Backend, Params, TurnStats};
+use super::client::{self, Node};
 use super::run_args::RunArgs;
 use super::UsageError;
+use crate::api::cluster_view::{NodeStage, PlaceRequest};
 use crate::chat::ChatMessage;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -15,55 +17,45 @@ pub async fn running_node(addr: &str) -> Option<String> {
     (r.status().is_success() && r.text().await.ok()?.contains("exo is running")).then_some(base)
 }
 
+/// The node's refusal, with its message.
 pub(super) async fn error_of(r: reqwest::Response) -> anyhow::Error {
-    let status = r.status();
-    let text = r.text().await.unwrap_or_default();
-    let msg =
-        serde_json::from_str::<Value>(&text).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(text);
-    anyhow::anyhow!("the node answered {status}: {msg}")
+    client::refused(r).await.into()
 }
 
 pub async fn cluster(addr: &str) -> anyhow::Result<()> {
     let base = running_node(addr)
         .await
         .ok_or_else(|| anyhow::anyhow!("no exo node is running at {addr} (start one with `exo serve`)"))?;
-    let v: Value = super::http().build()?.get(format!("{base}/cluster")).send().await?.json().await?;
+    let v = Node::new(&base)?.cluster().await?;
     outln!("{:<16} {:<22} {:<8} {:>12} {:>12} {:>10}", "NODE", "ADDRESS", "BACKEND", "MEMORY", "OFFERED", "DECODE");
-    let gib =
-        |b: &Value| b.as_u64().map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or("-".into());
-    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
-        let p = &n["profile"];
-        let name = format!("{}{}", n["name"].as_str().unwrap_or("?"), if n["self"] == true { " *" } else { "" });
-        let gbps = p["decode_gbps"].as_f64().map(|g| format!("{g:.1} GB/s")).unwrap_or("measuring".into());
+    let gib = |b: Option<u64>| b.map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or("-".into());
+    for n in &v.nodes {
+        let p = n.profile.as_ref();
+        let name = format!("{}{}", n.name, if n.is_self { " *" } else { "" });
+        let gbps = p.and_then(|p| p.decode_gbps).map(|g| format!("{g:.1} GB/s")).unwrap_or("measuring".into());
         outln!(
             "{:<16} {:<22} {:<8} {:>12} {:>12} {:>10}",
             name,
-            n["address"].as_str().unwrap_or("-"),
-            p["backend"].as_str().unwrap_or("-"),
-            gib(&p["memory_total"]),
-            gib(&p["memory_offered"]),
+            n.address.as_deref().unwrap_or("-"),
+            p.map_or("-", |p| p.backend.as_str()),
+            gib(p.map(|p| p.memory_total)),
+            gib(p.map(|p| p.memory_offered)),
             gbps
         );
     }
-    let links = v["links"].as_array().cloned().unwrap_or_default();
-    if !links.is_empty() {
+    if !v.links.is_empty() {
         outln!();
-        for l in links {
-            let rtt = l["rtt_ms"].as_f64().map(|r| format!("{r:.2} ms")).unwrap_or("-".into());
-            let bw = l["bandwidth_bytes_per_second"]
-                .as_f64()
+        for l in &v.links {
+            let rtt = l.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or("-".into());
+            let bw = l
+                .bandwidth
                 .map(|b| format!("{}/s", crate::placement::units::fmt_bytes(b as u64)))
                 .unwrap_or("-".into());
-            outln!(
-                "link {} -> {}: round trip {rtt}, bandwidth {bw} (measured by {})",
-                l["from"].as_str().unwrap_or("?"),
-                l["to"].as_str().unwrap_or("?"),
-                l["measured_by"].as_str().unwrap_or("?")
-            );
+            outln!("link {} -> {}: round trip {rtt}, bandwidth {bw} (measured by {})", l.from, l.to, l.measured_by);
         }
     }
-    for i in v["instances"].as_array().cloned().unwrap_or_default() {
-        outln!("instance {}: {}", i["model"].as_str().unwrap_or("?"), stages_text(&i, ", "));
+    for i in &v.instances {
+        outln!("instance {}: {}", i.model, i.stages_text(", "));
     }
     Ok(())
 }
@@ -83,12 +75,9 @@ fn rows(
     base: String,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<super::window_bars::Row>> + Send>> {
     Box::pin(async move {
-        let Ok(r) = http.get(format!("{base}/cluster")).send().await else { return vec![] };
-        let v: Value = r.json().await.unwrap_or_default();
-        let here = v["nodes"].as_array().and_then(|n| n.iter().find(|x| x["self"] == true)).map(|x| &x["name"]);
-        let here = here.and_then(Value::as_str).unwrap_or("this node").to_string();
-        let t = v["transfers"].as_array().cloned().unwrap_or_default();
-        t.iter().filter_map(|t| super::window_bars::Row::of_json(t, &here)).collect()
+        let Ok(v) = Node::with(http, &base).cluster().await else { return vec![] };
+        let here = v.here().map_or("this node", |n| n.name.as_str());
+        v.transfers.iter().map(|t| super::window_bars::Row::of(t, here)).collect()
     })
 }
 
@@ -113,7 +102,7 @@ pub(super) struct NodeLacksFile {
 impl RemoteBackend {
     /// Makes sure the node has the model (pulling it like a local run would) and places it
     /// first when `split` names nodes.
-    pub async fn connect(a: &RunArgs, base: &str, split: Option<Value>) -> anyhow::Result<RemoteBackend> {
+    pub async fn connect(a: &RunArgs, base: &str, split: Option<Vec<NodeStage>>) -> anyhow::Result<RemoteBackend> {
         let http = super::http().build()?;
         let name = name_for_node(&a.model);
         let r = http.post(format!("{base}/api/show")).json(&json!({ "model": name })).send().await?;
@@ -130,7 +119,10 @@ impl RemoteBackend {
         let load = || {
             let (http, base) = (http.clone(), base.to_string());
             let body = match &split {
-                Some(p) => json!({ "model": name, "placement": p, "num_ctx": a.ctx_size }),
+                Some(p) => {
+                    let req = PlaceRequest { model: name.clone(), placement: p.clone(), num_ctx: a.ctx_size };
+                    serde_json::to_value(req).unwrap_or_default()
+                }
                 None => json!({ "model": name, "stream": false, "options": { "num_ctx": a.ctx_size } }),
             };
             let url = format!("{base}/{}", if split.is_some() { "instances" } else { "api/generate" });
@@ -235,46 +227,27 @@ impl Backend for RemoteBackend {
     }
 
     async fn placement(&self) -> Option<String> {
-        let cl: Value = self.http.get(format!("{}/cluster", self.base)).send().await.ok()?.json().await.ok()?;
-        let inst = cl["instances"].as_array()?.iter().find(|i| {
-            let m = i["model"].as_str().unwrap_or_default();
-            m == self.model || Some(m) == self.model.strip_suffix(":latest")
-        })?;
-        let stages: Vec<String> = inst["stages"]
-            .as_array()?
-            .iter()
-            .map(|s| format!("{} {}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
-            .collect();
-        Some(stages.join(", "))
+        let v = Node::with(self.http.clone(), &self.base).cluster().await.ok()?;
+        let stages = &v.instance(&self.model)?.stages;
+        Some(stages.iter().map(|s| format!("{} {}:{}", s.node, s.begin, s.end)).collect::<Vec<_>>().join(", "))
     }
 }
 
 /// `--split` with node names, as the placement `/instances` takes.
 /// `--split a=0:4,b=4:8` as the placement a node's API takes. The layer count is unknown here:
 /// the node checks the ranges against the model.
-pub fn named_split_arg(split: &str) -> Result<Value, UsageError> {
+pub fn named_split_arg(split: &str) -> Result<Vec<NodeStage>, UsageError> {
     let end = split.split(',').filter_map(|e| e.rsplit_once(':')?.1.trim().parse::<u32>().ok()).max().unwrap_or(0);
     let stages = crate::placement::parse_split(split, end).map_err(|e| UsageError(format!("invalid --split: {e}")))?;
     named_split(&stages)
 }
 
-pub fn named_split(stages: &[crate::placement::ForcedStage]) -> Result<Value, UsageError> {
+pub fn named_split(stages: &[crate::placement::ForcedStage]) -> Result<Vec<NodeStage>, UsageError> {
     stages
         .iter()
         .map(|s| match &s.node {
-            Some(n) => Ok(json!({ "node": n, "begin": s.range.begin, "end": s.range.end })),
+            Some(n) => Ok(NodeStage { node: n.clone(), begin: s.range.begin, end: s.range.end }),
             None => Err(UsageError("mix of named and unnamed ranges in --split".into())),
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
-}
-
-/// An instance's stages as `node=begin:end` joined by `sep` (from `/cluster`).
-pub(super) fn stages_text(instance: &Value, sep: &str) -> String {
-    let stages = instance["stages"].as_array().map(Vec::as_slice).unwrap_or_default();
-    stages
-        .iter()
-        .map(|s| format!("{}={}:{}", s["node"].as_str().unwrap_or("?"), s["begin"], s["end"]))
-        .collect::<Vec<_>>()
-        .join(sep)
+        .collect()
 }

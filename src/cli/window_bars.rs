@@ -2,7 +2,7 @@
 //! the transfers the coordinator lists, its own and those its stage nodes report), on a
 //! terminal; a line per finished fetch otherwise.
 
-use crate::store::Transfer;
+use crate::store::{Transfer, TransferKind, TransferState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,18 +14,18 @@ const EVERY: Duration = Duration::from_millis(250);
 /// Reads after the load ends while fetches are still shown running.
 const SETTLE: usize = 8;
 
-/// One transfer as the bars need it (from a [`Transfer`] here, or `/cluster`'s JSON).
+/// One transfer as the bars need it (from a [`Transfer`] here, or on `/cluster`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub id: u64,
     /// Which node fetches (empty: the coordinator itself).
     pub node: String,
-    pub kind: String,
+    pub kind: TransferKind,
     pub model: String,
     pub source: String,
     pub done: u64,
     pub total: u64,
-    pub state: String,
+    pub state: TransferState,
     pub seconds: f64,
 }
 
@@ -34,30 +34,14 @@ impl Row {
         Row {
             id: t.id,
             node: t.node.clone().unwrap_or_else(|| here.to_string()),
-            kind: t.kind.to_string(),
+            kind: t.kind,
             model: t.model.clone(),
             source: t.source.clone(),
             done: t.done_bytes,
             total: t.total_bytes,
-            state: t.state.to_string(),
+            state: t.state,
             seconds: t.seconds,
         }
-    }
-
-    /// From a `/cluster` transfer (`here`: the node that answered).
-    pub fn of_json(v: &serde_json::Value, here: &str) -> Option<Row> {
-        let s = |k: &str| v[k].as_str().map(str::to_string);
-        Some(Row {
-            id: v["id"].as_u64()?,
-            node: s("node").unwrap_or_else(|| here.to_string()),
-            kind: s("kind")?,
-            model: s("model")?,
-            source: s("source")?,
-            done: v["done_bytes"].as_u64()?,
-            total: v["total_bytes"].as_u64()?,
-            state: s("state")?,
-            seconds: v["seconds"].as_f64().unwrap_or(0.0),
-        })
     }
 }
 
@@ -68,8 +52,8 @@ fn human(b: u64) -> String {
 /// The line said when a fetch ends.
 pub fn finished_line(r: &Row) -> String {
     let rate = r.done as f64 / r.seconds.max(1e-3);
-    match r.state.as_str() {
-        "done" => format!(
+    match r.state {
+        TransferState::Done => format!(
             "{}: {} of {} from {} in {:.1}s ({}/s)",
             r.node,
             human(r.done),
@@ -109,7 +93,7 @@ where
             });
             bar.set_length(r.total.max(r.done));
             bar.set_position(r.done);
-            if r.state != "running" && said.insert(key) {
+            if r.state != TransferState::Running && said.insert(key) {
                 bar.finish_and_clear();
                 let line = finished_line(&r);
                 if tty {
@@ -128,7 +112,7 @@ where
                 // the fetches still shown running to settle
                 for _ in 0..SETTLE {
                     let rows = read().await;
-                    let running = rows.iter().any(|r| r.state == "running" && !old.contains(&(r.node.clone(), r.id)));
+                    let running = rows.iter().any(|r| r.state == TransferState::Running && !old.contains(&(r.node.clone(), r.id)));
                     show(rows);
                     if !running {
                         break;
@@ -148,16 +132,18 @@ mod tests {
 
     #[test]
     fn rows_read_from_cluster_json_and_say_how_a_fetch_ended() {
-        let v = serde_json::json!({ "id": 3, "kind": "window", "node": "b", "model": "m", "source": "node a",
-            "done_bytes": 2_000_000, "total_bytes": 2_000_000, "state": "done", "seconds": 2.0 });
-        let r = Row::of_json(&v, "a").unwrap();
+        let row = |v: serde_json::Value| Row::of(&serde_json::from_value::<Transfer>(v).unwrap(), "a");
+        let r = row(serde_json::json!({ "id": 3, "kind": "window", "node": "b", "model": "m", "source": "node a",
+            "done_bytes": 2_000_000, "total_bytes": 2_000_000, "state": "done", "error": null,
+            "started_unix_ms": 0, "seconds": 2.0 }));
         assert_eq!((r.node.as_str(), r.done), ("b", 2_000_000));
         let line = finished_line(&r);
         assert!(line.starts_with("b: ") && line.contains("from node a in 2.0s"), "{line}");
-        let mine = serde_json::json!({ "id": 4, "kind": "window", "node": null, "model": "m", "source": "x",
-            "done_bytes": 1, "total_bytes": 9, "state": "failed", "seconds": 0.1 });
-        assert_eq!(Row::of_json(&mine, "a").unwrap().node, "a");
-        assert!(finished_line(&Row::of_json(&mine, "a").unwrap()).contains("failed"));
-        assert!(Row::of_json(&serde_json::json!({ "id": "x" }), "a").is_none());
+        let mine = row(serde_json::json!({ "id": 4, "kind": "window", "node": null, "model": "m", "source": "x",
+            "done_bytes": 1, "total_bytes": 9, "state": "failed", "error": "gone", "started_unix_ms": 0,
+            "seconds": 0.1 }));
+        assert_eq!(mine.node, "a");
+        assert!(finished_line(&mine).contains("failed"));
+        assert!(serde_json::from_value::<Transfer>(serde_json::json!({ "id": "x" })).is_err());
     }
 }

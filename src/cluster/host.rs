@@ -8,7 +8,7 @@ use crate::pipeline::StageReport;
 use crate::pipeline::{FaultKind, StageFault};
 use crate::store::Resolved;
 use crate::transport::{BatchMsg, Conn, LoadRefusal, LoadStage, Message, OpReply, PeerError, SeqOp, MAX_PAYLOAD};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ pub(super) struct Host {
 }
 
 /// A stage this node runs for a coordinator (`/cluster` and `/api/ps` list them).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostedStage {
     pub instance: u64,
     pub index: usize,

@@ -3,13 +3,13 @@
 //! prices hops with and what `/cluster` shows.
 
 use super::PeerStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest round trip taken from a figure; a larger one is a peer's nonsense.
 const MAX_RTT_MS: f64 = 600_000.0;
 
 /// One direction of one pair as some node measured it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
     pub from: String,
     pub to: String,

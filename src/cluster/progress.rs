@@ -3,6 +3,7 @@
 //! there on arrival.
 
 use super::ClusterNode;
+use crate::store::{Reported, TransferKind};
 use crate::transport::{Conn, LoadProgressMsg, LoadStage, Message, ProgressItem, MAX_PROGRESS_ITEMS};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +20,14 @@ fn items(node: &ClusterNode, model: &str, after: u64) -> Vec<ProgressItem> {
         .transfers
         .list()
         .into_iter()
-        .filter(|t| t.id > after && t.node.is_none() && t.kind == "window" && t.model == model)
+        .filter(|t| t.id > after && t.node.is_none() && t.kind == TransferKind::Window && t.model == model)
         .map(|t| ProgressItem {
             id: t.id,
             model: t.model,
             source: t.source,
             done_bytes: t.done_bytes,
             total_bytes: t.total_bytes,
-            state: t.state.into(),
+            state: t.state.as_str().into(),
             error: t.error,
             seconds: t.seconds,
         })
@@ -64,22 +65,24 @@ pub(super) async fn report(
 pub(super) fn record(transfers: &crate::store::Transfers, from: &str, msg: &LoadProgressMsg) {
     let cut = |s: &str| s.chars().take(MAX_TEXT).collect::<String>();
     for t in msg.transfers.iter().take(MAX_PROGRESS_ITEMS) {
-        transfers.mirror(
-            &cut(from),
-            t.id,
-            &cut(&t.model),
-            &cut(&t.source),
-            (t.done_bytes, t.total_bytes),
-            &t.state,
-            t.error.as_deref().map(cut),
-            t.seconds,
-        );
+        let r = Reported {
+            id: t.id,
+            model: cut(&t.model),
+            source: cut(&t.source),
+            done_bytes: t.done_bytes,
+            total_bytes: t.total_bytes,
+            state: cut(&t.state),
+            error: t.error.as_deref().map(cut),
+            seconds: t.seconds,
+        };
+        transfers.mirror(&cut(from), r);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::TransferState;
 
     #[test]
     fn reports_are_recorded_per_node_and_hostile_ones_bounded() {
@@ -99,7 +102,7 @@ mod tests {
         record(&t, "b", &msg(vec![item(7, "done", 1.0)]));
         let l = t.list();
         assert_eq!(l.len(), 1, "one transfer, updated");
-        assert_eq!((l[0].node.as_deref(), l[0].state, l[0].done_bytes), (Some("b"), "done", 5));
+        assert_eq!((l[0].node.as_deref(), l[0].state, l[0].done_bytes), (Some("b"), TransferState::Done, 5));
         // the same id from another node is another transfer
         record(&t, "c", &msg(vec![item(7, "running", 0.1)]));
         assert_eq!(t.list().len(), 2);
@@ -113,7 +116,7 @@ mod tests {
         let l = t.list();
         assert_eq!(l.len(), 2 + MAX_PROGRESS_ITEMS, "at most {MAX_PROGRESS_ITEMS} items per report");
         for x in l.iter().filter(|x| x.node.as_deref() != Some("b") && x.node.as_deref() != Some("c")) {
-            assert_eq!(x.state, "failed", "an unknown state is not 'running'");
+            assert_eq!(x.state, TransferState::Failed, "an unknown state is not 'running'");
             assert!(x.node.as_ref().unwrap().chars().count() <= MAX_TEXT && x.model.chars().count() <= MAX_TEXT);
             assert!(x.error.as_ref().is_none_or(|e| e.chars().count() <= MAX_TEXT));
             assert!((0.0..=1e7).contains(&x.seconds), "{}", x.seconds);
@@ -129,7 +132,7 @@ mod tests {
         }
         let from_e: Vec<_> = t.list().into_iter().filter(|x| x.node.as_deref() == Some("e")).collect();
         assert_eq!(from_e.len(), crate::store::KEEP_RUNNING_PER_NODE);
-        assert!(from_e.iter().all(|x| x.state == "running"));
+        assert!(from_e.iter().all(|x| x.state == TransferState::Running));
         assert_eq!(t.list().iter().filter(|x| x.node.as_deref() == Some("c")).count(), 1, "other nodes keep theirs");
     }
 }

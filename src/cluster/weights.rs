@@ -307,7 +307,7 @@ async fn fetch_from(
     let (model, from) = (ls.model.clone(), src.name());
     // a line every 2 s: a window of a big model takes minutes
     let shown = std::sync::Mutex::new(std::time::Instant::now());
-    let handle = Arc::new(node.store.transfers.start("window", &ls.model, &from, 0));
+    let handle = Arc::new(node.store.transfers.start(crate::store::TransferKind::Window, &ls.model, &from, 0));
     let recorded = handle.clone();
     let progress: fetch::OnProgress = Arc::new(move |done, total| {
         recorded.progress(done, total);
@@ -322,7 +322,7 @@ async fn fetch_from(
     let fetched =
         fetch::fetch_window_on(dir, &ls.model, (begin, end), src.clone(), fetch::PIECE, progress, &room).await;
     if let Ok(h) = Arc::try_unwrap(handle) {
-        h.finish(fetched.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        h.finish(&fetched);
     }
     let (path, done) = match fetched {
         Ok(x) => x,

@@ -88,16 +88,14 @@ pub enum EngineError {
 /// Initialises the llama.cpp backend once per process, routes its log into `tracing`, and checks
 /// that the linked llama.cpp was built from the current `ggml-patches/`.
 pub fn init() -> Result<(), EngineError> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    // llama_backend_init returns nothing: once done, there is nothing that could have failed
+    static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         // SAFETY: installs a process-wide callback with no user data; the callback is a plain fn.
         unsafe { sys::llama_log_set(Some(log::callback), std::ptr::null_mut()) };
         // SAFETY: llama_backend_init has no preconditions and is called once (guarded by INIT).
         unsafe { sys::llama_backend_init() };
-        Ok(())
-    })
-    .clone()
-    .map_err(|reason| EngineError::Backend { reason })?;
+    });
     check_patches()
 }
 

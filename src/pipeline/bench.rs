@@ -26,30 +26,47 @@ pub const MAX_PP_TESTS: usize = 32;
 pub const MAX_REPEAT: u32 = 100;
 pub const MAX_BENCH_TOKENS: u32 = 1 << 20;
 
+/// A bench request that asks for nothing, or for more than one request may.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BenchConfigError {
+    #[error("--repeat must be at least 1")]
+    NoRepeat,
+    #[error("nothing to measure: give --pp lengths or a --tg count")]
+    Nothing,
+    #[error("--pp lengths must be positive")]
+    EmptyPrompt,
+    #[error("--pp: {n} lengths; at most {MAX_PP_TESTS}")]
+    TooManyTests { n: usize },
+    #[error("--repeat: {n}; at most {MAX_REPEAT}")]
+    TooManyRuns { n: u32 },
+    #[error("--pp/--tg: {n} tokens; at most {MAX_BENCH_TOKENS}")]
+    TooManyTokens { n: u32 },
+}
+
 impl BenchConfig {
     /// Context the tests need: the longest prompt, or the tg run from position 0.
     pub fn n_ctx_needed(&self) -> u32 {
         self.pp.iter().copied().max().unwrap_or(0).max(self.tg + 1) + 1
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BenchConfigError> {
         if self.repeat == 0 {
-            return Err("--repeat must be at least 1".into());
+            return Err(BenchConfigError::NoRepeat);
         }
         if self.pp.is_empty() && self.tg == 0 {
-            return Err("nothing to measure: give --pp lengths or a --tg count".into());
+            return Err(BenchConfigError::Nothing);
         }
         if self.pp.contains(&0) {
-            return Err("--pp lengths must be positive".into());
+            return Err(BenchConfigError::EmptyPrompt);
         }
         if self.pp.len() > MAX_PP_TESTS {
-            return Err(format!("--pp: {} lengths; at most {MAX_PP_TESTS}", self.pp.len()));
+            return Err(BenchConfigError::TooManyTests { n: self.pp.len() });
         }
         if self.repeat > MAX_REPEAT {
-            return Err(format!("--repeat: {}; at most {MAX_REPEAT}", self.repeat));
+            return Err(BenchConfigError::TooManyRuns { n: self.repeat });
         }
         if let Some(n) = self.pp.iter().copied().chain([self.tg]).find(|n| *n > MAX_BENCH_TOKENS) {
-            return Err(format!("--pp/--tg: {n} tokens; at most {MAX_BENCH_TOKENS}"));
+            return Err(BenchConfigError::TooManyTokens { n });
         }
         Ok(())
     }
@@ -116,7 +133,7 @@ pub async fn run_bench<P: Pipeline + ?Sized>(
     cfg: &BenchConfig,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, PipelineError> {
-    cfg.validate().map_err(|detail| PipelineError::Bench { detail })?;
+    cfg.validate()?;
     let info = p.info().clone();
     if cfg.n_ctx_needed() > info.n_ctx {
         return Err(PipelineError::PromptTooLong { prompt: cfg.n_ctx_needed() as usize, n_ctx: info.n_ctx });
@@ -364,7 +381,12 @@ mod tests {
         assert!(BenchConfig { pp: vec![1; 100_000], ..c.clone() }.validate().is_err());
         assert!(BenchConfig { pp: vec![1; MAX_PP_TESTS], ..c.clone() }.validate().is_ok());
         assert!(BenchConfig { pp: vec![u32::MAX], ..c.clone() }.validate().is_err());
-        assert!(BenchConfig { tg: u32::MAX, ..c.clone() }.validate().is_err());
+        assert_eq!(
+            BenchConfig { tg: u32::MAX, ..c.clone() }.validate(),
+            Err(BenchConfigError::TooManyTokens { n: u32::MAX })
+        );
+        let e = BenchConfig { pp: vec![], tg: 0, ..c.clone() }.validate().unwrap_err();
+        assert_eq!(e.to_string(), "nothing to measure: give --pp lengths or a --tg count");
         assert!(BenchConfig { repeat: 1_000_000, ..c }.validate().is_err());
     }
 }

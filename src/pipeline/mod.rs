@@ -8,7 +8,9 @@ mod generate;
 mod pipe;
 
 pub use crate::transport::{FaultKind, StageFault, StageReport};
-pub use bench::{median, run_bench, BenchConfig, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest};
+pub use bench::{
+    median, run_bench, BenchConfig, BenchConfigError, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest,
+};
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
@@ -127,6 +129,8 @@ pub enum PipelineError {
     BadStages { n_layer: u32, detail: String },
     #[error("benchmark: {detail}")]
     Bench { detail: String },
+    #[error("benchmark: {0}")]
+    BenchConfig(#[from] bench::BenchConfigError),
     /// A stage of a cluster pipeline failed (healing rebuilds without it).
     #[error(transparent)]
     Remote(StageFault),

@@ -2,7 +2,7 @@
 //! caller reads the file); errors name the field and say why.
 
 use super::types::{Backend, Cluster, LinkSpec, NodeSpec};
-use super::units::{parse_bandwidth, parse_duration, parse_size};
+use super::units::{parse_bandwidth, parse_duration, parse_size, UnitError};
 use toml::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -58,12 +58,12 @@ impl<'a> Table<'a> {
     fn quantity<T>(
         &self,
         k: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, UnitError>,
         from_num: impl Fn(f64) -> T,
     ) -> Result<Option<T>, ClusterFileError> {
         match self.get(k) {
             None => Ok(None),
-            Some(Value::String(s)) => parse(s).map(Some).map_err(|r| err(self.field(k), r)),
+            Some(Value::String(s)) => parse(s).map(Some).map_err(|r| err(self.field(k), r.to_string())),
             Some(Value::Integer(i)) if *i >= 0 => Ok(Some(from_num(*i as f64))),
             Some(Value::Float(f)) if *f >= 0.0 => Ok(Some(from_num(*f))),
             Some(_) => Err(err(self.field(k), "must be a string with a unit or a non-negative number")),

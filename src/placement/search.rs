@@ -15,6 +15,37 @@ const INF: f64 = f64::INFINITY;
 /// Stages as (node index, begin, end).
 pub(super) type Stages = Vec<(usize, u32, u32)>;
 
+/// The search's table over the states (used candidates as a mask, last candidate, layers
+/// covered): the best cost of each and the state it was reached from (previous last
+/// candidate, previous layer boundary).
+struct Table {
+    n: usize,
+    l: usize,
+    cost: Vec<f64>,
+    parent: Vec<(u8, u32)>,
+}
+
+impl Table {
+    fn new(n: usize, l: usize) -> Table {
+        let size = (1usize << n) * n * (l + 1);
+        Table { n, l, cost: vec![INF; size], parent: vec![(u8::MAX, 0u32); size] }
+    }
+
+    fn idx(&self, mask: usize, last: usize, layer: usize) -> usize {
+        (mask * self.n + last) * (self.l + 1) + layer
+    }
+}
+
+/// A stage added after the states (mask, u, ·): on candidate `v` (node `gv`), `hop` the time of
+/// the transfer from `u` to it.
+struct Step {
+    mask: usize,
+    u: usize,
+    v: usize,
+    gv: usize,
+    hop: f64,
+}
+
 /// Best stages (node index, begin, end) by predicted time per token plus the priced bytes they
 /// move (none for time alone), or None if nothing fits. A stage's bytes are, like its time, a
 /// difference of prefix sums plus a constant, so the sliding-window minimum still holds.
@@ -35,21 +66,19 @@ pub(super) fn best_stages(
         .iter()
         .map(|r| 1usize << candidates.iter().position(|c| c == r).expect("required is a candidate"))
         .sum();
-    let idx = |mask: usize, last: usize, layer: usize| (mask * n + last) * (l + 1) + layer;
-    let mut dp = vec![INF; full * n * (l + 1)];
-    // parent: (previous last node, previous layer boundary)
-    let mut parent = vec![(u8::MAX, 0u32); full * n * (l + 1)];
+    let mut t = Table::new(n, l);
     let fwd = forward_bytes(ctx.m);
     let node = |i: usize| candidates[i];
     let mut best: Option<(f64, Stages)> = None;
 
     for f in 0..n {
-        dp.iter_mut().for_each(|x| *x = INF);
+        t.cost.fill(INF);
         // first stage [0, b)
         for b in 1..=l {
             let last = b == l;
             if ctx.fits(node(f), 0, b as u32, true, last) {
-                dp[idx(1 << f, f, b)] = ctx.time(node(f), 0, b as u32, last) + pricing.stage(node(f), 0, b as u32);
+                let k = t.idx(1 << f, f, b);
+                t.cost[k] = ctx.time(node(f), 0, b as u32, last) + pricing.stage(node(f), 0, b as u32);
             }
         }
         for mask in 0..full {
@@ -59,7 +88,7 @@ pub(super) fn best_stages(
             for u in (0..n).filter(|&u| mask & (1 << u) != 0) {
                 for v in (0..n).filter(|&v| mask & (1 << v) == 0) {
                     let Some(hop) = ctx.hop(node(u), node(v), fwd) else { continue };
-                    extend(ctx, pricing, &mut dp, &mut parent, &idx, mask, u, v, node(v), hop, l);
+                    extend(ctx, pricing, &mut t, Step { mask, u, v, gv: node(v), hop });
                 }
             }
         }
@@ -69,7 +98,7 @@ pub(super) fn best_stages(
                 continue;
             }
             for last in (0..n).filter(|&x| mask & (1 << x) != 0) {
-                let c = dp[idx(mask, last, l)];
+                let c = t.cost[t.idx(mask, last, l)];
                 if c == INF {
                     continue;
                 }
@@ -87,7 +116,7 @@ pub(super) fn best_stages(
                     let mut stages = Vec::new();
                     let (mut m, mut x, mut e) = (mask, last, l);
                     loop {
-                        let (p, a) = parent[idx(m, x, e)];
+                        let (p, a) = t.parent[t.idx(m, x, e)];
                         if p == u8::MAX {
                             stages.push((node(x), 0, e as u32));
                             break;
@@ -106,21 +135,10 @@ pub(super) fn best_stages(
     best
 }
 
-/// Adds a stage on node `v` (global index `gv`) after the states (mask, u, a).
-#[allow(clippy::too_many_arguments)]
-fn extend(
-    ctx: &Ctx,
-    pricing: &Pricing,
-    dp: &mut [f64],
-    parent: &mut [(u8, u32)],
-    idx: &impl Fn(usize, usize, usize) -> usize,
-    mask: usize,
-    u: usize,
-    v: usize,
-    gv: usize,
-    hop: f64,
-    l: usize,
-) {
+/// Adds the stage `s` after the states (mask, u, a), for every a.
+fn extend(ctx: &Ctx, pricing: &Pricing, t: &mut Table, s: Step) {
+    let Step { mask, u, v, gv, hop } = s;
+    let l = t.l;
     let rate = ctx.c.nodes[gv].decode_gbps * 1e9;
     // what a stage ending (or starting) at layer x costs: its layers' time and priced bytes
     let at = |x: usize| ctx.prefix[x] as f64 / rate + pricing.prefix(gv, x);
@@ -128,7 +146,7 @@ fn extend(
     // value of starting the new stage at layer a: cost so far + hop − (bytes before a) / rate
     let vals: Vec<f64> = (0..l)
         .map(|a| {
-            let c = if a == 0 { INF } else { dp[idx(mask, u, a)] };
+            let c = if a == 0 { INF } else { t.cost[t.idx(mask, u, a)] };
             if c == INF {
                 INF
             } else {
@@ -164,10 +182,10 @@ fn extend(
         }
         if let Some(&a) = window.front() {
             let c = val(a) + at(b) + pricing.extra(gv, false, false);
-            let k = idx(nm, v, b);
-            if c < dp[k] {
-                dp[k] = c;
-                parent[k] = (u as u8, a as u32);
+            let k = t.idx(nm, v, b);
+            if c < t.cost[k] {
+                t.cost[k] = c;
+                t.parent[k] = (u as u8, a as u32);
             }
         }
     }
@@ -184,10 +202,10 @@ fn extend(
     }
     if let Some((va, a)) = best {
         let c = va + at(l) + ctx.time(gv, l as u32, l as u32, true) + pricing.extra(gv, false, true);
-        let k = idx(nm, v, l);
-        if c < dp[k] {
-            dp[k] = c;
-            parent[k] = (u as u8, a as u32);
+        let k = t.idx(nm, v, l);
+        if c < t.cost[k] {
+            t.cost[k] = c;
+            t.parent[k] = (u as u8, a as u32);
         }
     }
 }

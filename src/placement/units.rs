@@ -1,6 +1,19 @@
 //! Human units in cluster files: sizes ("48GiB"), bandwidths ("1Gbit", "100MB/s"), durations
 //! ("0.3ms"). SI prefixes are powers of 1000, IEC ("Ki", "Mi", ...) powers of 1024.
 
+/// A quantity that cannot be read; the message gives an example of what is expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnitError {
+    #[error("cannot read {text:?} as a size (expected e.g. 48GiB, 64GB or a byte count)")]
+    Size { text: String },
+    #[error("cannot read {text:?} as a bandwidth (expected e.g. 1Gbit, 10Gbps or 100MB/s)")]
+    Bandwidth { text: String },
+    #[error("bandwidth {text:?} must be positive")]
+    NoBandwidth { text: String },
+    #[error("cannot read {text:?} as a duration (expected e.g. 0.3ms, 50us or 1s)")]
+    Duration { text: String },
+}
+
 fn split_number(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
     let end =
@@ -30,16 +43,16 @@ fn prefix(p: &str) -> Option<f64> {
 }
 
 /// Bytes: `48GiB`, `64 GB`, `1.5TiB`, `1024` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let err = || format!("cannot read {s:?} as a size (expected e.g. 48GiB, 64GB or a byte count)");
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let err = || UnitError::Size { text: s.to_string() };
     let (v, unit) = split_number(s).ok_or_else(err)?;
     let p = unit.strip_suffix('B').or_else(|| (unit.is_empty()).then_some("")).ok_or_else(err)?;
     Ok((v * prefix(p).ok_or_else(err)?).round() as u64)
 }
 
 /// Bytes per second: `1Gbit`, `10Gbps`, `100Mbit/s`, `1GB/s`, `1.25GiB/s`.
-pub fn parse_bandwidth(s: &str) -> Result<f64, String> {
-    let err = || format!("cannot read {s:?} as a bandwidth (expected e.g. 1Gbit, 10Gbps or 100MB/s)");
+pub fn parse_bandwidth(s: &str) -> Result<f64, UnitError> {
+    let err = || UnitError::Bandwidth { text: s.to_string() };
     let (v, unit) = split_number(s).ok_or_else(err)?;
     let unit = unit.strip_suffix("/s").unwrap_or(unit);
     let (p, bits) = if let Some(p) = unit.strip_suffix("bit").or_else(|| unit.strip_suffix("bps")) {
@@ -54,13 +67,13 @@ pub fn parse_bandwidth(s: &str) -> Result<f64, String> {
     if bytes > 0.0 {
         Ok(bytes)
     } else {
-        Err(format!("bandwidth {s:?} must be positive"))
+        Err(UnitError::NoBandwidth { text: s.to_string() })
     }
 }
 
 /// Seconds: `0.3ms`, `5us`, `1s`, `250ns`.
-pub fn parse_duration(s: &str) -> Result<f64, String> {
-    let err = || format!("cannot read {s:?} as a duration (expected e.g. 0.3ms, 50us or 1s)");
+pub fn parse_duration(s: &str) -> Result<f64, UnitError> {
+    let err = || UnitError::Duration { text: s.to_string() };
     let (v, unit) = split_number(s).ok_or_else(err)?;
     let scale = match unit {
         "s" => 1.0,
@@ -95,6 +108,11 @@ mod tests {
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("-1GB").is_err());
         assert!(parse_size("GB").is_err());
+        assert_eq!(parse_size("12XB").unwrap_err(), UnitError::Size { text: "12XB".into() });
+        assert_eq!(
+            parse_size("12XB").unwrap_err().to_string(),
+            r#"cannot read "12XB" as a size (expected e.g. 48GiB, 64GB or a byte count)"#
+        );
     }
 
     #[test]
@@ -105,7 +123,8 @@ mod tests {
         assert_eq!(parse_bandwidth("1GB/s").unwrap(), 1e9);
         assert_eq!(parse_bandwidth("1GiB/s").unwrap(), 1073741824.0);
         assert!(parse_bandwidth("0Gbit").is_err());
-        assert!(parse_bandwidth("fast").is_err());
+        assert_eq!(parse_bandwidth("0Gbit").unwrap_err(), UnitError::NoBandwidth { text: "0Gbit".into() });
+        assert_eq!(parse_bandwidth("fast").unwrap_err(), UnitError::Bandwidth { text: "fast".into() });
     }
 
     #[test]
@@ -113,6 +132,6 @@ mod tests {
         assert!((parse_duration("0.3ms").unwrap() - 3e-4).abs() < 1e-12);
         assert!((parse_duration("5us").unwrap() - 5e-6).abs() < 1e-15);
         assert_eq!(parse_duration("1s").unwrap(), 1.0);
-        assert!(parse_duration("3 parsecs").is_err());
+        assert_eq!(parse_duration("3 parsecs").unwrap_err(), UnitError::Duration { text: "3 parsecs".into() });
     }
 }

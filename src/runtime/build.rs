@@ -64,18 +64,30 @@ pub(super) fn context_for(rt: &Runtime, d: &Decision, n_batch: u32) -> ContextPa
     }
 }
 
+/// The model a load is about: as it was asked for, the key its instance is found by, and its
+/// files on this node (or only its header).
+pub(super) struct Target<'a> {
+    pub model: &'a ModelRef,
+    pub key: &'a str,
+    pub local: &'a LocalModel,
+}
+
+/// A loaded pipeline and the stage that tokenizes and formats for it.
+pub(crate) struct Built {
+    pub pipe: Arc<dyn Pipe>,
+    pub vocab: StageHandle,
+}
+
 /// Loads the stages a decision places: in this process, or across the cluster.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn build(
     rt: &Arc<Runtime>,
-    model: &ModelRef,
-    key: &str,
-    local: &LocalModel,
+    target: &Target<'_>,
     decision: &Decision,
     view: &View,
     opts: &LoadOptions,
     context: ContextParams,
-) -> Result<(Arc<dyn Pipe>, StageHandle), RuntimeError> {
+) -> Result<Built, RuntimeError> {
+    let Target { model, key, local } = *target;
     let path = local.first().to_path_buf();
     let local_forced = matches!(opts.forced, Some(Forced::Local(_)));
     // only the header here: every stage, one on this node too, fetches its window
@@ -96,7 +108,7 @@ pub(super) async fn build(
             let chain = Chain::load(&p, ranges.as_deref(), context, mmap)
                 .map_err(|e| RuntimeError::Load { model: p.display().to_string(), reason: e.to_string() })?;
             let vocab = Runtime::vocab_of(&p, context)?;
-            Ok((Arc::new(chain) as Arc<dyn Pipe>, vocab))
+            Ok(Built { pipe: Arc::new(chain), vocab })
         })
         .await;
     }
@@ -133,5 +145,5 @@ pub(super) async fn build(
         },
     )?;
     let vocab = chain.vocab().clone();
-    Ok((Arc::new(chain), vocab))
+    Ok(Built { pipe: Arc::new(chain), vocab })
 }

@@ -217,7 +217,9 @@ impl From<crate::store::StoreError> for RuntimeError {
         match e {
             S::NotFound { name, hint } => RuntimeError::ModelNotFound { name, hint },
             S::NotOurs { ref name, .. } => RuntimeError::NotDeletable { name: name.clone(), reason: e.to_string() },
-            S::NotDownloadable { .. } => RuntimeError::Store { kind: ErrorKind::NotFound, reason: e.to_string() },
+            S::NotDownloadable { .. } | S::BadHubFile { .. } => {
+                RuntimeError::Store { kind: ErrorKind::NotFound, reason: e.to_string() }
+            }
             S::Offline { .. } => RuntimeError::Store { kind: ErrorKind::Unavailable, reason: e.to_string() },
             S::NoSpace { .. } | S::OverBudget { .. } => {
                 RuntimeError::Store { kind: ErrorKind::NoSpace, reason: e.to_string() }

@@ -3,7 +3,7 @@
 //! clearly faster placement than the one it runs on (a node joined or came back), so that an
 //! idle instance moves.
 
-use super::build::{build, context_for, placing_again, view};
+use super::build::{build, context_for, placing_again, view, Target};
 use super::request::ModelRef;
 use super::{policy, LoadOptions, Runtime, RuntimeError};
 use crate::gguf::ModelShape;
@@ -51,7 +51,9 @@ async fn decide(rt: &Runtime, f: &Fixed) -> Result<(policy::Decision, policy::Vi
         model: f.key.clone(),
         reason: format!("no placement over the nodes there are now fits: {reason}"),
     };
-    match policy::decide_off_worker(&f.key, &f.shape, &view, f.n_ctx_seq, true, f.n_seq, f.n_batch, None).await {
+    let ask =
+        policy::Ask { n_ctx_seq: f.n_ctx_seq, asked_ctx: true, max_seq: f.n_seq, n_batch: f.n_batch, forced: None };
+    match policy::decide_off_worker(&f.key, &f.shape, &view, ask).await {
         Ok(d) if d.n_seq == f.n_seq => Ok((d, view)),
         Ok(_) => Err(fits(format!("{} sequences of {} tokens do not fit", f.n_seq, f.n_ctx_seq))),
         Err(e @ (RuntimeError::DoesNotFit { .. } | RuntimeError::InvalidField { .. })) => Err(fits(e.to_string())),
@@ -74,8 +76,9 @@ pub(crate) fn rebuild(rt: &Arc<Runtime>, f: Fixed) -> Rebuild {
                     let (d, view) = decide(rt, f).await?;
                     let opts = LoadOptions { n_batch: Some(f.n_batch), ..LoadOptions::default() };
                     let context = context_for(rt, &d, f.n_batch);
-                    let (pipe, _) = build(rt, &f.model, &f.key, &f.local, &d, &view, &opts, context).await?;
-                    Ok((pipe, d, view))
+                    let target = Target { model: &f.model, key: &f.key, local: &f.local };
+                    let built = build(rt, &target, &d, &view, &opts, context).await?;
+                    Ok((built.pipe, d, view))
                 }
             })
             .await?;

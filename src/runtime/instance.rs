@@ -2,6 +2,7 @@
 //! batcher, and how long it stays loaded.
 
 use super::batcher::{self, Counts, SeqRequest, SharedPipe};
+use super::build::Built;
 use super::error::RuntimeError;
 use super::formatter::Formatter;
 use super::heal::Healer;
@@ -32,6 +33,14 @@ pub struct Loaded {
     pub local_memory: u64,
 }
 
+/// How an instance serves: its batch size, how many requests may wait beyond its sequences, and
+/// how long it stays loaded when idle.
+pub(crate) struct Serving {
+    pub n_batch: u32,
+    pub queue: usize,
+    pub keep_alive: KeepAlive,
+}
+
 pub struct Instance {
     pub loaded: Loaded,
     /// Replaced when a node of the pipeline fails (see [`Instance::pipe`]).
@@ -56,17 +65,14 @@ pub struct Instance {
 impl Instance {
     /// Starts the batcher for a loaded pipeline; `healer` rebuilds a cluster pipeline whose
     /// node failed.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         loaded: Loaded,
-        pipe: Arc<dyn Pipe>,
-        vocab: StageHandle,
-        n_batch: u32,
-        queue: usize,
-        keep_alive: KeepAlive,
+        built: Built,
+        serving: Serving,
         shutdown: Arc<AtomicBool>,
         healer: Option<Healer>,
     ) -> Arc<Instance> {
+        let (Built { pipe, vocab }, Serving { n_batch, queue, keep_alive }) = (built, serving);
         let counts = Arc::new(Counts::default());
         let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
         let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(pipe));

@@ -207,63 +207,53 @@ fn try_place(
     }
 }
 
+/// What a load asks of the placement: how many sequences of how many positions, decoded in
+/// batches of what size, and where the stages go when the caller says.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    /// Positions each sequence may use.
+    pub n_ctx_seq: u32,
+    /// The caller named the context: one that fits only when smaller is an error about it.
+    pub asked_ctx: bool,
+    /// Most sequences side by side (halved while the KV cache does not fit).
+    pub max_seq: u32,
+    pub n_batch: u32,
+    pub forced: Option<Forced>,
+}
+
 /// Chooses sequences and placement: as many sequences as allowed (up to `max_seq`, halved while
 /// the KV cache does not fit), each with `n_ctx_seq` positions. A context that fits only when
 /// smaller is an error about `num_ctx` when the caller asked for it.
-#[allow(clippy::too_many_arguments)]
-pub fn decide(
-    model: &str,
-    shape: &ModelShape,
-    view: &View,
-    n_ctx_seq: u32,
-    asked_ctx: bool,
-    max_seq: u32,
-    n_batch: u32,
-    forced: Option<&Forced>,
-) -> Result<Decision, RuntimeError> {
+pub fn decide(model: &str, shape: &ModelShape, view: &View, ask: &Ask) -> Result<Decision, RuntimeError> {
     let cost = ModelCost::from_shape(model, shape);
-    decide_cost(model, &cost, view, n_ctx_seq, asked_ctx, max_seq, n_batch, forced)
+    decide_cost(model, &cost, view, ask)
 }
 
 /// [`decide`] on a blocking thread, for async callers: the search (every placement near the
 /// fastest, priced in bytes to move) takes up to a second on large clusters.
-#[allow(clippy::too_many_arguments)]
 pub async fn decide_off_worker(
     model: &str,
     shape: &ModelShape,
     view: &View,
-    n_ctx_seq: u32,
-    asked_ctx: bool,
-    max_seq: u32,
-    n_batch: u32,
-    forced: Option<&Forced>,
+    ask: Ask,
 ) -> Result<Decision, RuntimeError> {
-    let (model, shape, view, forced) = (model.to_string(), shape.clone(), view.clone(), forced.cloned());
-    super::blocking(move || decide(&model, &shape, &view, n_ctx_seq, asked_ctx, max_seq, n_batch, forced.as_ref()))
-        .await
+    let (model, shape, view) = (model.to_string(), shape.clone(), view.clone());
+    super::blocking(move || decide(&model, &shape, &view, &ask)).await
 }
 
 /// [`decide`] for a model known by its cost alone (a catalog model not on this node yet).
-#[allow(clippy::too_many_arguments)]
-pub fn decide_cost(
-    model: &str,
-    cost: &ModelCost,
-    view: &View,
-    n_ctx_seq: u32,
-    asked_ctx: bool,
-    max_seq: u32,
-    n_batch: u32,
-    forced: Option<&Forced>,
-) -> Result<Decision, RuntimeError> {
+pub fn decide_cost(model: &str, cost: &ModelCost, view: &View, ask: &Ask) -> Result<Decision, RuntimeError> {
     let weights = view.weights(model, cost, None);
-    let mut n_seq = max_seq.max(1);
+    let (n_ctx_seq, forced) = (ask.n_ctx_seq, ask.forced.as_ref());
+    let place = |ctx: u32| try_place(cost, view, &weights, forced, ctx, ask.n_batch);
+    let mut n_seq = ask.max_seq.max(1);
     loop {
-        match try_place(cost, view, &weights, forced, n_ctx_seq.saturating_mul(n_seq), n_batch) {
+        match place(n_ctx_seq.saturating_mul(n_seq)) {
             Ok(plan) => return Ok(Decision { n_seq, n_ctx_seq, plan }),
             Err(e) if memory_error(&e) && n_seq > 1 => n_seq /= 2,
             Err(e) if memory_error(&e) => {
                 let small = n_ctx_seq.min(256);
-                if asked_ctx && small < n_ctx_seq && try_place(cost, view, &weights, forced, small, n_batch).is_ok() {
+                if ask.asked_ctx && small < n_ctx_seq && place(small).is_ok() {
                     return Err(RuntimeError::field(
                         Field::NumCtx,
                         format!("a context of {n_ctx_seq} tokens does not fit in the memory offered: {e}"),
@@ -317,20 +307,24 @@ mod tests {
         }
     }
 
+    fn ask(n_ctx_seq: u32, asked_ctx: bool, max_seq: u32) -> Ask {
+        Ask { n_ctx_seq, asked_ctx, max_seq, n_batch: 512, forced: None }
+    }
+
     #[test]
     fn sequences_shrink_before_the_context_is_refused() {
         let v = view("me", "id0", "127.0.0.1:1", &profile(1 << 30), 0, &[]);
-        let d = decide("m", &shape(), &v, 4096, false, 4, 512, None).unwrap();
+        let d = decide("m", &shape(), &v, &ask(4096, false, 4)).unwrap();
         assert_eq!((d.n_seq, d.n_ctx_seq), (4, 4096));
         assert!(d.is_local(&v));
         // 8 layers * 2 KiB per token: 100k tokens need ~1.6 GB of KV
         let v = view("me", "id0", "127.0.0.1:1", &profile(600 << 20), 0, &[]);
-        let d = decide("m", &shape(), &v, 16384, false, 4, 512, None).unwrap();
+        let d = decide("m", &shape(), &v, &ask(16384, false, 4)).unwrap();
         assert!(d.n_seq < 4, "{}", d.n_seq);
-        let e = decide("m", &shape(), &v, 100_000, true, 4, 512, None).unwrap_err();
+        let e = decide("m", &shape(), &v, &ask(100_000, true, 4)).unwrap_err();
         assert!(matches!(e, RuntimeError::InvalidField { field: Field::NumCtx, .. }), "{e}");
         let tiny = view("me", "id0", "127.0.0.1:1", &profile(10 << 20), 0, &[]);
-        let e = decide("m", &shape(), &tiny, 512, false, 1, 512, None).unwrap_err();
+        let e = decide("m", &shape(), &tiny, &ask(512, false, 1)).unwrap_err();
         assert!(matches!(e, RuntimeError::DoesNotFit { .. }), "{e}");
     }
 
@@ -437,7 +431,7 @@ mod tests {
         bare.held.clear();
         let on = |p: PeerStatus| {
             let v = view("me", "M", "me:1", &profile(1 << 30), 0, &[p]).with_held_here(vec![]);
-            let d = decide("m", &shape(), &v, 2048, false, 1, 512, None).unwrap();
+            let d = decide("m", &shape(), &v, &ask(2048, false, 1)).unwrap();
             d.plan.stages.iter().map(|s| s.node.clone()).collect::<Vec<_>>()
         };
         assert_eq!(on(bare), ["me"]);

@@ -4,17 +4,18 @@
 //! stages must receive first (from which node, or the hub) and how long that takes. Nothing is
 //! loaded.
 
-use super::policy::{self, View};
+use super::policy::{self, Ask, View};
 use super::{blocking, validate, ModelRef, Runtime, RuntimeError};
 use crate::gguf::{ModelFiles, ModelShape};
 use crate::placement::{self, baselines, ModelCost, Moves, Options, PlacementError, Plan, Weights};
-use crate::store::{self, Resolved};
-use serde::Serialize;
+use crate::store::{self, Resolved, TransferKind, TransferState};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Rows per decode call the runtime loads with unless asked otherwise.
 const N_BATCH: u32 = 512;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Preview {
     pub model: String,
     pub n_layer: u32,
@@ -30,11 +31,11 @@ pub struct Preview {
     pub candidates: Vec<Candidate>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Candidate {
     /// `exo-rs`, `exo-memory-split` or `one-node`.
-    pub strategy: &'static str,
-    pub description: &'static str,
+    pub strategy: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     pub fits: bool,
     pub error: Option<String>,
     pub stages: Vec<Stage>,
@@ -48,7 +49,7 @@ pub struct Candidate {
     pub move_seconds: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stage {
     pub node: String,
     pub begin: u32,
@@ -80,8 +81,8 @@ fn candidate<E: std::fmt::Display>(
             candidate_of(strategy, description, p, mv)
         }
         Err(e) => Candidate {
-            strategy,
-            description,
+            strategy: strategy.into(),
+            description: description.into(),
             fits: false,
             error: Some(e.to_string()),
             stages: vec![],
@@ -96,8 +97,8 @@ fn candidate<E: std::fmt::Display>(
 
 fn candidate_of(strategy: &'static str, description: &'static str, p: Plan, mv: Moves) -> Candidate {
     Candidate {
-        strategy,
-        description,
+        strategy: strategy.into(),
+        description: description.into(),
         fits: true,
         error: None,
         stages: p
@@ -144,25 +145,16 @@ fn one_node(cost: &ModelCost, view: &View, o: &Options) -> Result<Plan, Placemen
     best.ok_or_else(|| err.unwrap_or(PlacementError::NoNodes))
 }
 
-/// The candidates for `cost` over `view`, with the context priced as the load policy would, and
-/// the bytes each moves given where they are (`weights`).
-#[allow(clippy::too_many_arguments)]
-pub fn candidates(
-    key: &str,
-    cost: &ModelCost,
-    view: &View,
-    weights: &Weights,
-    n_ctx_seq: u32,
-    asked_ctx: bool,
-    max_seq: u32,
-    local: bool,
-) -> Preview {
-    let ours = policy::decide_cost(key, cost, view, n_ctx_seq, asked_ctx, max_seq, N_BATCH, None);
+/// The candidates for `cost` over `view`, with the context priced as the load policy would
+/// (`ask`), and the bytes each moves given where they are (`weights`).
+pub fn candidates(key: &str, cost: &ModelCost, view: &View, weights: &Weights, ask: &Ask, local: bool) -> Preview {
+    let n_ctx_seq = ask.n_ctx_seq;
+    let ours = policy::decide_cost(key, cost, view, ask);
     let (n_seq, ctx) = match &ours {
         Ok(d) => (d.n_seq, d.n_ctx_seq.saturating_mul(d.n_seq)),
         Err(_) => (1, n_ctx_seq),
     };
-    let o = Options { ctx, n_ubatch: N_BATCH, ..Options::default() };
+    let o = Options { ctx, n_ubatch: ask.n_batch, ..Options::default() };
     let moves = |p: &Plan| placement::moves(cost, &view.cluster, weights, p);
     let candidates = vec![
         candidate(
@@ -203,7 +195,12 @@ fn hub_rate(store: &crate::store::Store) -> Option<f64> {
         .transfers
         .list()
         .into_iter()
-        .find(|t| t.kind == "download" && t.state == "done" && t.done_bytes >= HUB_RATE_MIN_BYTES && t.seconds > 0.0)
+        .find(|t| {
+            t.kind == TransferKind::Download
+                && t.state == TransferState::Done
+                && t.done_bytes >= HUB_RATE_MIN_BYTES
+                && t.seconds > 0.0
+        })
         .map(|t| t.done_bytes as f64 / t.seconds)
 }
 
@@ -253,8 +250,14 @@ impl Runtime {
         };
         let mut weights = view.weights(&key, &cost, size);
         weights.hub_bandwidth.extend(hub_rate(&self.store).map(|r| (view.here.clone(), r)));
+        let ask = Ask {
+            n_ctx_seq,
+            asked_ctx: num_ctx.is_some(),
+            max_seq: self.limits.parallel,
+            n_batch: N_BATCH,
+            forced: None,
+        };
         // several searches: off the async workers
-        let (asked, parallel) = (num_ctx.is_some(), self.limits.parallel);
-        blocking(move || Ok(candidates(&key, &cost, &view, &weights, n_ctx_seq, asked, parallel, local))).await
+        blocking(move || Ok(candidates(&key, &cost, &view, &weights, &ask, local))).await
     }
 }

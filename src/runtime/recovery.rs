@@ -3,14 +3,14 @@
 //! milliseconds so that a tool on the same machine can put its own "killed at" beside them
 //! (`/cluster` lists them; bench/recovery.rs splits recovery time into detect, load and replay).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// Records kept per instance (the oldest go first).
 const KEEP: usize = 16;
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RecoveryRecord {
     /// Why the pipeline was rebuilt.
     pub cause: String,

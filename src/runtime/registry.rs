@@ -2,17 +2,15 @@
 //! a task of its own so a caller that leaves does not cancel it), keep_alive, and eviction of
 //! idle instances when a new one does not fit.
 
-use super::build::{build, context_for, placing_again, view};
+use super::build::{build, context_for, placing_again, view, Built, Target};
 use super::header::read_shape;
 use super::heal;
-use super::instance::{Instance, Loaded};
+use super::instance::{Instance, Loaded, Serving};
 use super::policy::{self, Decision, Forced, View};
 use super::request::{KeepAlive, ModelRef};
 use super::{blocking, validate, LoadOptions, Runtime, RuntimeError};
-use crate::engine::{LayerRange, StageHandle};
+use crate::engine::LayerRange;
 use crate::gguf::ModelShape;
-use crate::pipeline::Pipe;
-use crate::store::LocalModel;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -186,9 +184,10 @@ async fn load(
     }
     // a node the placement chose may have died a moment ago (the view has not caught up): an
     // automatic placement is tried again over the nodes there are then
-    let place = || place_and_build(rt, model, key, &local, &shape, opts, n_ctx_seq, n_batch);
-    let (decision, view, pipe, vocab) =
-        if opts.forced.is_some() { place().await? } else { placing_again(place).await? };
+    let target = Target { model, key, local: &local };
+    let place = || place_and_build(rt, &target, &shape, opts, n_ctx_seq, n_batch);
+    let (decision, view, built) = if opts.forced.is_some() { place().await? } else { placing_again(place).await? };
+    let pipe = &built.pipe;
     let actual = pipe.info().n_ctx / decision.n_seq;
     let here = view.here.clone();
     let local_memory = decision.plan.stages.iter().filter(|s| s.node == here).map(|s| s.memory_bytes).sum();
@@ -221,46 +220,32 @@ async fn load(
         predicted: decision.plan.tokens_per_second,
     });
     let healer = healer.filter(|h| pipe.distributed() || h.faster.is_some());
-    Ok(Instance::start(
-        loaded,
-        pipe,
-        vocab,
-        n_batch,
-        rt.limits.queue,
-        KeepAlive::For(rt.limits.keep_alive),
-        rt.shutdown.clone(),
-        healer,
-    ))
+    let serving = Serving { n_batch, queue: rt.limits.queue, keep_alive: KeepAlive::For(rt.limits.keep_alive) };
+    Ok(Instance::start(loaded, built, serving, rt.shutdown.clone(), healer))
 }
 
 /// Decides the placement over the nodes there are now and loads it.
-#[allow(clippy::too_many_arguments)]
 async fn place_and_build(
     rt: &Arc<Runtime>,
-    model: &ModelRef,
-    key: &str,
-    local: &LocalModel,
+    target: &Target<'_>,
     shape: &ModelShape,
     opts: &LoadOptions,
     n_ctx_seq: u32,
     n_batch: u32,
-) -> Result<(Decision, View, Arc<dyn Pipe>, StageHandle), RuntimeError> {
+) -> Result<(Decision, View, Built), RuntimeError> {
+    let key = target.key;
+    let ask = policy::Ask {
+        n_ctx_seq,
+        asked_ctx: opts.num_ctx.is_some(),
+        max_seq: rt.limits.parallel,
+        n_batch,
+        forced: opts.forced.clone(),
+    };
     // fit it, unloading idle instances while it does not
     let decision: Decision;
     let view = loop {
         let view = view(rt, rt.registry.held(key)).await?;
-        match policy::decide_off_worker(
-            key,
-            shape,
-            &view,
-            n_ctx_seq,
-            opts.num_ctx.is_some(),
-            rt.limits.parallel,
-            n_batch,
-            opts.forced.as_ref(),
-        )
-        .await
-        {
+        match policy::decide_off_worker(key, shape, &view, ask.clone()).await {
             Ok(d) => {
                 decision = d;
                 break view;
@@ -274,8 +259,8 @@ async fn place_and_build(
         }
     };
     let context = context_for(rt, &decision, n_batch);
-    let (pipe, vocab) = build(rt, model, key, local, &decision, &view, opts, context).await?;
-    Ok((decision, view, pipe, vocab))
+    let built = build(rt, target, &decision, &view, opts, context).await?;
+    Ok((decision, view, built))
 }
 
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {

@@ -21,12 +21,12 @@ pub enum Known<T> {
 pub struct UnknownMarker;
 
 impl TryFrom<String> for UnknownMarker {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = CardProblem;
+    fn try_from(s: String) -> Result<Self, CardProblem> {
         if s == "unknown" {
             Ok(UnknownMarker)
         } else {
-            Err(format!("expected a value or \"unknown\", found {s:?}"))
+            Err(CardProblem::NotUnknown { found: s })
         }
     }
 }
@@ -85,52 +85,87 @@ pub struct Card {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("catalog card {file}: {reason}")]
+#[error("catalog card {file}: {problem}")]
 pub struct CardError {
     pub file: String,
-    pub reason: String,
+    pub problem: CardProblem,
+}
+
+/// What is wrong with a card: it does not parse, or it disagrees with itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CardProblem {
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("expected a value or \"unknown\", found {found:?}")]
+    NotUnknown { found: String },
+    #[error("name {name:?} must be lower-case letters, digits, '.', '_' or '-'")]
+    Name { name: String },
+    #[error("default_quant {quant:?} is not one of the listed quantizations")]
+    DefaultQuant { quant: String },
+    #[error("sources must say where the facts come from")]
+    NoSources,
+    #[error("repo {repo:?} must be ORG/NAME")]
+    Repo { repo: String },
+    #[error("quantization {quant:?} must be lower-case")]
+    QuantName { quant: String },
+    #[error("quant {quant}: no files")]
+    NoFiles { quant: String },
+    #[error("quant {quant}: {file:?} is not a .gguf file")]
+    NotGguf { quant: String, file: String },
+    #[error("quant {quant}: split file {file:?} should end with {want:?}")]
+    SplitName { quant: String, file: String, want: String },
+    #[error("quant {quant}: size_gb {gb} must be positive")]
+    Size { quant: String, gb: f64 },
+    #[error("quant {quant}: {gb} GB for {params} parameters is {bits:.1} bits each")]
+    Bits { quant: String, gb: f64, params: u64, bits: f64 },
+    #[error("n_embd, n_head and head_dim must be positive")]
+    HeadDims,
+    #[error("n_head {n_head} must be a multiple of n_head_kv {n_head_kv}")]
+    KvHeads { n_head: u32, n_head_kv: u32 },
+    #[error("n_expert_used {used} must be in 1..={n_expert}")]
+    Experts { used: u32, n_expert: u32 },
 }
 
 impl Card {
     pub fn parse(file: &str, text: &str) -> Result<Card, CardError> {
-        let card: Card =
-            toml::from_str(text).map_err(|e| CardError { file: file.to_string(), reason: e.to_string() })?;
-        card.check().map_err(|reason| CardError { file: file.to_string(), reason })?;
+        let err = |problem| CardError { file: file.to_string(), problem };
+        let card: Card = toml::from_str(text).map_err(|e| err(CardProblem::Toml(e)))?;
+        card.check().map_err(err)?;
         Ok(card)
     }
 
     /// Self-consistency: what a card says must agree with itself.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), CardProblem> {
         let lower = |s: &str| s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
         if !lower(&self.name) || self.name.is_empty() {
-            return Err(format!("name {:?} must be lower-case letters, digits, '.', '_' or '-'", self.name));
+            return Err(CardProblem::Name { name: self.name.clone() });
         }
         if !self.quant.contains_key(&self.default_quant) {
-            return Err(format!("default_quant {:?} is not one of the listed quantizations", self.default_quant));
+            return Err(CardProblem::DefaultQuant { quant: self.default_quant.clone() });
         }
         if self.sources.is_empty() {
-            return Err("sources must say where the facts come from".into());
+            return Err(CardProblem::NoSources);
         }
         if let Some(r) = self.repo.get() {
             if r.split('/').count() != 2 {
-                return Err(format!("repo {r:?} must be ORG/NAME"));
+                return Err(CardProblem::Repo { repo: r.clone() });
             }
         }
         for (q, qf) in &self.quant {
             if !lower(q) {
-                return Err(format!("quantization {q:?} must be lower-case"));
+                return Err(CardProblem::QuantName { quant: q.clone() });
             }
             if let Some(files) = qf.files.get() {
                 check_files(q, files)?;
             }
             if let Some(&gb) = qf.size_gb.get() {
                 if !(gb.is_finite() && gb > 0.0) {
-                    return Err(format!("quant {q}: size_gb {gb} must be positive"));
+                    return Err(CardProblem::Size { quant: q.clone(), gb });
                 }
                 if let Some(&p) = self.shape.params.get() {
                     let bits = gb * 8e9 / p as f64;
                     if !(1.5..=33.0).contains(&bits) {
-                        return Err(format!("quant {q}: {gb} GB for {p} parameters is {bits:.1} bits each"));
+                        return Err(CardProblem::Bits { quant: q.clone(), gb, params: p, bits });
                     }
                 }
             }
@@ -138,17 +173,17 @@ impl Card {
         let s = &self.shape;
         if let (Some(e), Some(h), Some(d)) = (s.n_embd.get(), s.n_head.get(), s.head_dim.get()) {
             if *h == 0 || *d == 0 || *e == 0 {
-                return Err("n_embd, n_head and head_dim must be positive".into());
+                return Err(CardProblem::HeadDims);
             }
         }
         if let (Some(h), Some(kv)) = (s.n_head.get(), s.n_head_kv.get()) {
             if *kv == 0 || h % kv != 0 {
-                return Err(format!("n_head {h} must be a multiple of n_head_kv {kv}"));
+                return Err(CardProblem::KvHeads { n_head: *h, n_head_kv: *kv });
             }
         }
         if let (Some(Known::Known(x)), Some(Known::Known(u))) = (&s.n_expert, &s.n_expert_used) {
             if u > x || *u == 0 {
-                return Err(format!("n_expert_used {u} must be in 1..={x}"));
+                return Err(CardProblem::Experts { used: *u, n_expert: *x });
             }
         }
         Ok(())
@@ -203,21 +238,19 @@ impl Card {
 }
 
 /// Split sets must be named NAME-0000i-of-0000n.gguf, complete and in order.
-fn check_files(q: &str, files: &[String]) -> Result<(), String> {
+fn check_files(q: &str, files: &[String]) -> Result<(), CardProblem> {
     if files.is_empty() {
-        return Err(format!("quant {q}: no files"));
+        return Err(CardProblem::NoFiles { quant: q.into() });
     }
-    for f in files {
-        if !f.ends_with(".gguf") {
-            return Err(format!("quant {q}: {f:?} is not a .gguf file"));
-        }
+    if let Some(f) = files.iter().find(|f| !f.ends_with(".gguf")) {
+        return Err(CardProblem::NotGguf { quant: q.into(), file: f.clone() });
     }
     if files.len() > 1 {
         let n = files.len();
         for (i, f) in files.iter().enumerate() {
             let want = format!("-{:05}-of-{n:05}.gguf", i + 1);
             if !f.ends_with(&want) {
-                return Err(format!("quant {q}: split file {f:?} should end with {want:?}"));
+                return Err(CardProblem::SplitName { quant: q.into(), file: f.clone(), want });
             }
         }
     }
@@ -308,5 +341,29 @@ mod tests {
             assert!(text.contains(from), "fixture lacks {from}");
             assert!(Card::parse("x", &text.replacen(from, to, 1)).is_err(), "{to} accepted");
         }
+        let problem = |from: &str, to: &str| Card::parse("x", &text.replacen(from, to, 1)).unwrap_err().problem;
+        let e = problem("n_head_kv = 8", "n_head_kv = 7");
+        assert!(matches!(e, CardProblem::KvHeads { n_head: 32, n_head_kv: 7 }), "{e}");
+        assert!(matches!(problem("n_layer = 32", "n_layer = \"many\""), CardProblem::Toml(_)));
+        let e = problem("default_quant = \"q4_k_m\"", "default_quant = \"q3\"");
+        assert_eq!(e.to_string(), r#"default_quant "q3" is not one of the listed quantizations"#);
+    }
+
+    #[test]
+    fn split_sets_are_checked() {
+        let f = |v: &[&str]| check_files("q4", &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(f(&["m.gguf"]).is_ok());
+        assert!(f(&["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]).is_ok());
+        assert!(matches!(f(&[]), Err(CardProblem::NoFiles { .. })));
+        assert!(matches!(f(&["m.bin"]), Err(CardProblem::NotGguf { .. })));
+        let e = f(&["m-00002-of-00002.gguf", "m-00001-of-00002.gguf"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"quant q4: split file "m-00002-of-00002.gguf" should end with "-00001-of-00002.gguf""#
+        );
+        assert_eq!(
+            UnknownMarker::try_from("maybe".to_string()).unwrap_err().to_string(),
+            r#"expected a value or "unknown", found "maybe""#
+        );
     }
 }

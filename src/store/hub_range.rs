@@ -22,6 +22,17 @@ const ATTEMPTS: u32 = 3;
 /// Longest repository or path component accepted from the network.
 const MAX_NAME: usize = 96;
 
+/// A hub reference from the network that is refused before any request is made with it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HubFileError {
+    #[error("hub repository {repo:?} is not ORG/NAME")]
+    Repo { repo: String },
+    #[error("hub file {file:?} is not a relative path to a .gguf")]
+    File { file: String },
+    #[error("hub sha256 is not 64 hex digits")]
+    Sha256,
+}
+
 /// A single-file model on the hub: what a coordinator tells its stages to fetch from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubFile {
@@ -38,7 +49,7 @@ pub struct HubFile {
 impl HubFile {
     /// Checks a reference that came from the network: `ORG/NAME` and a relative path of plain
     /// names (no `..`, no leading `/`), a GGUF file, a hex SHA-256.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), HubFileError> {
         let plain = |s: &str| {
             !s.is_empty()
                 && s.len() <= MAX_NAME
@@ -48,14 +59,14 @@ impl HubFile {
         };
         let repo: Vec<&str> = self.repo.split('/').collect();
         if repo.len() != 2 || !repo.iter().all(|p| plain(p)) {
-            return Err(format!("hub repository {:?} is not ORG/NAME", self.repo));
+            return Err(HubFileError::Repo { repo: self.repo.clone() });
         }
         let parts: Vec<&str> = self.file.split('/').collect();
         if parts.len() > 8 || !parts.iter().all(|p| plain(p)) || !self.file.ends_with(".gguf") {
-            return Err(format!("hub file {:?} is not a relative path to a .gguf", self.file));
+            return Err(HubFileError::File { file: self.file.clone() });
         }
         if self.sha256.as_ref().is_some_and(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err("hub sha256 is not 64 hex digits".into());
+            return Err(HubFileError::Sha256);
         }
         Ok(())
     }
@@ -200,7 +211,7 @@ mod tests {
         let bad = |f: &dyn Fn(&mut HubFile)| {
             let mut h = ok.clone();
             f(&mut h);
-            h.check().unwrap_err()
+            h.check().unwrap_err().to_string()
         };
         assert!(bad(&|h| h.repo = "org".into()).contains("ORG/NAME"));
         assert!(bad(&|h| h.repo = "org/../x".into()).contains("ORG/NAME"));
@@ -210,5 +221,8 @@ mod tests {
         assert!(bad(&|h| h.file = "model.bin".into()).contains(".gguf"));
         assert!(bad(&|h| h.file = format!("{}.gguf", "a".repeat(200))).contains("relative path"));
         assert!(bad(&|h| h.sha256 = Some("zz".into())).contains("sha256"));
+        let mut h = ok.clone();
+        h.repo = "org".into();
+        assert_eq!(h.check(), Err(HubFileError::Repo { repo: "org".into() }));
     }
 }

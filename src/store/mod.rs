@@ -16,10 +16,12 @@ mod transfers;
 
 pub use catalog::{Card, Known};
 pub use hub::{sha256_file, PullProgress, Quiet, RemoteFile};
-pub use hub_range::{HubFile, HubRange};
+pub use hub_range::{HubFile, HubFileError, HubRange};
 pub use local::{quant_from_name, LocalModel, Location};
 pub use local_names::model_name;
-pub use transfers::{Shown, Transfer, TransferHandle, Transfers, KEEP_RUNNING_PER_NODE};
+pub use transfers::{
+    Reported, Shown, Transfer, TransferHandle, TransferKind, TransferState, Transfers, KEEP_RUNNING_PER_NODE,
+};
 
 use hub::Hub;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,9 @@ pub enum StoreError {
     NotFound { name: String, hint: String },
     #[error("{name}: {reason}")]
     NotDownloadable { name: String, reason: String },
+    /// A hub reference (ours or a coordinator's) that is not a plain single GGUF on the hub.
+    #[error("{name}: {source}")]
+    BadHubFile { name: String, source: HubFileError },
     #[error("offline (EXO_OFFLINE): {name} is not on this machine and cannot be downloaded")]
     Offline { name: String },
     #[error("not enough free space for {name}: it needs {} and {}", fmt(*needed), dirs_free(dirs))]
@@ -227,7 +232,7 @@ impl Store {
         };
         let d = hub.describe(&r.repo, std::slice::from_ref(file)).await?.remove(0);
         let f = HubFile { repo: r.repo.clone(), file: d.path, size: d.size, sha256: d.sha256 };
-        f.check().map_err(|reason| StoreError::NotDownloadable { name: r.name.clone(), reason })?;
+        f.check().map_err(|source| StoreError::BadHubFile { name: r.name.clone(), source })?;
         Ok(f)
     }
 
@@ -237,7 +242,7 @@ impl Store {
         if self.offline {
             return Err(StoreError::Offline { name });
         }
-        f.check().map_err(|reason| StoreError::NotDownloadable { name: name.clone(), reason })?;
+        f.check().map_err(|source| StoreError::BadHubFile { name: name.clone(), source })?;
         let hub = self.hub();
         let d = hub.describe(&f.repo, std::slice::from_ref(&f.file)).await?.remove(0);
         let differs = |what: String| StoreError::Hub { what: format!("{name} on {}", self.endpoint), reason: what };
@@ -397,10 +402,13 @@ impl Store {
         let total = remote.iter().map(|f| f.size).sum();
         progress.planned(total, remote.len());
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        let shown = Arc::new(Shown { inner: progress, handle: self.transfers.start("download", name, &r.repo, total) });
+        let shown = Arc::new(Shown {
+            inner: progress,
+            handle: self.transfers.start(TransferKind::Download, name, &r.repo, total),
+        });
         let result = hub.download(&dir, &r.repo, &remote, shown.clone()).await;
         if let Ok(s) = Arc::try_unwrap(shown) {
-            s.handle.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            s.handle.finish(&result);
         }
         let paths = result?;
         Ok(LocalModel {
