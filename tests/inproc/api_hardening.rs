@@ -221,7 +221,10 @@ async fn a_grammar_too_costly_to_apply_ends_its_own_request_while_another_comple
     assert_eq!(a_status, 400, "{a_text}");
     assert!(a_text.contains("format") && a_text.contains("ms per token"), "{a_text}");
     assert_eq!(v_status, 200, "{v_text}");
-    // without the budget the attack runs to its end and the victim waits ~18 s on a quiet
-    // machine (measured); with it, one costly step (~0.6 s quiet), more on a loaded machine
-    assert!(v_took < alone + Duration::from_secs(10), "victim {v_took:?} vs {alone:?} alone");
+    // without the budget the attack runs to its end (200, ~19 s on a quiet machine) and the
+    // victim waits as long; with it, one costly step: on a quiet machine the victim took 0.5-0.6 s
+    // (4 ms alone). The refusal above is what fails without the budget; wall times depend on
+    // what else the machine runs (11 s once beside the exact tests), so this only says the
+    // victim was not left behind
+    assert!(v_took < Duration::from_secs(60), "victim {v_took:?} vs {alone:?} alone, attack {a_took:?}");
 }
