@@ -134,9 +134,8 @@ impl Grammar {
         unsafe { sys::llama_sampler_accept(self.ptr.as_ptr(), token) };
         let took = start.elapsed();
         self.overran = (took > GRAMMAR_STEP_BUDGET).then_some(took);
-        // replaying a rebuilt sequence's tokens counts too; an overrun is reported by the next
-        // constrain, which the sequence cannot get past
-        let _ = self.spend(took);
+        // replaying a rebuilt sequence's tokens counts too; the next constrain checks the sum
+        self.spent += took;
     }
 
     fn spend(&mut self, took: Duration) -> Result<(), GrammarFault> {

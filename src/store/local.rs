@@ -127,7 +127,10 @@ fn walk(w: Walk, dir: &Path, depth: usize, seen: &mut std::collections::HashSet<
             } else if m.is_file() && is_gguf_name {
                 let inside = std::fs::canonicalize(&p).is_ok_and(|c| w.allowed.iter().any(|a| c.starts_with(a)));
                 if !inside {
-                    tracing::debug!(link = %p.display(), "skipped: its target is outside the models dirs and EXO_LINK_TARGETS");
+                    // a hint only for a GGUF (a planted link to /etc/passwd gets none)
+                    if has_gguf_magic(&p) {
+                        warn_once_outside(&p);
+                    }
                 } else if has_gguf_magic(&p) {
                     out.push(p);
                 }
@@ -139,6 +142,15 @@ fn walk(w: Walk, dir: &Path, depth: usize, seen: &mut std::collections::HashSet<
         } else if ft.is_file() && is_gguf_name {
             out.push(p);
         }
+    }
+}
+
+/// Says once per link (scans run on every listing) why a linked GGUF is no model.
+fn warn_once_outside(link: &Path) {
+    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> = std::sync::Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.get_or_insert_with(Default::default).insert(link.to_path_buf()) {
+        tracing::warn!(link = %link.display(), "not a model: the link points outside the models dirs; add its target's dir to EXO_LINK_TARGETS to use it");
     }
 }
 
