@@ -179,3 +179,14 @@ fn init_tracing(verbosity: u8) {
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// `--draft`: `auto` (None: the runtime's default for the numerics chosen) or a proposer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DraftArg(pub Option<crate::runtime::speculate::Proposer>);
+
+pub(crate) fn parse_draft(s: &str) -> Result<DraftArg, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(DraftArg(None));
+    }
+    s.parse().map(|p| DraftArg(Some(p)))
+}

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// solo text); costs up to 47% of decode speed (bench/results/exact.md).
     #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub exact: bool,
+    /// Speculative decoding: `ngram` proposes tokens from the text so far (prompt lookup) and
+    /// verifies several per step; `none` decodes one token per step; `auto` (default): `ngram`
+    /// with --exact (the output is unchanged), `none` without.
+    #[arg(long, env = "EXO_DRAFT", default_value = "auto", value_parser = super::parse_draft)]
+    pub draft: super::DraftArg,
     /// Where peers connect (node-to-node traffic).
     #[arg(long, env = "EXO_PEER_ADDR", default_value = "0.0.0.0:52416")]
     pub peer_addr: SocketAddr,
@@ -86,6 +91,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         keep_alive: Duration::from_secs(a.keep_alive),
         max_tokens: a.max_tokens_cap.filter(|n| *n > 0),
         exact: a.exact,
+        draft: a.draft.0,
         ..Limits::default()
     };
     if let Some(t) = a.threads {

@@ -268,6 +268,7 @@ impl ClusterChain {
             output: c.output,
             tokens: c.tokens,
             hidden: vec![],
+            spec: c.spec,
             reply_to: self.node.peer_addr().to_string(),
         };
         let msg = if embed { Message::EmbedForward(msg) } else { Message::Forward(msg) };

@@ -280,7 +280,13 @@ async fn worker(node: Weak<ClusterNode>, stage: StageHandle, ls: LoadStage, mut 
                 } else {
                     BatchInput::Hidden(msg.hidden.clone())
                 };
-                let batch = Batch { input, pos: msg.pos.clone(), seq: msg.seq.clone(), output: msg.output.clone() };
+                let batch = Batch {
+                    input,
+                    pos: msg.pos.clone(),
+                    seq: msg.seq.clone(),
+                    output: msg.output.clone(),
+                    spec: msg.spec.clone(),
+                };
                 let last = ls.next.is_none();
                 let out =
                     if embed { stage.embed(batch).await } else { stage.decode(batch, false, msg.sample && last).await };

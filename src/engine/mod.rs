@@ -15,6 +15,7 @@ mod observed;
 mod pooling;
 mod quantize;
 mod sampler;
+mod speculation;
 mod stage;
 mod template;
 mod thread_time;
@@ -28,6 +29,7 @@ pub use observed::{observe_decode, observed_decode_gbps};
 pub use pooling::{normalize, Pooling};
 pub use quantize::{quantize, QuantType};
 pub use sampler::{SamplingParams, MAX_LOGIT_BIAS};
+pub use speculation::{Speculation, MAX_TRIMS, NO_DRAFT, UNSAMPLED};
 pub use stage::{Batch, BatchInput, DecodeOutput, StageCounters, StageHandle, StageInfo, StageSpec, TemplateMessage};
 
 use llama_cpp_sys_2 as sys;

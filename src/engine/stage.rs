@@ -5,7 +5,7 @@ use super::batch::RawBatch;
 use super::context::{Context, ContextParams};
 use super::model::{LayerRange, Model, ModelWindow};
 use super::sampler::{Sampler, SamplingParams};
-use super::{EngineError, Pooling, Token};
+use super::{EngineError, Pooling, Speculation, Token};
 use crate::gguf::ModelShape;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,6 +73,8 @@ pub struct Batch {
     pub seq: Vec<i32>,
     /// Rows whose logits (last stage) are wanted.
     pub output: Vec<bool>,
+    /// Drafted tokens to verify and rejected positions to drop (empty for a plain batch).
+    pub spec: Speculation,
 }
 
 impl Batch {
@@ -430,6 +432,11 @@ impl Stage {
                     let _ = reply.send(r);
                 }
                 Cmd::SeqRm { seq, p0, p1, reply } => {
+                    // llama.cpp asserts on a sequence id it does not hold: refuse it here
+                    if seq < -1 || seq >= self.info.context.n_seq_max as i32 {
+                        let _ = reply.send(false);
+                        continue;
+                    }
                     if p0 <= 0 && p1 < 0 {
                         if seq < 0 {
                             self.samplers.clear();
@@ -447,7 +454,8 @@ impl Stage {
                     let _ = reply.send(());
                 }
                 Cmd::SeqPosMax { seq, reply } => {
-                    let _ = reply.send(self.ctx.as_ref().map_or(-1, |c| c.seq_pos_max(seq)));
+                    let known = (0..self.info.context.n_seq_max as i32).contains(&seq);
+                    let _ = reply.send(self.ctx.as_ref().filter(|_| known).map_or(-1, |c| c.seq_pos_max(seq)));
                 }
                 Cmd::Tokenize { text, add_special, parse_special, reply } => {
                     let _ = reply.send(self.model.tokenize(&text, add_special, parse_special));
@@ -500,9 +508,14 @@ impl Stage {
                 RawBatch::hidden(h, info.n_embd, self.model.n_pos_per_token(), &batch.pos, &batch.seq, &batch.output)?
             }
         };
+        batch.spec.check(n, self.info.context.n_seq_max)?;
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(EngineError::InvalidBatch { reason: "this stage holds only the vocabulary".into() });
         };
+        // the positions a rejected draft left behind go before anything of this batch is stored
+        for &(seq, p0) in &batch.spec.trim {
+            ctx.seq_rm(seq, p0, -1);
+        }
         if embed && self.info.is_last() {
             return embed_rows(ctx, &raw, &self.model, batch, &self.info);
         }
@@ -518,7 +531,13 @@ impl Stage {
             return Ok(DecodeOutput::Hidden(out.to_vec()));
         }
         let (mut logits, mut tokens) = (Vec::new(), Vec::new());
+        // sequences whose draft missed in this batch: their later rows are not sampled
+        let mut missed: Vec<i32> = Vec::new();
         for i in (0..n).filter(|&i| batch.output[i]) {
+            if sample && missed.contains(&batch.seq[i]) {
+                tokens.push(super::UNSAMPLED);
+                continue;
+            }
             let l = ctx.logits(i, self.info.n_vocab).ok_or_else(|| EngineError::Decode {
                 begin: self.info.range.begin,
                 end: self.info.range.end,
@@ -531,10 +550,16 @@ impl Stage {
                     reason: format!("no sampler configured for sequence {seq}"),
                 })?;
                 // a grammar ends its own sequence, not the batch's others
-                tokens.push(match s.sample(l) {
+                let t = match s.sample(l) {
                     Err(EngineError::GrammarFault(f)) => f.token(),
                     t => t?,
-                });
+                };
+                // the row after this one was decoded on the guess `draft[i]`: it is only worth
+                // sampling when this row's token is that guess
+                if batch.spec.draft.get(i).is_some_and(|&d| d != t) || t < 0 {
+                    missed.push(seq);
+                }
+                tokens.push(t);
             }
             if want_logits {
                 logits.push(l.to_vec());

@@ -79,7 +79,7 @@ impl Chain {
         want_logits: bool,
         sample: bool,
     ) -> Result<(Vec<Vec<f32>>, Vec<Token>), PipelineError> {
-        let chunk = super::TokenChunk { tokens, pos, seq, output };
+        let chunk = super::TokenChunk { tokens, pos, seq, output, spec: Default::default() };
         let rx = self.queue(chunk, want_logits, sample).await?;
         Self::answer(rx, self.stages.len()).await
     }
@@ -100,7 +100,7 @@ impl Chain {
         let n_embd = self.info().n_embd as u64;
         // what would cross a network: one hidden row per token per cut
         self.handed.fetch_add(4 * n_embd * rows * (self.stages.len() as u64 - 1), Ordering::Relaxed);
-        Batch { input: BatchInput::Tokens(c.tokens), pos: c.pos, seq: c.seq, output: c.output }
+        Batch { input: BatchInput::Tokens(c.tokens), pos: c.pos, seq: c.seq, output: c.output, spec: c.spec }
     }
 
     async fn answer(

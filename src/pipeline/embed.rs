@@ -56,6 +56,7 @@ async fn pooled<P: Pipeline + ?Sized>(
             pos: (first..first + c.len()).map(|p| p as i32).collect(),
             seq: vec![seq; c.len()],
             output: (first..first + c.len()).map(|i| pooling.wants_row(i, n)).collect(),
+            spec: Default::default(),
         };
         // all chunks at once: the stages of a pipeline work on consecutive chunks side by side
         match pipe.embed(chunk).await {

@@ -16,7 +16,7 @@ pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
 pub use pipe::{BoxFuture, Pipe, Stages};
 
-use crate::engine::{SamplingParams, StageInfo, Token};
+use crate::engine::{SamplingParams, Speculation, StageInfo, Token};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +35,8 @@ pub struct TokenChunk {
     pub pos: Vec<i32>,
     pub seq: Vec<i32>,
     pub output: Vec<bool>,
+    /// Drafts to verify and rejected positions to drop (see [`Speculation`]).
+    pub spec: Speculation,
 }
 
 impl TokenChunk {
@@ -53,6 +55,7 @@ impl TokenChunk {
                     pos: (first..first + c.len()).map(|p| p as i32).collect(),
                     seq: vec![seq; c.len()],
                     output: (0..c.len()).map(|i| last_chunk && i + 1 == c.len()).collect(),
+                    spec: Speculation::default(),
                 }
             })
             .collect()

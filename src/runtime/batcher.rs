@@ -15,7 +15,8 @@
 
 use super::error::RuntimeError;
 use super::heal::{Healer, MOVE_WHEN_FASTER};
-use crate::engine::{SamplingParams, Token};
+use super::speculate::{SpecConfig, SpecCounters, Tuner};
+use crate::engine::{SamplingParams, Token, NO_DRAFT, UNSAMPLED};
 use crate::pipeline::Pipe;
 use crate::pipeline::{PipelineError, TokenChunk};
 use std::collections::VecDeque;
@@ -69,6 +70,7 @@ pub(crate) struct Counts {
     pub waiting: AtomicUsize,
     pub active: AtomicUsize,
     pub recoveries: super::recovery::RecoveryLog,
+    pub spec: SpecCounters,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +83,7 @@ pub(crate) struct Config {
     pub n_ctx_seq: u32,
     /// Batches in flight at once: the number of stages fills the pipeline.
     pub depth: usize,
+    pub spec: SpecConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,6 +117,12 @@ struct Job {
     /// Tokens sent to the caller since `req.prompt` was (re)built: a rebuilt sequence decodes
     /// them as part of its prompt.
     emitted: Vec<Token>,
+    /// Speculation: how long a window is worth (None: this sequence does not speculate).
+    tuner: Option<Tuner>,
+    /// Tokens proposed after the last decoded one, in flight with it.
+    drafts: Vec<Token>,
+    /// Positions from here on hold rejected proposals: the next batch drops them first.
+    trim: Option<usize>,
 }
 
 impl Job {
@@ -132,6 +141,9 @@ struct Slot {
     job: Option<Job>,
     /// A KV drop is in flight: not free yet.
     freeing: bool,
+    /// The KV holds positions past `cached` (a window decoded beyond where its sequence ended):
+    /// the next admission trims them.
+    stale: bool,
 }
 
 enum Done {
@@ -277,9 +289,12 @@ impl Batcher {
             self.tick += 1;
             // at least one prompt token is decoded: its logits give the first token
             let keep = if req.lease { 0 } else { shared.min(req.prompt.len() - 1) };
+            let req_lease = req.lease;
             let slot = &mut self.slots[i];
             slot.used = self.tick;
             let cached = std::mem::take(&mut slot.cached).len();
+            // a stale tail counts as cached: the admission trims it away
+            let cached = if std::mem::take(&mut slot.stale) { usize::MAX } else { cached };
             slot.job = Some(Job {
                 req,
                 phase: Phase::Admitting,
@@ -290,6 +305,9 @@ impl Batcher {
                 in_flight: 0,
                 doomed: false,
                 emitted: Vec::new(),
+                tuner: (self.cfg.spec.on() && !req_lease).then(|| Tuner::new(self.cfg.spec.max_window)),
+                drafts: Vec::new(),
+                trim: None,
             });
             self.start_admission(i, keep, cached);
         }
@@ -352,6 +370,7 @@ impl Batcher {
             self.counts.active.fetch_sub(1, Ordering::Relaxed);
         }
         slot.cached.clear();
+        slot.stale = false;
         slot.freeing = true;
         let pipe = current(&self.pipe);
         self.tasks.spawn(async move {
@@ -376,10 +395,14 @@ impl Batcher {
             .count();
         // one group of sequences per batch in flight, so that every stage has work
         let group = decoding.div_ceil(self.cfg.depth.max(1)).max(1);
-        let mut chunk = TokenChunk { tokens: vec![], pos: vec![], seq: vec![], output: vec![] };
+        let mut chunk = TokenChunk { tokens: vec![], pos: vec![], seq: vec![], output: vec![], spec: Default::default() };
         let (mut outputs, mut members) = (Vec::new(), Vec::new());
+        // a wide batch is compute-bound already: proposals would cost more than they save
+        let speculate = self.cfg.spec.on() && decoding <= self.cfg.spec.max_sequences;
+        let (n_ctx, eog) = (self.cfg.n_ctx_seq as usize, &self.eog);
+        let mut drafted = false;
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            if outputs.len() >= group.min(n_batch) {
+            if members.len() >= group.min(n_batch) || chunk.tokens.len() >= n_batch {
                 break;
             }
             let Some(job) = slot.job.as_mut() else { continue };
@@ -387,14 +410,33 @@ impl Batcher {
             if job.doomed {
                 continue;
             }
-            chunk.tokens.push(t);
-            chunk.pos.push(job.pos() as i32);
-            chunk.seq.push(i as i32);
-            chunk.output.push(true);
+            let pos = job.pos();
+            // the window never outruns the sequence's limits, so it only ends early on an
+            // end-of-generation token
+            let room = (n_batch - chunk.tokens.len() - 1)
+                .min((job.req.max_tokens - job.generated).saturating_sub(1) as usize)
+                .min(n_ctx.saturating_sub(pos + 2));
+            let k = match job.tuner.as_mut() {
+                Some(tuner) if speculate && room > 0 => tuner.window().min(room),
+                _ => 0,
+            };
+            job.drafts = if k > 0 { propose(&job.req.prompt, &job.emitted, k, eog, job.req.ignore_eos) } else { vec![] };
+            if let Some(p0) = job.trim.take() {
+                chunk.spec.trim.push((i as i32, p0 as i32));
+            }
+            let window = std::iter::once(t).chain(job.drafts.iter().copied());
+            for (j, tok) in window.enumerate() {
+                chunk.tokens.push(tok);
+                chunk.pos.push((pos + j) as i32);
+                chunk.seq.push(i as i32);
+                chunk.output.push(true);
+                chunk.spec.draft.push(job.drafts.get(j).copied().unwrap_or(NO_DRAFT));
+                outputs.push(i);
+            }
+            drafted |= !job.drafts.is_empty();
             job.decoded.push(t);
             job.phase = Phase::Waiting;
             job.in_flight += 1;
-            outputs.push(i);
             members.push(i);
         }
         // prompt chunks fill the rest of the batch, first come first served
@@ -432,6 +474,12 @@ impl Batcher {
         }
         if chunk.tokens.is_empty() {
             return false;
+        }
+        if drafted {
+            // prompt rows carry no proposal
+            chunk.spec.draft.resize(chunk.tokens.len(), NO_DRAFT);
+        } else {
+            chunk.spec.draft.clear();
         }
         let sample = !outputs.is_empty();
         match current(&self.pipe).submit(chunk, sample).await {
@@ -486,8 +534,13 @@ impl Batcher {
                 }
                 match result {
                     Ok(tokens) if tokens.len() == outputs.len() => {
-                        for (&i, &t) in outputs.iter().zip(&tokens) {
-                            self.sampled(i, t);
+                        // a sequence's rows are consecutive: one window (or one row) each
+                        let mut at = 0;
+                        while at < outputs.len() {
+                            let i = outputs[at];
+                            let n = outputs[at..].iter().take_while(|&&o| o == i).count();
+                            self.verified(i, &tokens[at..at + n]);
+                            at += n;
                         }
                     }
                     Ok(tokens) => {
@@ -498,6 +551,52 @@ impl Batcher {
                     Err(e) => self.fail(&members, e),
                 }
             }
+        }
+    }
+
+    /// A sequence's window answered: the tokens its rows sampled, up to the first miss.
+    fn verified(&mut self, i: usize, tokens: &[Token]) {
+        let Some(job) = self.slots[i].job.as_mut() else { return };
+        let drafts = std::mem::take(&mut job.drafts);
+        if drafts.len() + 1 != tokens.len() {
+            // a prompt's last row (no window), or a window of the pipeline before a rebuild
+            if let [t] = tokens {
+                self.sampled(i, *t);
+            }
+            return;
+        }
+        // the window's first row is the token decoded at `end - 1`; the rows after it are drafts
+        let end = job.pos() + drafts.len();
+        let mut taken = 0;
+        for (j, &t) in tokens.iter().enumerate() {
+            if t == UNSAMPLED {
+                break;
+            }
+            if j > 0 {
+                // row j sampled: the draft it was decoded on was right, its KV stays
+                match self.slots[i].job.as_mut() {
+                    Some(job) if !job.doomed => job.decoded.push(drafts[j - 1]),
+                    _ => break,
+                }
+            }
+            self.sampled(i, t);
+            taken = j + 1;
+        }
+        if !drafts.is_empty() {
+            self.counts.spec.add(drafts.len(), taken.saturating_sub(1), taken);
+        }
+        let slot = &mut self.slots[i];
+        match slot.job.as_mut() {
+            Some(job) => {
+                if let Some(tuner) = job.tuner.as_mut() {
+                    tuner.verified(drafts.len(), taken.saturating_sub(1));
+                }
+                if job.pos() < end {
+                    job.trim = Some(job.pos());
+                }
+            }
+            // ended inside its window: positions past its cache hold proposals
+            None => slot.stale = slot.cached.len() < end,
         }
     }
 
@@ -555,6 +654,18 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Up to `k` proposals after the sequence's last token (none past an end-of-generation token).
+fn propose(prompt: &[Token], emitted: &[Token], k: usize, eog: &[Token], ignore_eos: bool) -> Vec<Token> {
+    let history: Vec<Token> = prompt.iter().chain(emitted).copied().collect();
+    let mut d = super::speculate::ngram(&history, k);
+    if !ignore_eos {
+        if let Some(e) = d.iter().position(|t| eog.contains(t)) {
+            d.truncate(e);
+        }
+    }
+    d
 }
 
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {

@@ -98,6 +98,7 @@ impl Batcher {
             let slot = &mut self.slots[i];
             slot.cached.clear();
             slot.freeing = false;
+            slot.stale = false;
             let Some(job) = slot.job.as_mut() else { continue };
             job.in_flight = 0;
             if job.doomed {
@@ -118,6 +119,8 @@ impl Batcher {
             job.req.prompt.extend(emitted);
             (sequences, replayed) = (sequences + 1, replayed + job.req.prompt.len());
             job.decoded.clear();
+            job.drafts.clear();
+            job.trim = None;
             job.next_prompt = 0;
             job.phase = Phase::Admitting;
             self.start_admission(i, 0, 0);

@@ -13,7 +13,7 @@ struct Rig {
 }
 
 fn rig(n_seq: u32, n_batch: u32, first: Arc<FakePipe>, healer: Option<Healer>) -> Rig {
-    let cfg = Config { n_seq, n_batch, n_ctx_seq: 256, depth: 2 };
+    let cfg = Config { n_seq, n_batch, n_ctx_seq: 256, depth: 2, spec: super::SpecConfig::OFF };
     let pipe: SharedPipe = Arc::new(RwLock::new(first as Arc<dyn Pipe>));
     let counts = Arc::new(Counts::default());
     let (tx, rx) = mpsc::channel(64);

@@ -39,6 +39,7 @@ pub(crate) struct Serving {
     pub n_batch: u32,
     pub queue: usize,
     pub keep_alive: KeepAlive,
+    pub spec: super::speculate::SpecConfig,
 }
 
 pub struct Instance {
@@ -72,9 +73,10 @@ impl Instance {
         shutdown: Arc<AtomicBool>,
         healer: Option<Healer>,
     ) -> Arc<Instance> {
-        let (Built { pipe, vocab }, Serving { n_batch, queue, keep_alive }) = (built, serving);
+        let (Built { pipe, vocab }, Serving { n_batch, queue, keep_alive, spec }) = (built, serving);
         let counts = Arc::new(Counts::default());
-        let cfg = batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages() };
+        let cfg =
+            batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages(), spec };
         let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(pipe));
         let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);

@@ -20,6 +20,7 @@ pub mod preview;
 mod recovery;
 mod registry;
 pub mod request;
+pub mod speculate;
 mod session;
 mod thinking;
 mod tokens;
@@ -63,6 +64,19 @@ pub struct Limits {
     /// Batch-invariant kernels on every stage (`engine::ContextParams::exact`): a request's
     /// tokens never depend on what else the instance computes, and recovery replays exactly.
     pub exact: bool,
+    /// Where speculative proposals come from (None: the default for `exact`, see
+    /// [`Limits::spec`]).
+    pub draft: Option<speculate::Proposer>,
+}
+
+impl Limits {
+    /// How instances speculate: as asked, or by default n-gram lookup under `exact` (where a
+    /// verified window gives the very logits of one-token steps) and none without it (a window's
+    /// rows use other kernels than a single row, so near-ties could flip).
+    pub fn spec(&self) -> speculate::SpecConfig {
+        let default = if self.exact { speculate::Proposer::Ngram } else { speculate::Proposer::None };
+        speculate::SpecConfig::new(self.draft.unwrap_or(default))
+    }
 }
 
 impl Default for Limits {
@@ -76,6 +90,7 @@ impl Default for Limits {
             memory_limit: None,
             max_tokens: None,
             exact: crate::engine::ContextParams::default().exact,
+            draft: None,
         }
     }
 }

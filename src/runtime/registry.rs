@@ -220,7 +220,12 @@ async fn load(
         predicted: decision.plan.tokens_per_second,
     });
     let healer = healer.filter(|h| pipe.distributed() || h.faster.is_some());
-    let serving = Serving { n_batch, queue: rt.limits.queue, keep_alive: KeepAlive::For(rt.limits.keep_alive) };
+    let serving = Serving {
+        n_batch,
+        queue: rt.limits.queue,
+        keep_alive: KeepAlive::For(rt.limits.keep_alive),
+        spec: rt.limits.spec(),
+    };
     Ok(Instance::start(loaded, built, serving, rt.shutdown.clone(), healer))
 }
 

@@ -4,6 +4,7 @@
 
 use super::StageFault;
 use super::TransportError;
+use crate::engine::Speculation;
 
 /// One decode step for a stage: tokens (first stage) or hidden states (later stages).
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +20,8 @@ pub struct BatchMsg {
     pub tokens: Vec<i32>,
     /// `pos.len() * n_embd` floats, or empty for a token batch.
     pub hidden: Vec<f32>,
+    /// Drafts the last stage verifies and positions every stage drops first.
+    pub spec: Speculation,
     /// Where the last stage sends the sampled tokens (the coordinator's peer address).
     pub reply_to: String,
 }
@@ -41,6 +44,14 @@ impl BatchMsg {
         self.output.iter().for_each(|o| b.push(*o as u8));
         self.tokens.iter().for_each(|t| b.extend_from_slice(&t.to_le_bytes()));
         self.hidden.iter().for_each(|h| b.extend_from_slice(&h.to_le_bytes()));
+        // speculation last: counts, then drafted tokens and (seq, p0) trims
+        b.extend_from_slice(&(self.spec.draft.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(self.spec.trim.len() as u32).to_le_bytes());
+        self.spec.draft.iter().for_each(|t| b.extend_from_slice(&t.to_le_bytes()));
+        for (s, p) in &self.spec.trim {
+            b.extend_from_slice(&s.to_le_bytes());
+            b.extend_from_slice(&p.to_le_bytes());
+        }
         b
     }
 
@@ -59,6 +70,19 @@ impl BatchMsg {
             .checked_add(n.checked_mul(9).ok_or_else(|| bad("count overflow"))?)
             .and_then(|x| x.checked_add(nt.checked_mul(4)?))
             .and_then(|x| x.checked_add(nh.checked_mul(4)?))
+            .and_then(|x| x.checked_add(8))
+            .ok_or_else(|| bad("count overflow"))?;
+        if need > b.len() - r.at {
+            return Err(bad(&format!("declares {need} bytes of data but carries {}", b.len() - r.at)));
+        }
+        // the speculation counts sit right after the rows: read them before allocating anything
+        let tail = &b[r.at + need - 8..];
+        let nd = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as usize;
+        let nx = u32::from_le_bytes(tail[4..8].try_into().expect("4 bytes")) as usize;
+        let need = nd
+            .checked_mul(4)
+            .and_then(|d| d.checked_add(nx.checked_mul(8)?))
+            .and_then(|x| x.checked_add(need))
             .ok_or_else(|| bad("count overflow"))?;
         if need != b.len() - r.at {
             return Err(bad(&format!("declares {need} bytes of data but carries {}", b.len() - r.at)));
@@ -69,7 +93,11 @@ impl BatchMsg {
         let output = (0..n).map(|_| r.u8().expect("length checked") != 0).collect();
         let tokens = (0..nt).map(|_| r.i32().expect("length checked")).collect();
         let hidden = (0..nh).map(|_| f32::from_le_bytes(r.take(4).try_into().expect("4 bytes"))).collect();
-        Ok(BatchMsg { instance, stage, sample, pos, seq, output, tokens, hidden, reply_to })
+        r.take(8);
+        let draft = (0..nd).map(|_| r.i32().expect("length checked")).collect();
+        let trim = (0..nx).map(|_| (r.i32().expect("length checked"), r.i32().expect("length checked"))).collect();
+        let spec = Speculation { draft, trim };
+        Ok(BatchMsg { instance, stage, sample, pos, seq, output, tokens, hidden, spec, reply_to })
     }
 }
 
@@ -161,10 +189,18 @@ mod tests {
             output: vec![false, true],
             tokens: vec![],
             hidden: vec![0.5, -1.25, 3.0, 4.0],
+            spec: Speculation { draft: vec![4, -1], trim: vec![(3, 9)] },
             reply_to: "127.0.0.1:1".into(),
         };
         let b = m.encode();
         assert_eq!(BatchMsg::decode(&b).unwrap(), m);
+        let plain = BatchMsg { spec: Speculation::default(), ..m.clone() };
+        assert_eq!(BatchMsg::decode(&plain.encode()).unwrap(), plain);
+        // a draft count the bytes do not carry
+        let mut lying = b.clone();
+        let at = b.len() - 4 * 2 - 8 * 1 - 8;
+        lying[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(BatchMsg::decode(&lying).is_err());
         assert!(BatchMsg::decode(&b[..b.len() - 1]).is_err());
         assert!(BatchMsg::decode(&b[..10]).is_err());
         let mut huge = b.clone();

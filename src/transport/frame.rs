@@ -9,8 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const MAGIC: [u8; 4] = *b"EXO\x01";
 /// 2: Noise handshake and encrypted records (1 was plaintext); 3: embeddings and weight
-/// transfers (a node of version 2 would drop those messages silently).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// transfers (a node of version 2 would drop those messages silently); 4: speculative batches
+/// (drafts and trims in every forwarded batch).
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 20;
 /// Largest payload accepted: a 512-token batch of 16384-wide f32 hidden states is 32 MiB.
 pub const MAX_PAYLOAD: u32 = 64 << 20;

@@ -249,6 +249,7 @@ mod tests {
             output: vec![false, true],
             tokens: vec![],
             hidden: vec![0.5, -1.0, f32::NAN, 2.0],
+            spec: crate::engine::Speculation { draft: vec![7, -1], trim: vec![(0, 4)] },
             reply_to: "127.0.0.1:1".into(),
         };
         let refusal = LoadRefusal::Limit { node: "a".into(), field: "n_ctx".into(), value: 9, max: 1 };
