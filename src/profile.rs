@@ -117,8 +117,13 @@ pub fn measure_decode_gbps(cache_dir: &Path, threads: i32) -> Result<Probe, Prob
     let rt = tokio::runtime::Builder::new_current_thread().build().map_err(ProbeError::Runtime)?;
     let rounds = rt.block_on(async {
         use crate::engine::{Batch, BatchInput};
-        let step =
-            |pos: i32| Batch { input: BatchInput::Tokens(vec![1]), pos: vec![pos], seq: vec![0], output: vec![true], spec: Default::default() };
+        let step = |pos: i32| Batch {
+            input: BatchInput::Tokens(vec![1]),
+            pos: vec![pos],
+            seq: vec![0],
+            output: vec![true],
+            spec: Default::default(),
+        };
         stage.decode(step(0), false, false).await?; // pages in the weights
         let mut secs = Vec::with_capacity(ROUNDS);
         let mut pos = 1;

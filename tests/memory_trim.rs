@@ -82,6 +82,7 @@ fn cycles(path: &std::path::Path) {
             pos: (0..n as i32).collect(),
             seq: vec![0; n],
             output: (0..n).map(|i| i + 1 == n).collect(),
+            spec: Default::default(),
         };
         rt.block_on(s.decode(batch, true, false)).unwrap();
         peak = peak.max(rss());

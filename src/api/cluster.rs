@@ -145,6 +145,7 @@ fn instance_view(i: &Instance, here: &str) -> InstanceView {
         size: l.size,
         expires_in_seconds: expires,
         recoveries: i.recoveries(),
+        speculation: i.speculation(),
     }
 }
 

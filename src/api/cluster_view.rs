@@ -73,6 +73,9 @@ pub struct InstanceView {
     /// None: kept loaded for ever.
     pub expires_in_seconds: Option<u64>,
     pub recoveries: Vec<RecoveryRecord>,
+    /// Speculative decoding: the proposer, acceptance and tokens per verify.
+    #[serde(default)]
+    pub speculation: crate::runtime::speculate::SpecView,
 }
 
 /// Layers `[begin, end)` on a node: an instance's stage, or one of a placement `POST /instances`

@@ -73,6 +73,40 @@ pub async fn render(rt: &Arc<Runtime>) -> String {
         "counter",
         &per(&|i| i.recoveries().len() as f64),
     );
+    let spec: Vec<_> = instances.iter().map(|i| (l(&[("model", i.name().to_string())]), i.speculation())).collect();
+    let spec_family = |f: &dyn Fn(&crate::runtime::speculate::SpecView) -> Option<f64>| -> Vec<(Labels, f64)> {
+        spec.iter().filter_map(|(labels, v)| f(v).map(|x| (labels.clone(), x))).collect()
+    };
+    t.family(
+        "exo_spec_windows_total",
+        "Decode steps that verified speculative proposals.",
+        "counter",
+        &spec_family(&|v| Some(v.stats.windows as f64)),
+    );
+    t.family(
+        "exo_spec_proposed_tokens_total",
+        "Tokens proposed for verification.",
+        "counter",
+        &spec_family(&|v| Some(v.stats.proposed as f64)),
+    );
+    t.family(
+        "exo_spec_accepted_tokens_total",
+        "Proposed tokens the model's own sampling agreed with.",
+        "counter",
+        &spec_family(&|v| Some(v.stats.accepted as f64)),
+    );
+    t.family(
+        "exo_spec_acceptance_ratio",
+        "Share of proposed tokens accepted.",
+        "gauge",
+        &spec_family(&|v| v.acceptance),
+    );
+    t.family(
+        "exo_spec_tokens_per_verify",
+        "Tokens emitted per verify step that carried proposals.",
+        "gauge",
+        &spec_family(&|v| v.tokens_per_verify),
+    );
     let (mut compute, mut decodes, mut rows, mut sent) = (vec![], vec![], vec![], vec![]);
     let here = rt.here();
     for i in &instances {

@@ -342,6 +342,7 @@ async fn ps(State(state): State<AppState>) -> Response {
                 "expires_at": i.expires_at().map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
                 "size_vram": 0,
                 "context_length": l.n_ctx,
+                "exo_speculation": i.speculation(),
             })
         })
         .collect();

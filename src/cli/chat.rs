@@ -74,6 +74,8 @@ pub struct TurnStats {
     pub eval_count: usize,
     pub eval: Duration,
     pub total: Duration,
+    /// The instance's speculation totals so far (local runs).
+    pub speculation: Option<crate::runtime::speculate::SpecView>,
 }
 
 /// Where the turns are answered.
@@ -198,6 +200,17 @@ fn print_stats(s: &TurnStats) {
     eprintln!("eval count:           {} token(s)", s.eval_count);
     eprintln!("eval duration:        {}", fmt_dur(s.eval));
     eprintln!("eval rate:            {:.2} tokens/s", rate(s.eval_count.saturating_sub(1), s.eval));
+    if let Some(v) = s.speculation.as_ref().filter(|v| v.draft != "none") {
+        match (v.acceptance, v.tokens_per_verify) {
+            (Some(a), Some(t)) => eprintln!(
+                "speculation:          {}, {:.0}% of {} proposed tokens accepted, {t:.2} tokens per verify",
+                v.draft,
+                a * 100.0,
+                v.stats.proposed
+            ),
+            _ => eprintln!("speculation:          {}, nothing proposed yet", v.draft),
+        }
+    }
 }
 
 fn fmt_dur(d: Duration) -> String {

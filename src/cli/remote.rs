@@ -219,6 +219,7 @@ impl Backend for RemoteBackend {
                         eval_count: n("eval_count"),
                         eval: d("eval_duration"),
                         total: d("total_duration"),
+                        speculation: None,
                     });
                 }
             }

@@ -242,6 +242,7 @@ impl Backend for LocalBackend {
                         eval_count: stats.completion_tokens,
                         eval: stats.eval,
                         total: stats.total,
+                        speculation: self.runtime.instances().first().map(|i| i.speculation()),
                     });
                 }
                 Event::Failed(e) => return Err(e.into()),

@@ -127,6 +127,7 @@ mod tests {
             output: vec![true],
             tokens: vec![1],
             hidden: vec![],
+            spec: Default::default(),
             reply_to: a.peer_addr().to_string(),
         };
         // far more than a stage queue of 256 jobs held (which stalled every frame of the node)

@@ -80,6 +80,16 @@ impl Chain {
         sample: bool,
     ) -> Result<(Vec<Vec<f32>>, Vec<Token>), PipelineError> {
         let chunk = super::TokenChunk { tokens, pos, seq, output, spec: Default::default() };
+        self.decode_chunk(chunk, want_logits, sample).await
+    }
+
+    /// [`Chain::decode`] of a whole chunk, speculation included.
+    pub async fn decode_chunk(
+        &self,
+        chunk: super::TokenChunk,
+        want_logits: bool,
+        sample: bool,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Token>), PipelineError> {
         let rx = self.queue(chunk, want_logits, sample).await?;
         Self::answer(rx, self.stages.len()).await
     }

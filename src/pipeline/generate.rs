@@ -87,7 +87,13 @@ pub async fn generate<P: Pipeline + ?Sized>(
         if req.max_tokens.is_some_and(|m| generated >= m as usize) || pos + 1 >= n_ctx {
             break DoneReason::Length;
         }
-        let step = TokenChunk { tokens: vec![next], pos: vec![pos as i32], seq: vec![req.seq], output: vec![true], spec: Default::default() };
+        let step = TokenChunk {
+            tokens: vec![next],
+            pos: vec![pos as i32],
+            seq: vec![req.seq],
+            output: vec![true],
+            spec: Default::default(),
+        };
         let toks = chain.run(vec![step]).await?;
         pos += 1;
         next = sampled(toks)?;

@@ -395,7 +395,8 @@ impl Batcher {
             .count();
         // one group of sequences per batch in flight, so that every stage has work
         let group = decoding.div_ceil(self.cfg.depth.max(1)).max(1);
-        let mut chunk = TokenChunk { tokens: vec![], pos: vec![], seq: vec![], output: vec![], spec: Default::default() };
+        let mut chunk =
+            TokenChunk { tokens: vec![], pos: vec![], seq: vec![], output: vec![], spec: Default::default() };
         let (mut outputs, mut members) = (Vec::new(), Vec::new());
         // a wide batch is compute-bound already: proposals would cost more than they save
         let speculate = self.cfg.spec.on() && decoding <= self.cfg.spec.max_sequences;
@@ -420,7 +421,8 @@ impl Batcher {
                 Some(tuner) if speculate && room > 0 => tuner.window().min(room),
                 _ => 0,
             };
-            job.drafts = if k > 0 { propose(&job.req.prompt, &job.emitted, k, eog, job.req.ignore_eos) } else { vec![] };
+            job.drafts =
+                if k > 0 { propose(&job.req.prompt, &job.emitted, k, eog, job.req.ignore_eos) } else { vec![] };
             if let Some(p0) = job.trim.take() {
                 chunk.spec.trim.push((i as i32, p0 as i32));
             }

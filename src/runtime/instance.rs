@@ -44,6 +44,7 @@ pub(crate) struct Serving {
 
 pub struct Instance {
     pub loaded: Loaded,
+    spec: super::speculate::SpecConfig,
     /// Replaced when a node of the pipeline fails (see [`Instance::pipe`]).
     pipe: SharedPipe,
     /// The pipeline failed and could not be rebuilt: the next request loads the model anew.
@@ -84,6 +85,7 @@ impl Instance {
             batcher::Shared { pipe: pipe.clone(), counts: counts.clone(), shutdown, broken: broken.clone(), healer };
         tokio::spawn(batcher::run(cfg, rx, shared));
         Arc::new(Instance {
+            spec,
             loaded,
             pipe,
             broken,
@@ -179,6 +181,12 @@ impl Instance {
     /// Rebuilds of this instance's pipeline after a node failed (the latest last).
     pub fn recoveries(&self) -> Vec<super::RecoveryRecord> {
         self.counts.recoveries.records()
+    }
+
+    /// How this instance speculates and how well it pays.
+    pub fn speculation(&self) -> super::speculate::SpecView {
+        let proposer = if self.spec.on() { self.spec.proposer } else { super::speculate::Proposer::None };
+        super::speculate::SpecView::new(proposer, self.counts.spec.snapshot())
     }
 
     /// Requests waiting for a sequence.

@@ -20,8 +20,8 @@ pub mod preview;
 mod recovery;
 mod registry;
 pub mod request;
-pub mod speculate;
 mod session;
+pub mod speculate;
 mod thinking;
 mod tokens;
 pub mod validate;
@@ -67,6 +67,8 @@ pub struct Limits {
     /// Where speculative proposals come from (None: the default for `exact`, see
     /// [`Limits::spec`]).
     pub draft: Option<speculate::Proposer>,
+    /// Overrides the window and batch width that speculate (tests, benchmarks).
+    pub spec_tuning: Option<speculate::SpecConfig>,
 }
 
 impl Limits {
@@ -75,7 +77,11 @@ impl Limits {
     /// rows use other kernels than a single row, so near-ties could flip).
     pub fn spec(&self) -> speculate::SpecConfig {
         let default = if self.exact { speculate::Proposer::Ngram } else { speculate::Proposer::None };
-        speculate::SpecConfig::new(self.draft.unwrap_or(default))
+        let proposer = self.draft.unwrap_or(default);
+        match self.spec_tuning {
+            Some(t) => speculate::SpecConfig { proposer, ..t },
+            None => speculate::SpecConfig::new(proposer),
+        }
     }
 }
 
@@ -91,6 +97,7 @@ impl Default for Limits {
             max_tokens: None,
             exact: crate::engine::ContextParams::default().exact,
             draft: None,
+            spec_tuning: None,
         }
     }
 }

@@ -155,6 +155,30 @@ pub struct SpecCounters {
     pub emitted: std::sync::atomic::AtomicU64,
 }
 
+/// An instance's speculation as `/api/ps`, `/cluster` and the dashboard show it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecView {
+    /// The proposer (`none`, `ngram`).
+    pub draft: String,
+    #[serde(flatten)]
+    pub stats: SpecStats,
+    /// Share of proposed tokens accepted (None before any proposal).
+    pub acceptance: Option<f64>,
+    /// Tokens emitted per verify step that carried proposals.
+    pub tokens_per_verify: Option<f64>,
+}
+
+impl SpecView {
+    pub fn new(proposer: Proposer, stats: SpecStats) -> SpecView {
+        SpecView {
+            draft: proposer.name().into(),
+            acceptance: stats.acceptance(),
+            tokens_per_verify: stats.tokens_per_verify(),
+            stats,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpecStats {
     pub windows: u64,

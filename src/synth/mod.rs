@@ -89,11 +89,21 @@ pub struct ModelSpec {
     pub seed: u64,
     /// `{arch}.pooling_type` for embeddings (llama.cpp's values; None: not written).
     pub pooling_type: Option<u32>,
+    /// Standard deviation of `output.weight`: larger values give peaked next-token
+    /// distributions (text that repeats itself, as real models' often does).
+    pub output_std: f32,
 }
 
 /// Names accepted by [`preset`] (and `exo dev make-model --preset`).
-pub const PRESETS: &[&str] =
-    &["tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-qwen3moe", "tiny-llama-calm", "tinyllama-1b"];
+pub const PRESETS: &[&str] = &[
+    "tiny-llama",
+    "tiny-llama-tied",
+    "tiny-qwen2",
+    "tiny-qwen3moe",
+    "tiny-llama-calm",
+    "tiny-llama-peaked",
+    "tinyllama-1b",
+];
 
 /// Architectures the equivalence tests cover.
 pub const TEST_PRESETS: &[&str] = &["tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-qwen3moe"];
@@ -117,6 +127,7 @@ pub fn preset(name: &str) -> Option<ModelSpec> {
         layer_std: 0.05,
         seed: 42,
         pooling_type: None,
+        output_std: 0.05,
     };
     Some(match name {
         "tiny-llama" => tiny(Arch::Llama, false),
@@ -127,6 +138,9 @@ pub fn preset(name: &str) -> Option<ModelSpec> {
         // so text-comparing tests stay meaningful even with `exact: false` kernels (whose
         // batched and single decoding differ at the rounding level).
         "tiny-llama-calm" => ModelSpec { layer_std: 0.01, ..tiny(Arch::Llama, false) },
+        // Confident next-token distributions over a small vocabulary: sampled text falls into
+        // loops, which speculative proposals then predict (the speculation tests).
+        "tiny-llama-peaked" => ModelSpec { output_std: 1.0, ..tiny(Arch::Llama, false) },
         // TinyLlama-1.1B's shape (22 layers, 2048 wide, GQA 32/4, FFN 5632) with a small vocab.
         "tinyllama-1b" => ModelSpec {
             n_layer: 22,
@@ -173,6 +187,7 @@ pub fn real_shape(name: &str, weight_type: WeightType) -> Option<ModelSpec> {
         layer_std: 0.05,
         seed: 0,
         pooling_type: None,
+        output_std: 0.05,
     };
     Some(match name {
         "llama-3.1-8b" => ModelSpec { n_layer: 32, n_embd: 4096, n_head: 32, n_ff: 14336, ..base },
@@ -297,6 +312,8 @@ fn fill_tensor(spec: &ModelSpec, embd_std: f32, t: &TensorSpec, out: &mut dyn Wr
         embd_std
     } else if t.name.starts_with("blk.") {
         spec.layer_std
+    } else if t.name.starts_with("output.weight") {
+        spec.output_std
     } else {
         0.05
     };

@@ -23,22 +23,52 @@ fn linked_llama_cpp_has_current_patches() {
 async fn later_stage_refuses_tokens_and_first_stage_refuses_hidden_states() {
     let path = common::model("tiny-llama");
     let later = load(ModelWindow::layers(&path, 4, 8)).unwrap();
-    let b = Batch { input: BatchInput::Tokens(vec![1, 2]), pos: vec![0, 1], seq: vec![0, 0], output: vec![true, true], spec: Default::default() };
+    let b = Batch {
+        input: BatchInput::Tokens(vec![1, 2]),
+        pos: vec![0, 1],
+        seq: vec![0, 0],
+        output: vec![true, true],
+        spec: Default::default(),
+    };
     let err = later.decode(b, true, false).await.unwrap_err();
     assert!(matches!(err, EngineError::TokensOnLaterStage { begin: 4, end: 8 }), "{err}");
     assert!(err.to_string().contains("hidden states"), "{err}");
 
     let first = load(ModelWindow::layers(&path, 0, 4)).unwrap();
     let n_embd = first.info().n_embd;
-    let b = Batch { input: BatchInput::Hidden(vec![0.0; n_embd]), pos: vec![0], seq: vec![0], output: vec![true], spec: Default::default() };
+    let b = Batch {
+        input: BatchInput::Hidden(vec![0.0; n_embd]),
+        pos: vec![0],
+        seq: vec![0],
+        output: vec![true],
+        spec: Default::default(),
+    };
     assert!(matches!(first.decode(b, false, false).await, Err(EngineError::HiddenOnFirstStage)));
 
     // wrong hidden width and out-of-vocabulary tokens are refused, and the stages keep working
-    let b = Batch { input: BatchInput::Hidden(vec![0.0; 3]), pos: vec![0], seq: vec![0], output: vec![true], spec: Default::default() };
+    let b = Batch {
+        input: BatchInput::Hidden(vec![0.0; 3]),
+        pos: vec![0],
+        seq: vec![0],
+        output: vec![true],
+        spec: Default::default(),
+    };
     assert!(matches!(later.decode(b, false, false).await, Err(EngineError::InvalidBatch { .. })));
-    let b = Batch { input: BatchInput::Tokens(vec![1_000_000]), pos: vec![0], seq: vec![0], output: vec![true], spec: Default::default() };
+    let b = Batch {
+        input: BatchInput::Tokens(vec![1_000_000]),
+        pos: vec![0],
+        seq: vec![0],
+        output: vec![true],
+        spec: Default::default(),
+    };
     assert!(matches!(first.decode(b, false, false).await, Err(EngineError::InvalidBatch { .. })));
-    let b = Batch { input: BatchInput::Tokens(vec![1, 2]), pos: vec![0, 1], seq: vec![0, 0], output: vec![true, true], spec: Default::default() };
+    let b = Batch {
+        input: BatchInput::Tokens(vec![1, 2]),
+        pos: vec![0, 1],
+        seq: vec![0, 0],
+        output: vec![true, true],
+        spec: Default::default(),
+    };
     assert!(first.decode(b, false, false).await.is_ok());
 }
 

@@ -80,12 +80,24 @@ async fn perturbed_hidden_state_changes_logits() {
         async move {
             chain.clear().await.unwrap();
             let st = chain.stages();
-            let b = Batch { input: BatchInput::Tokens(toks), pos: pos.clone(), seq: vec![0; n], output: vec![true; n], spec: Default::default() };
+            let b = Batch {
+                input: BatchInput::Tokens(toks),
+                pos: pos.clone(),
+                seq: vec![0; n],
+                output: vec![true; n],
+                spec: Default::default(),
+            };
             let DecodeOutput::Hidden(mut h) = st[0].decode(b, false, false).await.unwrap() else {
                 panic!("expected hidden")
             };
             h[0] += delta;
-            let b = Batch { input: BatchInput::Hidden(h), pos, seq: vec![0; n], output: vec![true; n], spec: Default::default() };
+            let b = Batch {
+                input: BatchInput::Hidden(h),
+                pos,
+                seq: vec![0; n],
+                output: vec![true; n],
+                spec: Default::default(),
+            };
             let DecodeOutput::Last { logits, .. } = st[1].decode(b, true, false).await.unwrap() else {
                 panic!("expected logits")
             };

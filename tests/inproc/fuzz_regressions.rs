@@ -194,6 +194,7 @@ async fn write_seeds() {
         output: vec![false, true],
         tokens: vec![],
         hidden: vec![0.5; 8],
+        spec: Default::default(),
         reply_to: "127.0.0.1:1".into(),
     }
     .encode();

@@ -23,5 +23,6 @@ mod placement;
 mod real_cluster;
 mod real_model;
 mod runtime;
+mod speculation;
 mod store;
 mod window_io;

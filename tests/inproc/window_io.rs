@@ -36,6 +36,7 @@ async fn middle_stage_reads_only_its_window() {
         pos: vec![0, 1, 2, 3],
         seq: vec![0; 4],
         output: vec![true; 4],
+        spec: Default::default(),
     };
     stage.decode(batch, false, false).await.unwrap();
     let read = rchar() - before;

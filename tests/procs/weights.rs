@@ -79,7 +79,8 @@ async fn run_window(path: &Path, b: u32, e: u32, n_layer: u32) -> Vec<f32> {
     } else {
         BatchInput::Hidden((0..4 * n_embd).map(|i| ((i % 17) as f32 - 8.0) * 0.05).collect())
     };
-    let batch = Batch { input, pos: vec![0, 1, 2, 3], seq: vec![0; 4], output: vec![true; 4], spec: Default::default() };
+    let batch =
+        Batch { input, pos: vec![0, 1, 2, 3], seq: vec![0; 4], output: vec![true; 4], spec: Default::default() };
     match stage.decode(batch, e == n_layer, false).await.unwrap() {
         DecodeOutput::Hidden(h) => h,
         DecodeOutput::Last { logits, .. } => logits.concat(),
