@@ -242,9 +242,14 @@ impl Procs {
 
     /// Loads the model with this placement (through the first node).
     pub async fn place(&self, placement: Value) {
+        self.place_via(0, placement).await
+    }
+
+    /// Loads the model with this placement through node `i` (its coordinator).
+    pub async fn place_via(&self, i: usize, placement: Value) {
         let r = self
             .http
-            .post(format!("{}/instances", self.nodes[0].base()))
+            .post(format!("{}/instances", self.nodes[i].base()))
             .json(&json!({ "model": self.model, "placement": placement }))
             .send()
             .await
@@ -260,9 +265,14 @@ impl Procs {
 
     /// A streaming greedy completion through the first node.
     pub fn client(&self) -> Client {
+        self.client_at(0)
+    }
+
+    /// The same through node `i`.
+    pub fn client_at(&self, i: usize) -> Client {
         Client {
             http: self.http.clone(),
-            base: self.nodes[0].base(),
+            base: self.nodes[i].base(),
             eos: self.eos,
             model: self.model,
             sampling: json!({ "temperature": 0 }),

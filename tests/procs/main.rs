@@ -13,6 +13,7 @@ mod cluster_surface;
 mod placement_holdings;
 mod profile_probe;
 mod recovery;
+mod speculation;
 mod weights;
 mod weights_big;
 mod weights_hub;
