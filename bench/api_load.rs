@@ -3,6 +3,8 @@
 //! tiny-llama; BENCH_CLIENTS=32, BENCH_REQUESTS=4 per client, BENCH_TOKENS=32, BENCH_PARALLEL=4,
 //! BENCH_QUEUE=32).
 
+#[path = "common.rs"]
+mod common;
 #[path = "../tests/common/load.rs"]
 mod load;
 
@@ -31,8 +33,7 @@ async fn main() {
         }
     };
     let name = "bench-model";
-    std::os::unix::fs::symlink(std::fs::canonicalize(&model).unwrap(), dir.path().join(format!("{name}.gguf")))
-        .unwrap();
+    common::link_model(&model, &dir.path().join(format!("{name}.gguf")));
     let mut store = Store::from_env();
     store.dirs = vec![dir.path().to_path_buf()];
     store.read_only = vec![];

@@ -12,7 +12,7 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{bench_model, env_or, free_port, median, Kill};
+use common::{bench_model, env_or, free_port, link_model, median, Kill};
 use exo::engine::{LayerRange, SamplingParams};
 use exo::runtime::{Event, Forced, GenRequest, Input, Limits, LoadOptions, ModelRef, Runtime};
 use std::process::{Command, Stdio};
@@ -121,7 +121,7 @@ async fn main() {
     let (reps, threads, tg) = (env_or("BENCH_REPS", 3usize), env_or("BENCH_THREADS", 2u32), env_or("BENCH_TG", 64u64));
     let model_path = bench_model();
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(std::fs::canonicalize(&model_path).unwrap(), dir.path().join("bench.gguf")).unwrap();
+    link_model(&model_path, &dir.path().join("bench.gguf"));
     let model = ModelRef::Name("bench".into());
     let store = || {
         let mut s = exo::store::Store::from_env();

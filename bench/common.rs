@@ -109,3 +109,18 @@ pub async fn wait_cluster(http: &reqwest::Client, base: &str, pred: impl Fn(serd
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Links `model` into a models dir as `to`, and lets every node and store of this benchmark
+/// follow links into the model's dir (`EXO_LINK_TARGETS`: links pointing outside the models dirs
+/// are not models otherwise). Call before any thread or process starts.
+pub fn link_model(model: &std::path::Path, to: &std::path::Path) {
+    let model = std::fs::canonicalize(model).unwrap();
+    let dir = model.parent().unwrap().to_path_buf();
+    let mut targets: Vec<PathBuf> =
+        std::env::var_os("EXO_LINK_TARGETS").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
+    if !targets.contains(&dir) {
+        targets.push(dir);
+        std::env::set_var("EXO_LINK_TARGETS", std::env::join_paths(targets).unwrap());
+    }
+    std::os::unix::fs::symlink(&model, to).unwrap();
+}

@@ -69,7 +69,7 @@ async fn main() {
     let mut prefill_rows = Vec::new();
     for (label, bw, delay) in links {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(std::fs::canonicalize(&model).unwrap(), dir.path().join("bench.gguf")).unwrap();
+        link_model(&model, &dir.path().join("bench.gguf"));
         let (peer, relays, apis) = ([free_port(), free_port()], [free_port(), free_port()], [free_port(), free_port()]);
         for i in 0..2 {
             let listen = TcpListener::bind(("127.0.0.1", relays[i])).await.unwrap();

@@ -12,7 +12,7 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{bench_model, env_or, free_port, median};
+use common::{bench_model, env_or, free_port, link_model, median};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,7 +80,7 @@ struct Cluster {
 impl Cluster {
     async fn start(model: &Path) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(model, dir.path().join("bench-model.gguf")).unwrap();
+        link_model(&model, &dir.path().join("bench-model.gguf"));
         let g = exo::gguf::GgufFile::open(model).unwrap();
         let eos = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).unwrap_or(0);
         let files = exo::gguf::ModelFiles::open(model).unwrap();
