@@ -156,6 +156,8 @@ enum Done {
         outputs: Vec<usize>,
         members: Vec<usize>,
         result: Result<Vec<Token>, PipelineError>,
+        /// Rows and seconds of a batch without prompt rows (what a decode step costs).
+        step: Option<(usize, f64)>,
     },
     Freed {
         slot: usize,
@@ -188,6 +190,8 @@ struct Batcher {
     tasks: JoinSet<Done>,
     batches: usize,
     tick: u64,
+    /// What a decode step costs here, for the speculation windows.
+    step_cost: super::speculate::StepCost,
 }
 
 /// What the batcher shares with its instance.
@@ -222,6 +226,7 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
         tasks: JoinSet::new(),
         batches: 0,
         tick: 0,
+        step_cost: Default::default(),
     };
     let mut open = true;
     // a timer that outlives each turn of the loop: busy turns must not keep resetting it
@@ -400,7 +405,7 @@ impl Batcher {
         let (mut outputs, mut members) = (Vec::new(), Vec::new());
         // a wide batch is compute-bound already: proposals would cost more than they save
         let speculate = self.cfg.spec.on() && decoding <= self.cfg.spec.max_sequences;
-        let (n_ctx, eog) = (self.cfg.n_ctx_seq as usize, &self.eog);
+        let (n_ctx, eog, cost) = (self.cfg.n_ctx_seq as usize, &self.eog, self.step_cost.model());
         let mut drafted = false;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if members.len() >= group.min(n_batch) || chunk.tokens.len() >= n_batch {
@@ -415,10 +420,10 @@ impl Batcher {
             // the window never outruns the sequence's limits, so it only ends early on an
             // end-of-generation token
             let room = (n_batch - chunk.tokens.len() - 1)
-                .min((job.req.max_tokens - job.generated).saturating_sub(1) as usize)
+                .min(job.req.max_tokens.saturating_sub(job.generated).saturating_sub(1) as usize)
                 .min(n_ctx.saturating_sub(pos + 2));
             let k = match job.tuner.as_mut() {
-                Some(tuner) if speculate && room > 0 => tuner.window().min(room),
+                Some(tuner) if speculate && room > 0 => tuner.window(cost).min(room),
                 _ => 0,
             };
             job.drafts =
@@ -484,10 +489,16 @@ impl Batcher {
             chunk.spec.draft.clear();
         }
         let sample = !outputs.is_empty();
+        let (rows, decode_only) = (chunk.tokens.len(), chunk.output.iter().all(|&o| o));
+        let t0 = std::time::Instant::now();
         match current(&self.pipe).submit(chunk, sample).await {
             Ok(pending) => {
                 self.batches += 1;
-                self.tasks.spawn(async move { Done::Batch { outputs, members, result: pending.await } });
+                self.tasks.spawn(async move {
+                    let result = pending.await;
+                    let step = decode_only.then(|| (rows, t0.elapsed().as_secs_f64()));
+                    Done::Batch { outputs, members, result, step }
+                });
             }
             Err(e) => self.fail(&members, e),
         }
@@ -527,8 +538,12 @@ impl Batcher {
                     }
                 }
             }
-            Done::Batch { outputs, members, result } => {
+            Done::Batch { outputs, members, result, step } => {
                 self.batches -= 1;
+                if let (Some((rows, secs)), true) = (step, result.is_ok()) {
+                    self.step_cost.observe(rows, secs);
+                    tracing::debug!(rows, ms = secs * 1e3, model = ?self.step_cost.model(), "decode step");
+                }
                 for &i in &members {
                     if let Some(j) = self.slots[i].job.as_mut() {
                         j.in_flight -= 1;

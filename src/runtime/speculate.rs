@@ -90,34 +90,102 @@ pub fn ngram(history: &[Token], k: usize) -> Vec<Token> {
     Vec::new()
 }
 
-/// One sequence's speculation: the window it is worth now, learnt from what was accepted.
+/// What a decode step costs, learnt from the steps the batcher sees: `time = fixed + per_row *
+/// rows` by least squares over recent steps (older ones weigh less). In one process extra rows
+/// cost compute; across slow links the fixed trip dominates and long windows are cheap.
+#[derive(Clone, Debug, Default)]
+pub struct StepCost {
+    n: f64,
+    sr: f64,
+    st: f64,
+    srr: f64,
+    srt: f64,
+}
+
+/// Weight of the previous steps at each new one.
+const COST_DECAY: f64 = 0.97;
+/// An extra row's cost relative to a step's fixed part until steps of different widths were seen.
+const PRIOR_ROW_SHARE: f64 = 0.2;
+
+impl StepCost {
+    /// A step of `rows` rows (no prompt rows) answered after `secs`.
+    pub fn observe(&mut self, rows: usize, secs: f64) {
+        let r = rows as f64;
+        for v in [&mut self.n, &mut self.sr, &mut self.st, &mut self.srr, &mut self.srt] {
+            *v *= COST_DECAY;
+        }
+        self.n += 1.0;
+        self.sr += r;
+        self.st += secs;
+        self.srr += r * r;
+        self.srt += r * secs;
+    }
+
+    /// (fixed, per_row) in seconds; None before any step.
+    pub fn model(&self) -> Option<(f64, f64)> {
+        if self.n < 1.0 {
+            return None;
+        }
+        let (mr, mt) = (self.sr / self.n, self.st / self.n);
+        let var = self.srr / self.n - mr * mr;
+        let per_row = if var > 0.25 {
+            ((self.srt / self.n - mr * mt) / var).max(0.0)
+        } else {
+            mt / (1.0 / PRIOR_ROW_SHARE + mr) // no spread in widths yet: the prior share
+        };
+        Some(((mt - per_row * mr).max(per_row * 0.1), per_row))
+    }
+}
+
+/// One sequence's speculation: how likely its proposals are taken, and the window worth that.
 #[derive(Clone, Debug)]
 pub struct Tuner {
-    window: usize,
     max: usize,
-    /// Windows in a row that proposed something and had nothing accepted.
-    misses: u32,
-    /// Steps to decode plainly before proposing again (the off-switch), and the next pause.
+    /// Proposed tokens taken, and windows that ended on a miss (recent ones weigh more): the
+    /// chance a proposal is taken is `taken / (taken + missed)`.
+    taken: f64,
+    missed: f64,
+    /// Plain steps before proposals are tried again (the off-switch), and the next such pause.
     pause: u32,
     backoff: u32,
 }
 
-/// Misses in a row that pause speculation, and the longest pause (steps).
-const MISSES_TO_PAUSE: u32 = 2;
+/// Weight of the previous windows at each new one.
+const ACCEPT_DECAY: f64 = 0.8;
+/// The longest pause (steps) between probes of a sequence whose proposals do not pay.
 const MAX_PAUSE: u32 = 64;
 
 impl Tuner {
     pub fn new(max: usize) -> Tuner {
-        Tuner { window: max.min(4).max(1), max: max.max(1), misses: 0, pause: 0, backoff: 4 }
+        Tuner { max: max.max(1), taken: 1.0, missed: 1.0, pause: 0, backoff: 4 }
     }
 
-    /// Tokens to propose this step (0: decode one token plainly).
-    pub fn window(&mut self) -> usize {
+    /// The chance that a proposal is taken (given the ones before it were).
+    pub fn acceptance(&self) -> f64 {
+        self.taken / (self.taken + self.missed)
+    }
+
+    /// Tokens to propose this step (0: decode one token plainly): the window that gives the
+    /// most tokens per second expected, a window of `k` costing `fixed + per_row * (1 + k)` and
+    /// giving `1 + a + a^2 + ... + a^k` tokens. When nothing pays, plain steps for a while, then
+    /// one probe.
+    pub fn window(&mut self, cost: Option<(f64, f64)>) -> usize {
         if self.pause > 0 {
             self.pause -= 1;
-            return 0;
+            return if self.pause == 0 { 1 } else { 0 };
         }
-        self.window
+        let a = self.acceptance();
+        let (fixed, per_row) = cost.unwrap_or((1.0, PRIOR_ROW_SHARE));
+        let rate = |k: usize| {
+            let tokens = (0..=k).map(|i| a.powi(i as i32)).sum::<f64>();
+            tokens / (fixed + per_row * (1 + k) as f64)
+        };
+        let best = (0..=self.max).max_by(|&x, &y| rate(x).total_cmp(&rate(y))).unwrap_or(0);
+        if best == 0 {
+            self.pause = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_PAUSE);
+        }
+        best
     }
 
     /// A window of `proposed` tokens had its first `accepted` taken.
@@ -125,20 +193,9 @@ impl Tuner {
         if proposed == 0 {
             return;
         }
-        if accepted == proposed {
-            self.window = (self.window * 2).min(self.max);
-        } else {
-            self.window = (accepted + 1).clamp(1, self.max);
-        }
-        if accepted == 0 {
-            self.misses += 1;
-            if self.misses >= MISSES_TO_PAUSE {
-                self.pause = self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_PAUSE);
-                self.misses = 0;
-            }
-        } else {
-            self.misses = 0;
+        self.taken = self.taken * ACCEPT_DECAY + accepted as f64;
+        self.missed = self.missed * ACCEPT_DECAY + (accepted < proposed) as u32 as f64;
+        if accepted > 0 {
             self.backoff = 4;
         }
     }
@@ -239,28 +296,56 @@ mod tests {
     }
 
     #[test]
-    fn the_tuner_grows_on_acceptance_and_pauses_on_misses() {
+    fn the_window_follows_acceptance_and_the_cost_of_rows() {
+        // slow links: a step is mostly its fixed trip, rows are cheap
+        let link = Some((0.050, 0.0005));
+        // in one process: a row costs a fifth of a step
+        let local = Some((0.010, 0.002));
         let mut t = Tuner::new(8);
-        assert_eq!(t.window(), 4);
-        t.verified(4, 4);
-        assert_eq!(t.window(), 8);
-        t.verified(8, 8);
-        assert_eq!(t.window(), 8, "capped");
-        t.verified(8, 2);
-        assert_eq!(t.window(), 3);
-        t.verified(3, 0);
+        for _ in 0..10 {
+            t.verified(8, 8);
+        }
+        assert!(t.acceptance() > 0.9);
+        assert_eq!(t.window(link), 8);
+        assert!(t.window(local) >= 4);
+        // proposals that are often wrong: short windows
+        let mut t = Tuner::new(8);
+        for _ in 0..10 {
+            t.verified(2, 0);
+            t.verified(2, 1);
+        }
+        let a = t.acceptance();
+        assert!((0.2..0.5).contains(&a), "{a}");
+        assert!((1..=4).contains(&t.window(link)));
+        assert_eq!(t.window(local), 1);
+        // proposals that are always wrong: not worth a row in one process
+        for _ in 0..10 {
+            t.verified(2, 0);
+        }
+        assert_eq!(t.window(local), 0, "not worth it");
+        // the off-switch: plain steps, then one probe, with longer pauses while nothing is taken
+        assert_eq!((0..3).map(|_| t.window(local)).collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!(t.window(local), 1, "a probe after the pause");
         t.verified(1, 0);
-        // two misses in a row: plain steps for a while, then proposals again
-        let paused = (0..4).map(|_| t.window()).collect::<Vec<_>>();
-        assert_eq!(paused, [0, 0, 0, 0]);
-        assert_eq!(t.window(), 1);
-        // missing again doubles the pause
-        t.verified(1, 0);
-        t.verified(1, 0);
-        assert_eq!((0..8).filter(|_| t.window() == 0).count(), 8);
-        assert_eq!(t.window(), 1);
+        assert_eq!(t.window(local), 0);
+        assert_eq!((0..7).filter(|_| t.window(local) == 0).count(), 7, "the pause doubled");
         t.verified(0, 0); // nothing proposed: nothing learnt
-        assert_eq!(t.window(), 1);
+    }
+
+    #[test]
+    fn step_cost_is_fitted_from_steps_of_different_widths() {
+        let mut c = StepCost::default();
+        assert!(c.model().is_none());
+        for rows in [1, 3, 5, 1, 9, 2] {
+            c.observe(rows, 0.010 + 0.002 * rows as f64);
+        }
+        let (fixed, per_row) = c.model().unwrap();
+        assert!((fixed - 0.010).abs() < 1e-6 && (per_row - 0.002).abs() < 1e-6, "{fixed} {per_row}");
+        // one width only: the prior share
+        let mut c = StepCost::default();
+        c.observe(1, 0.012);
+        let (fixed, per_row) = c.model().unwrap();
+        assert!((fixed + per_row - 0.012).abs() < 1e-9 && per_row < fixed);
     }
 
     #[test]
