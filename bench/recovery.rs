@@ -80,7 +80,7 @@ struct Cluster {
 impl Cluster {
     async fn start(model: &Path) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        link_model(&model, &dir.path().join("bench-model.gguf"));
+        link_model(model, &dir.path().join("bench-model.gguf"));
         let g = exo::gguf::GgufFile::open(model).unwrap();
         let eos = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).unwrap_or(0);
         let files = exo::gguf::ModelFiles::open(model).unwrap();

@@ -26,7 +26,7 @@ struct Pair {
 
 fn pair(label: &'static str, model: &std::path::Path, threads: u32, plaintext: bool) -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    link_model(&model, &dir.path().join("bench.gguf"));
+    link_model(model, &dir.path().join("bench.gguf"));
     let (peer, api) = ([free_port(), free_port()], [free_port(), free_port()]);
     let mut kids = Kill(vec![]);
     for i in 0..2 {

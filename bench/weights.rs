@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 /// Two nodes behind relays that pace every byte between them to `bw`; a holds the model.
 async fn cold_cluster(model: &Path, bw: f64, da: &Path, db: &Path, config: &Path) -> (Kill, String) {
-    link_model(&model, &da.join("bench.gguf"));
+    link_model(model, &da.join("bench.gguf"));
     let (peer, relays, apis) = ([free_port(), free_port()], [free_port(), free_port()], [free_port(), free_port()]);
     for i in 0..2 {
         let listen = TcpListener::bind(("127.0.0.1", relays[i])).await.unwrap();

@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(BatchMsg::decode(&plain.encode()).unwrap(), plain);
         // a draft count the bytes do not carry
         let mut lying = b.clone();
-        let at = b.len() - 4 * 2 - 8 * 1 - 8;
+        let at = b.len() - 2 * 4 - 8 - 8; // two drafts, one trim, the two counts
         lying[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(BatchMsg::decode(&lying).is_err());
         assert!(BatchMsg::decode(&b[..b.len() - 1]).is_err());
