@@ -8,7 +8,8 @@
 //! eval_count / eval_duration; acceptance and tokens per verify from `/api/ps`.
 //!
 //! `cargo bench --bench spec` (env: BENCH_MODEL (default: the cached SmolLM2), BENCH_TOKENS=128,
-//! BENCH_REPS=3, BENCH_THREADS=2, BENCH_LINKS=0.3,5,25).
+//! BENCH_REPS=3, BENCH_THREADS=2, BENCH_LINKS=0.3,5,25; BENCH_DRAFT=<gguf>: that draft model
+//! proposes instead of n-gram lookup).
 
 #[path = "common.rs"]
 mod common;
@@ -76,6 +77,9 @@ async fn main() {
         .collect();
     let model = model();
     assert!(model.exists(), "{} is missing (scripts/fetch-test-model.sh or BENCH_MODEL)", model.display());
+    // BENCH_DRAFT: a draft model (same vocabulary) proposes on node a instead of n-gram lookup
+    let draft = std::env::var("BENCH_DRAFT").ok().map(std::path::PathBuf::from);
+    let proposer = if draft.is_some() { "bench-draft".to_string() } else { "ngram".to_string() };
     let shape = exo::gguf::ModelShape::from_files(&exo::gguf::ModelFiles::open(&model).unwrap()).unwrap();
     let l = shape.n_layer;
     let prompts = [("a. code edit", CODE), ("b. summary", SUMMARY), ("c. free chat", CHAT)];
@@ -84,6 +88,9 @@ async fn main() {
         let delay = Duration::from_secs_f64(ms / 1e3);
         let dir = tempfile::tempdir().unwrap();
         link_model(&model, &dir.path().join("bench.gguf"));
+        if let Some(d) = &draft {
+            link_model(d, &dir.path().join("bench-draft.gguf"));
+        }
         let (peer, relays, apis) = ([free_port(), free_port()], [free_port(), free_port()], [free_port(), free_port()]);
         for i in 0..2 {
             let listen = TcpListener::bind(("127.0.0.1", relays[i])).await.unwrap();
@@ -98,7 +105,7 @@ async fn main() {
                     .args(["--advertise-addr", &format!("127.0.0.1:{}", relays[i])])
                     .args(["--peers", &format!("127.0.0.1:{}", relays[1 - i])])
                     .args(["--node-name", ["a", "b"][i], "--threads", &threads.to_string(), "--parallel", "1"])
-                    .args(["--exact", "--draft", ["ngram", "none"][i]])
+                    .args(["--exact", "--draft", [proposer.as_str(), "none"][i]])
                     .env("EXO_MODELS_DIRS", dir.path())
                     .env("HOME", dir.path())
                     .env("EXO_DECODE_GBPS", "10")
@@ -166,7 +173,12 @@ async fn main() {
     }
     println!("model: {} ({:.0} MB); --exact; greedy, {tokens} tokens per answer; {threads} threads per process; medians of {reps}", model.display(), std::fs::metadata(&model).unwrap().len() as f64 / 1e6);
     println!();
-    println!("| setup | prompt | plain tok/s | ngram tok/s | ngram runs | speed-up | acceptance | tokens per verify |");
+    if let Some(d) = &draft {
+        println!("draft model: {}", d.display());
+        println!();
+    }
+    let p = if draft.is_some() { "draft" } else { "ngram" };
+    println!("| setup | prompt | plain tok/s | {p} tok/s | {p} runs | speed-up | acceptance | tokens per verify |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (p, s) = (median(r.plain.clone()), median(r.spec.clone()));

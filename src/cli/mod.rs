@@ -180,13 +180,20 @@ fn init_tracing(verbosity: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// `--draft`: `auto` (None: the runtime's default for the numerics chosen) or a proposer.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DraftArg(pub Option<crate::runtime::speculate::Proposer>);
+/// `--draft`: `auto` (None: the runtime's default for the numerics chosen), a proposer, or the
+/// name of a draft model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DraftArg(pub Option<crate::runtime::speculate::Proposer>, pub Option<String>);
 
 pub(crate) fn parse_draft(s: &str) -> Result<DraftArg, String> {
-    if s.trim().eq_ignore_ascii_case("auto") {
-        return Ok(DraftArg(None));
+    use crate::runtime::speculate::Proposer;
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(DraftArg(None, None));
     }
-    s.parse().map(|p| DraftArg(Some(p)))
+    match s.parse::<Proposer>() {
+        Ok(p) => Ok(DraftArg(Some(p), None)),
+        Err(_) if s.is_empty() => Err("a proposer (none, ngram) or a model's name".into()),
+        Err(_) => Ok(DraftArg(Some(Proposer::Model), Some(s.to_string()))),
+    }
 }

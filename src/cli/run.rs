@@ -39,7 +39,14 @@ async fn run_async(a: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut limits = Limits { parallel: 1, queue: 1, exact: a.exact, draft: a.draft.0, ..Limits::default() };
+    let mut limits = Limits {
+        parallel: 1,
+        queue: 1,
+        exact: a.exact,
+        draft: a.draft.0,
+        draft_model: a.draft.1.clone(),
+        ..Limits::default()
+    };
     if let Some(t) = a.threads {
         limits.threads = t;
     }

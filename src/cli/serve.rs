@@ -39,8 +39,9 @@ pub struct ServeArgs {
     #[arg(long, env = "EXO_EXACT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub exact: bool,
     /// Speculative decoding: `ngram` proposes tokens from the text so far (prompt lookup) and
-    /// verifies several per step; `none` decodes one token per step; `auto` (default): `ngram`
-    /// with --exact (the output is unchanged), `none` without.
+    /// verifies several per step; a model's name: that small model (same vocabulary) proposes;
+    /// `none` decodes one token per step; `auto` (default): `ngram` with --exact (the output is
+    /// unchanged), `none` without.
     #[arg(long, env = "EXO_DRAFT", default_value = "auto", value_parser = super::parse_draft)]
     pub draft: super::DraftArg,
     /// Where peers connect (node-to-node traffic).
@@ -92,6 +93,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_tokens: a.max_tokens_cap.filter(|n| *n > 0),
         exact: a.exact,
         draft: a.draft.0,
+        draft_model: a.draft.1.clone(),
         ..Limits::default()
     };
     if let Some(t) = a.threads {

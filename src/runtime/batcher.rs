@@ -13,6 +13,7 @@
 //! instance whose placement the search chose moves the same way when the cluster now offers one
 //! predicted [`MOVE_WHEN_FASTER`] times as fast.
 
+use super::draft::{Draft, DraftKv};
 use super::error::RuntimeError;
 use super::heal::{Healer, MOVE_WHEN_FASTER};
 use super::speculate::{SpecConfig, SpecCounters, Tuner};
@@ -98,6 +99,8 @@ enum Phase {
     Ready(Token),
     /// Lent to a caller that decodes on it directly.
     Leased,
+    /// The draft model is proposing what follows this token (decoded next).
+    Drafting(Token),
 }
 
 struct Job {
@@ -123,6 +126,9 @@ struct Job {
     drafts: Vec<Token>,
     /// Positions from here on hold rejected proposals: the next batch drops them first.
     trim: Option<usize>,
+    /// The draft model's proposals for the next step, and what its KV holds for this sequence.
+    proposed: Option<Vec<Token>>,
+    draft_kv: DraftKv,
 }
 
 impl Job {
@@ -162,6 +168,12 @@ enum Done {
     Freed {
         slot: usize,
     },
+    /// The draft model's proposals for the job of `ticket`.
+    Drafted {
+        slot: usize,
+        ticket: u64,
+        result: Result<(Vec<Token>, DraftKv), PipelineError>,
+    },
     Recovered(Result<(Arc<dyn Pipe>, f64), RuntimeError>),
     /// The predicted tokens/s of the best placement now.
     Faster(Option<f64>),
@@ -192,6 +204,7 @@ struct Batcher {
     tick: u64,
     /// What a decode step costs here, for the speculation windows.
     step_cost: super::speculate::StepCost,
+    draft: Option<Arc<Draft>>,
 }
 
 /// What the batcher shares with its instance.
@@ -201,11 +214,13 @@ pub(crate) struct Shared {
     pub shutdown: Arc<AtomicBool>,
     pub broken: Arc<AtomicBool>,
     pub healer: Option<Healer>,
+    /// The draft model, when one proposes.
+    pub draft: Option<Arc<Draft>>,
 }
 
 /// Runs until the instance is dropped (its request channel closes) and every sequence ended.
 pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared: Shared) {
-    let Shared { pipe, counts, shutdown, broken, healer } = shared;
+    let Shared { pipe, counts, shutdown, broken, healer, draft } = shared;
     let eog = current(&pipe).info().eog_tokens.clone();
     let slots = (0..cfg.n_seq).map(|_| Slot::default()).collect();
     let mut b = Batcher {
@@ -227,6 +242,7 @@ pub(crate) async fn run(cfg: Config, mut rx: mpsc::Receiver<SeqRequest>, shared:
         batches: 0,
         tick: 0,
         step_cost: Default::default(),
+        draft,
     };
     let mut open = true;
     // a timer that outlives each turn of the loop: busy turns must not keep resetting it
@@ -313,6 +329,8 @@ impl Batcher {
                 tuner: (self.cfg.spec.on() && !req_lease).then(|| Tuner::new(self.cfg.spec.max_window)),
                 drafts: Vec::new(),
                 trim: None,
+                proposed: None,
+                draft_kv: DraftKv::default(),
             });
             self.start_admission(i, keep, cached);
         }
@@ -362,7 +380,8 @@ impl Batcher {
                 let _ = job.req.events.send(SeqEvent::Failed(RuntimeError::ShuttingDown));
                 job.doomed = true;
             }
-            if job.doomed && job.in_flight == 0 && job.phase != Phase::Admitting {
+            let busy = matches!(job.phase, Phase::Admitting | Phase::Drafting(_));
+            if job.doomed && job.in_flight == 0 && !busy {
                 self.release(i);
             }
         }
@@ -396,7 +415,7 @@ impl Batcher {
             .slots
             .iter()
             .filter_map(|s| s.job.as_ref())
-            .filter(|j| !j.doomed && matches!(j.phase, Phase::Ready(_) | Phase::Waiting))
+            .filter(|j| !j.doomed && matches!(j.phase, Phase::Ready(_) | Phase::Waiting | Phase::Drafting(_)))
             .count();
         // one group of sequences per batch in flight, so that every stage has work
         let group = decoding.div_ceil(self.cfg.depth.max(1)).max(1);
@@ -422,12 +441,31 @@ impl Batcher {
             let room = (n_batch - chunk.tokens.len() - 1)
                 .min(job.req.max_tokens.saturating_sub(job.generated).saturating_sub(1) as usize)
                 .min(n_ctx.saturating_sub(pos + 2));
+            let proposed = job.proposed.take();
             let k = match job.tuner.as_mut() {
-                Some(tuner) if speculate && room > 0 => tuner.window(cost).min(room),
+                Some(tuner) if speculate && room > 0 && proposed.is_none() => tuner.window(cost).min(room),
+                _ if speculate => room.min(proposed.as_ref().map_or(0, Vec::len)),
                 _ => 0,
             };
-            job.drafts =
-                if k > 0 { propose(&job.req.prompt, &job.emitted, k, eog, job.req.ignore_eos) } else { vec![] };
+            job.drafts = match (proposed, &self.draft) {
+                (Some(mut p), _) => {
+                    p.truncate(k);
+                    cut_at_eog(p, eog, job.req.ignore_eos)
+                }
+                (None, Some(draft)) if k > 0 => {
+                    // the draft model works while the other sequences decode
+                    let history: Vec<Token> = job.req.prompt.iter().chain(&job.emitted).copied().collect();
+                    let (draft, kv, ticket) = (draft.clone(), std::mem::take(&mut job.draft_kv), job.ticket);
+                    self.tasks.spawn(async move {
+                        let result = draft.propose(i as i32, history, kv, k).await;
+                        Done::Drafted { slot: i, ticket, result }
+                    });
+                    job.phase = Phase::Drafting(t);
+                    continue;
+                }
+                (None, _) if k > 0 => propose(&job.req.prompt, &job.emitted, k, eog, job.req.ignore_eos),
+                _ => vec![],
+            };
             if let Some(p0) = job.trim.take() {
                 chunk.spec.trim.push((i as i32, p0 as i32));
             }
@@ -508,6 +546,22 @@ impl Batcher {
     fn complete(&mut self, done: Done) {
         match done {
             Done::Freed { slot } => self.slots[slot].freeing = false,
+            Done::Drafted { slot, ticket, result } => {
+                let Some(job) = self.slots[slot].job.as_mut().filter(|j| j.ticket == ticket) else { return };
+                let Phase::Drafting(t) = job.phase else { return }; // rebuilt meanwhile
+                job.phase = Phase::Ready(t);
+                match result {
+                    Ok((drafts, kv)) => {
+                        job.proposed = Some(drafts);
+                        job.draft_kv = kv;
+                    }
+                    Err(e) => {
+                        // the draft is only a guess: without it the sequence decodes plainly
+                        tracing::warn!(seq = slot, "the draft model failed, decoding without it: {e}");
+                        job.tuner = None;
+                    }
+                }
+            }
             Done::Recovered(r) => self.rebuilt(r),
             Done::Faster(t) => self.found(t),
             Done::Admitted { slot, epoch, keep } => {
@@ -673,10 +727,14 @@ impl Batcher {
     }
 }
 
-/// Up to `k` proposals after the sequence's last token (none past an end-of-generation token).
+/// Up to `k` n-gram proposals after the sequence's last token.
 fn propose(prompt: &[Token], emitted: &[Token], k: usize, eog: &[Token], ignore_eos: bool) -> Vec<Token> {
     let history: Vec<Token> = prompt.iter().chain(emitted).copied().collect();
-    let mut d = super::speculate::ngram(&history, k);
+    cut_at_eog(super::speculate::ngram(&history, k), eog, ignore_eos)
+}
+
+/// Proposals stop before an end-of-generation token (nothing follows it).
+fn cut_at_eog(mut d: Vec<Token>, eog: &[Token], ignore_eos: bool) -> Vec<Token> {
     if !ignore_eos {
         if let Some(e) = d.iter().position(|t| eog.contains(t)) {
             d.truncate(e);

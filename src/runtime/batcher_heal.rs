@@ -121,6 +121,7 @@ impl Batcher {
             job.decoded.clear();
             job.drafts.clear();
             job.trim = None;
+            job.proposed = None;
             job.next_prompt = 0;
             job.phase = Phase::Admitting;
             self.start_admission(i, 0, 0);

@@ -23,6 +23,7 @@ fn rig(n_seq: u32, n_batch: u32, first: Arc<FakePipe>, healer: Option<Healer>) -
         shutdown: Arc::new(AtomicBool::new(false)),
         broken: Arc::new(AtomicBool::new(false)),
         healer,
+        draft: None,
     };
     tokio::spawn(run(cfg, rx, shared));
     Rig { tx, counts, pipe }

@@ -40,11 +40,14 @@ pub(crate) struct Serving {
     pub queue: usize,
     pub keep_alive: KeepAlive,
     pub spec: super::speculate::SpecConfig,
+    /// The draft model when the proposer is one.
+    pub draft: Option<Arc<super::draft::Draft>>,
 }
 
 pub struct Instance {
     pub loaded: Loaded,
     spec: super::speculate::SpecConfig,
+    draft_name: Option<String>,
     /// Replaced when a node of the pipeline fails (see [`Instance::pipe`]).
     pipe: SharedPipe,
     /// The pipeline failed and could not be rebuilt: the next request loads the model anew.
@@ -74,18 +77,26 @@ impl Instance {
         shutdown: Arc<AtomicBool>,
         healer: Option<Healer>,
     ) -> Arc<Instance> {
-        let (Built { pipe, vocab }, Serving { n_batch, queue, keep_alive, spec }) = (built, serving);
+        let (Built { pipe, vocab }, Serving { n_batch, queue, keep_alive, spec, draft }) = (built, serving);
+        let draft_name = draft.as_ref().map(|d| d.name.clone());
         let counts = Arc::new(Counts::default());
         let cfg =
             batcher::Config { n_seq: loaded.n_seq, n_batch, n_ctx_seq: loaded.n_ctx, depth: pipe.n_stages(), spec };
         let pipe: SharedPipe = Arc::new(std::sync::RwLock::new(pipe));
         let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(loaded.n_seq as usize + queue + 1);
-        let shared =
-            batcher::Shared { pipe: pipe.clone(), counts: counts.clone(), shutdown, broken: broken.clone(), healer };
+        let shared = batcher::Shared {
+            pipe: pipe.clone(),
+            counts: counts.clone(),
+            shutdown,
+            broken: broken.clone(),
+            healer,
+            draft,
+        };
         tokio::spawn(batcher::run(cfg, rx, shared));
         Arc::new(Instance {
             spec,
+            draft_name,
             loaded,
             pipe,
             broken,
@@ -186,7 +197,11 @@ impl Instance {
     /// How this instance speculates and how well it pays.
     pub fn speculation(&self) -> super::speculate::SpecView {
         let proposer = if self.spec.on() { self.spec.proposer } else { super::speculate::Proposer::None };
-        super::speculate::SpecView::new(proposer, self.counts.spec.snapshot())
+        let mut v = super::speculate::SpecView::new(proposer, self.counts.spec.snapshot());
+        if let Some(name) = &self.draft_name {
+            v.draft = name.clone();
+        }
+        v
     }
 
     /// Requests waiting for a sequence.

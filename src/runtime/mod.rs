@@ -7,6 +7,7 @@
 mod batcher;
 mod build;
 mod chat;
+mod draft;
 mod embed;
 pub mod error;
 #[cfg(test)]
@@ -69,6 +70,8 @@ pub struct Limits {
     pub draft: Option<speculate::Proposer>,
     /// Overrides the window and batch width that speculate (tests, benchmarks).
     pub spec_tuning: Option<speculate::SpecConfig>,
+    /// The draft model's name (a model of this node) when `draft` is [`speculate::Proposer::Model`].
+    pub draft_model: Option<String>,
 }
 
 impl Limits {
@@ -98,6 +101,7 @@ impl Default for Limits {
             exact: crate::engine::ContextParams::default().exact,
             draft: None,
             spec_tuning: None,
+            draft_model: None,
         }
     }
 }

@@ -220,12 +220,13 @@ async fn load(
         predicted: decision.plan.tokens_per_second,
     });
     let healer = healer.filter(|h| pipe.distributed() || h.faster.is_some());
-    let serving = Serving {
-        n_batch,
-        queue: rt.limits.queue,
-        keep_alive: KeepAlive::For(rt.limits.keep_alive),
-        spec: rt.limits.spec(),
+    let spec = rt.limits.spec();
+    let draft = match (spec.proposer, &rt.limits.draft_model) {
+        (super::speculate::Proposer::Model, Some(name)) => Some(load_draft(rt, name, pipe.info(), &loaded).await?),
+        _ => None,
     };
+    let serving =
+        Serving { n_batch, queue: rt.limits.queue, keep_alive: KeepAlive::For(rt.limits.keep_alive), spec, draft };
     Ok(Instance::start(loaded, built, serving, rt.shutdown.clone(), healer))
 }
 
@@ -271,4 +272,27 @@ async fn place_and_build(
 fn check_ranges(ranges: &[LayerRange], n_layer: u32) -> Result<(), RuntimeError> {
     LayerRange::tiling(ranges.iter().copied(), n_layer)
         .map_err(|e| RuntimeError::BadPlacement { reason: e.to_string() })
+}
+
+/// The draft model named by `--draft`, from this node's models, for `loaded`'s sequences.
+async fn load_draft(
+    rt: &Arc<Runtime>,
+    name: &str,
+    target: &crate::engine::StageInfo,
+    loaded: &super::instance::Loaded,
+) -> Result<Arc<super::draft::Draft>, RuntimeError> {
+    let (store, n) = (rt.store.clone(), name.to_string());
+    let found = blocking(move || Ok(store.resolve_name(&n))).await?;
+    let local = match found {
+        Ok(crate::store::Resolved::Local(m)) => m,
+        _ => {
+            return Err(RuntimeError::Failed {
+                reason: format!("the draft model {name} is not on this node (`exo pull {name}` first)"),
+            })
+        }
+    };
+    let (name, target, limits) = (name.to_string(), target.clone(), rt.limits.clone());
+    let (n_seq, n_ctx) = (loaded.n_seq, loaded.n_ctx);
+    blocking(move || super::draft::load(&name, local.first(), &target, n_seq, n_ctx, limits.threads, limits.exact))
+        .await
 }

@@ -17,6 +17,9 @@ pub enum Proposer {
     /// The sequence's own prompt and output: the longest recent n-gram that ends like the
     /// sequence proposes what followed it (prompt lookup; no model, no traffic).
     Ngram,
+    /// A small model sharing the target's vocabulary, run on the coordinator, proposes greedily
+    /// (`Limits::draft_model` names it).
+    Model,
 }
 
 impl Proposer {
@@ -24,6 +27,7 @@ impl Proposer {
         match self {
             Proposer::None => "none",
             Proposer::Ngram => "ngram",
+            Proposer::Model => "model",
         }
     }
 }
@@ -34,7 +38,7 @@ impl std::str::FromStr for Proposer {
         match s.trim().to_ascii_lowercase().as_str() {
             "none" | "off" | "" => Ok(Proposer::None),
             "ngram" => Ok(Proposer::Ngram),
-            other => Err(format!("unknown draft `{other}` (none or ngram)")),
+            other => Err(format!("unknown proposer `{other}` (none, ngram, or a model's name)")),
         }
     }
 }

@@ -184,7 +184,7 @@ fn with(first: u8, rest: &[u8]) -> Vec<u8> {
 async fn write_seeds() {
     let mut seeds: Vec<(&str, &str, Vec<u8>)> = Vec::new();
     let hello =
-        br#"{"version":3,"namespace":"default","node_id":"00ff","node_name":"a","peer_addr":"127.0.0.1:52416"}"#;
+        br#"{"version":4,"namespace":"default","node_id":"00ff","node_name":"a","peer_addr":"127.0.0.1:52416"}"#;
     let batch = BatchMsg {
         instance: 1,
         stage: 1,

@@ -296,3 +296,65 @@ async fn temperature_sampling_keeps_its_distribution_under_speculation() {
     // the test has teeth: a biased sampler (one that takes every proposal) is rejected
     assert!(chi_square_p(3.0 * k + 60.0, k) < 0.01);
 }
+
+// ---- a draft model ------------------------------------------------------------------------------
+
+/// SmolLM2 in Q4_1 (as shipped) drafting for SmolLM2 in Q8_0 (derived with llama.cpp's quantizer):
+/// the text is the Q8_0's own, greedy and seeded, alone and 8 at once; most proposals are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_model_leaves_the_text_unchanged() {
+    let (Some(draft), Some(target)) = (common::real::model(), common::real::variant("q8_0")) else {
+        return common::skip("the real model is not cached");
+    };
+    let serve = |proposer: Proposer| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::hard_link(&target, d.path().join("target.gguf")).unwrap();
+        std::fs::hard_link(&draft, d.path().join("draft.gguf")).unwrap();
+        let limits = Limits {
+            parallel: 8,
+            queue: 16,
+            default_ctx: 256,
+            threads: 2,
+            exact: true,
+            draft: Some(proposer),
+            draft_model: Some("draft".into()),
+            spec_tuning: Some(SpecConfig { proposer, max_window: 6, max_sequences: 8 }),
+            ..Limits::default()
+        };
+        (Runtime::new(common::offline_store(d.path()), limits, None), d)
+    };
+    let (plain, _a) = serve(Proposer::None);
+    let (spec, _b) = serve(Proposer::Model);
+    for sampling in [SamplingParams::greedy(), seeded()] {
+        let want = one_by_one(&plain, "target", &sampling).await;
+        assert_eq!(one_by_one(&spec, "target", &sampling).await, want, "alone, {sampling:?}");
+        assert_eq!(all_at_once(&spec, "target", &sampling).await, want, "8 at once, {sampling:?}");
+    }
+    let v = spec.instances()[0].speculation();
+    assert_eq!(v.draft, "draft");
+    assert!(v.acceptance.unwrap() > 0.5, "a Q4_1 of the same model mostly agrees: {v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_model_with_another_vocabulary_is_refused_at_load() {
+    let Some(real) = common::real::model() else { return common::skip("the real model is not cached") };
+    let d = tempfile::tempdir().unwrap();
+    std::fs::hard_link(&real, d.path().join("target.gguf")).unwrap();
+    std::fs::hard_link(common::model("tiny-llama"), d.path().join("tiny.gguf")).unwrap();
+    let limits = Limits {
+        default_ctx: 256,
+        threads: 2,
+        draft: Some(Proposer::Model),
+        draft_model: Some("tiny".into()),
+        ..Limits::default()
+    };
+    let rt = Runtime::new(common::offline_store(d.path()), limits, None);
+    let mut g = match rt.generate(req("target", "hi", 4, SamplingParams::greedy())).await {
+        Err(e) => {
+            assert!(e.to_string().contains("vocabulary"), "{e}");
+            return;
+        }
+        Ok(g) => g,
+    };
+    panic!("loaded with a foreign draft: {:?}", g.events.recv().await);
+}
