@@ -7,19 +7,27 @@ pub async fn ps(addr: &str) -> anyhow::Result<()> {
         .await
         .ok_or_else(|| anyhow::anyhow!("no exo node is running at {addr} (start one with `exo serve`)"))?;
     let v = Node::new(&base)?.cluster().await?;
-    outln!("{:<28} {:>10} {:>8} {:<40} {:<18}", "NAME", "SIZE", "CONTEXT", "STAGES", "UNTIL");
+    outln!("{:<28} {:>10} {:>8} {:<40} {:<18} {}", "NAME", "SIZE", "CONTEXT", "STAGES", "UNTIL", "DRAFT");
     for i in &v.instances {
         let until = match i.expires_in_seconds {
             None => "Forever".to_string(),
             Some(s) => format!("{} from now", human(s)),
         };
+        // speculative decoding: the proposer and the share of its proposals taken
+        let sp = &i.speculation;
+        let draft = match sp.acceptance {
+            _ if sp.draft.is_empty() || sp.draft == "none" => "-".to_string(),
+            Some(a) => format!("{} ({:.0}% accepted)", sp.draft, a * 100.0),
+            None => sp.draft.clone(),
+        };
         outln!(
-            "{:<28} {:>10} {:>8} {:<40} {:<18}",
+            "{:<28} {:>10} {:>8} {:<40} {:<18} {}",
             i.model,
             crate::placement::units::fmt_bytes(i.size),
             i.context_length.to_string(),
             i.stages_text(","),
-            until
+            until,
+            draft
         );
     }
     // stages this node runs for other nodes' instances

@@ -139,7 +139,8 @@ async fn dashboard_in_chromium() {
     };
     let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in ["a", "b", "c"].into_iter().enumerate() {
-        let extra: &[&str] = if i == 0 { &["--api-key", KEY] } else { &[] };
+        // a speculates (its instances show their proposals' acceptance)
+        let extra: &[&str] = if i == 0 { &["--api-key", KEY, "--draft", "ngram"] } else { &[] };
         let peers: Vec<&str> = nodes.iter().map(|n| n.peer.as_str()).collect();
         let node = spawn_with(n, models.path(), &peers, extra);
         nodes.push(node);
@@ -226,6 +227,10 @@ async fn dashboard_in_chromium() {
     // the stage figures come from the stages themselves
     let compute = "return [...document.querySelectorAll('.instance td')].some(td => / s$/.test(td.textContent) && parseFloat(td.textContent) > 0)";
     s.until("per-stage compute time", compute, limit).await;
+    let spec = format!(
+        "return [...document.querySelectorAll('.instance[data-model=\"{chat_model}\"] .figures')].some(f => f.textContent.includes('draft ngram'))"
+    );
+    s.until("the instance's speculation", &spec, limit).await;
 
     // a placement preview: ours, exo's split, one node, each placeable
     s.type_into("#preview-model", "tiny-llama").await;

@@ -101,6 +101,7 @@ export function instanceCard(inst, status, names, rate, onUnload) {
     `${fixed(rate.gen)} tok/s generated`, `${fixed(rate.prompt)} tok/s prompt`,
     `queue ${status ? status.queue_depth : inst.waiting_requests}`, `active ${status ? status.active_requests : inst.active_requests}`,
     status && status.mean_ttft_seconds !== null ? `TTFT ${fixed(status.mean_ttft_seconds * 1e3, 0)} ms` : null,
+    speculation(inst.speculation),
   ].filter(Boolean).join(' · ');
   return el('div', { class: 'instance', 'data-model': inst.model },
     el('header', {}, el('b', {}, inst.model),
@@ -110,6 +111,14 @@ export function instanceCard(inst, status, names, rate, onUnload) {
     el('div', { class: 'figures' }, figures),
     el('table', {}, el('tr', {}, el('th', {}, 'node'), el('th', {}, 'layers'), el('th', { class: 'num' }, 'memory'),
       el('th', { class: 'num' }, 'compute'), el('th', { class: 'num hide-narrow' }, 'ms/batch')), rows));
+}
+
+// Speculative decoding of an instance: its proposer, the share of proposals taken and the
+// tokens each verify step gave (null when it does not speculate).
+function speculation(sp) {
+  if (!sp || sp.draft === 'none') return null;
+  if (sp.acceptance === null || sp.acceptance === undefined) return `draft ${sp.draft}`;
+  return `draft ${sp.draft}: ${fixed(sp.acceptance * 100, 0)}% accepted, ${fixed(sp.tokens_per_verify, 2)} tokens/verify`;
 }
 
 // What a stage must receive before it loads: nothing, or bytes from a node (or the hub) and
