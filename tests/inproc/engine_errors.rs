@@ -162,3 +162,34 @@ fn invalid_sampling_parameters_are_refused() {
         assert!(matches!(p.validate(), Err(EngineError::Sampling { .. })), "{p:?}");
     }
 }
+
+/// A sequence id the context does not hold made llama.cpp abort the process (GGML_ASSERT in
+/// seq_rm and seq_pos_max), reachable by any peer through a `SeqOp::Remove`: now refused. Hostile
+/// speculation (drafts for another number of rows, trims of unknown sequences) is an error too.
+#[tokio::test]
+async fn unknown_sequences_and_hostile_speculation_are_refused_not_fatal() {
+    let stage = load(ModelWindow::full(common::model("tiny-llama"))).unwrap();
+    assert!(!stage.seq_rm(999, 0, -1).await.unwrap());
+    assert!(!stage.seq_rm(-7, 0, -1).await.unwrap());
+    assert_eq!(stage.seq_pos_max(999).await.unwrap(), -1);
+    assert_eq!(stage.seq_pos_max(-1).await.unwrap(), -1);
+    let batch = |spec: engine::Speculation| Batch {
+        input: BatchInput::Tokens(vec![1, 2]),
+        pos: vec![0, 1],
+        seq: vec![0, 0],
+        output: vec![true, true],
+        spec,
+    };
+    for bad in [
+        engine::Speculation { draft: vec![3], trim: vec![] },
+        engine::Speculation { draft: vec![], trim: vec![(5, 0)] },
+        engine::Speculation { draft: vec![3, -9], trim: vec![] },
+    ] {
+        let err = stage.decode(batch(bad.clone()), true, false).await.unwrap_err();
+        assert!(matches!(err, EngineError::InvalidBatch { .. }), "{bad:?}: {err}");
+    }
+    // and the stage still decodes (the seq_rm of sequence 0 works)
+    stage.decode(batch(engine::Speculation::default()), true, false).await.unwrap();
+    assert!(stage.seq_rm(0, 1, -1).await.unwrap());
+    assert_eq!(stage.seq_pos_max(0).await.unwrap(), 0);
+}

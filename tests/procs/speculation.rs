@@ -55,7 +55,7 @@ async fn proposals_through_two_and_three_stage_processes_leave_the_text_unchange
         Some(m) => (m, common::real::CATALOG_NAME, 30),
         None => (common::model("tiny-llama-peaked"), "tiny-llama", 8),
     };
-    let c = Procs::start_serving(
+    let mut c = Procs::start_serving(
         &model,
         name,
         &[("a", &["--draft", "ngram"]), ("b", &["--draft", "none"]), ("c", &["--draft", "ngram"])],
@@ -76,4 +76,20 @@ async fn proposals_through_two_and_three_stage_processes_leave_the_text_unchange
     let two_stages = json!([{ "node": "a", "begin": 0, "end": two }, { "node": "c", "begin": two, "end": n_layer }]);
     c.place(two_stages).await;
     assert_eq!(texts(&c, 0, &PROMPTS[..3], false).await, want[..3], "2 stages, alone");
+
+    // a stage killed while windows are in flight: the pipeline is rebuilt over the nodes left,
+    // the sequence replayed, and the text is still the plain one
+    c.place(json!([{ "node": "a", "begin": 0, "end": two }, { "node": "b", "begin": two, "end": n_layer }])).await;
+    let before = speculation(&c).await["windows"].as_u64().unwrap();
+    let client = c.client();
+    let s = client
+        .stream(PROMPTS[1], TOKENS, |n| {
+            if n == 12 {
+                c.node("b").kill()
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(s.text, want[1], "a stage killed mid-stream");
+    assert!(speculation(&c).await["windows"].as_u64().unwrap() > before, "windows were in flight");
 }
