@@ -28,6 +28,7 @@ async fn decode_rate(chain: &Chain, prompt: &[i32], tokens: u32) -> (f64, Vec<i3
         sampling: SamplingParams::greedy(),
         max_tokens: Some(tokens),
         ignore_eos: true,
+        draft_window: 0,
     };
     let stats = generate(chain, req, |tok| {
         out.push(tok);

@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// stages of a pipeline work on side by side. Applies in-process and with a named --split.
     #[arg(long, env = "EXO_BATCH_SIZE", default_value_t = 512)]
     pub batch_size: u32,
+    /// tg tests with speculative decoding: `ngram` proposes up to 8 tokens per step from the text
+    /// so far and reports the share taken and tokens per step; `none` (default): one token per
+    /// step, as llama-bench.
+    #[arg(long, default_value = "none", value_parser = ["none", "ngram"])]
+    pub draft: String,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -57,7 +62,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             .filter(|s| !s.is_empty())
             .map(|s| s.parse::<u32>().map_err(|_| UsageError(format!("--pp: {s:?} is not a token count"))))
             .collect::<Result<_, _>>()?;
-    let cfg = BenchConfig { pp, tg: a.tg, repeat: a.repeat };
+    let draft_window = if a.draft == "ngram" { crate::runtime::speculate::MAX_WINDOW as u32 } else { 0 };
+    let cfg = BenchConfig { pp, tg: a.tg, repeat: a.repeat, draft_window };
     cfg.validate().map_err(|e| UsageError(e.to_string()))?;
     if a.batch_size == 0 {
         return Err(UsageError("--batch-size must be positive".into()).into());
@@ -180,6 +186,18 @@ fn print_report(r: &BenchReport) {
             t.ttft_ms,
             stages.join(" | "),
             t.transfer_bytes_per_token
+        );
+    }
+    for (t, s) in r.tests.iter().filter_map(|t| t.speculation.as_ref().map(|s| (t, s))) {
+        let share = s.acceptance.map_or("-".to_string(), |a| format!("{:.0}%", a * 100.0));
+        outln!();
+        outln!(
+            "{}: ngram speculation, {} of {} proposed tokens taken, {:.2} tokens per decode step ({} verify steps)",
+            t.name,
+            share,
+            s.proposed,
+            s.tokens_per_step,
+            s.windows
         );
     }
     outln!();

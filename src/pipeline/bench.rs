@@ -18,6 +18,10 @@ pub struct BenchConfig {
     pub tg: u32,
     /// Timed runs per test, after one warm-up run.
     pub repeat: u32,
+    /// tg tests decode speculatively with n-gram proposals of up to this many tokens (0: one
+    /// token per step, as llama-bench).
+    #[serde(default)]
+    pub draft_window: u32,
 }
 
 /// Most pp tests in one run, most runs per test, longest prompt or generation: bounds what one
@@ -25,6 +29,8 @@ pub struct BenchConfig {
 pub const MAX_PP_TESTS: usize = 32;
 pub const MAX_REPEAT: u32 = 100;
 pub const MAX_BENCH_TOKENS: u32 = 1 << 20;
+/// Longest speculative window a bench may ask for.
+pub const MAX_DRAFT_WINDOW: u32 = 64;
 
 /// A bench request that asks for nothing, or for more than one request may.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +47,8 @@ pub enum BenchConfigError {
     TooManyRuns { n: u32 },
     #[error("--pp/--tg: {n} tokens; at most {MAX_BENCH_TOKENS}")]
     TooManyTokens { n: u32 },
+    #[error("draft_window: {n}; at most {MAX_DRAFT_WINDOW}")]
+    DraftWindow { n: u32 },
 }
 
 impl BenchConfig {
@@ -67,6 +75,9 @@ impl BenchConfig {
         }
         if let Some(n) = self.pp.iter().copied().chain([self.tg]).find(|n| *n > MAX_BENCH_TOKENS) {
             return Err(BenchConfigError::TooManyTokens { n });
+        }
+        if self.draft_window > MAX_DRAFT_WINDOW {
+            return Err(BenchConfigError::DraftWindow { n: self.draft_window });
         }
         Ok(())
     }
@@ -97,6 +108,20 @@ pub struct BenchTest {
     /// Transfer per token processed (prompt tokens for pp, generated tokens for tg).
     pub transfer_bytes_per_token: f64,
     pub runs: Vec<BenchRun>,
+    /// A speculative tg test: over its runs, the share of proposals taken and the tokens each
+    /// verify step gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<BenchSpeculation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchSpeculation {
+    pub proposed: u64,
+    pub accepted: u64,
+    pub windows: u64,
+    /// Tokens generated per decode step (a plain step gives 1).
+    pub tokens_per_step: f64,
+    pub acceptance: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,7 +174,7 @@ pub async fn run_bench<P: Pipeline + ?Sized>(
     progress("warm-up");
     let warm_pp = cfg.pp.first().copied().unwrap_or(16).min(64);
     pp_run(p, seq, warm_pp, &mut rng).await?;
-    tg_run(p, seq, cfg.tg.clamp(1, 8)).await?;
+    tg_run(p, seq, cfg.tg.clamp(1, 8), cfg.draft_window).await?;
 
     let mut tests = Vec::new();
     for &n in &cfg.pp {
@@ -165,14 +190,30 @@ pub async fn run_bench<P: Pipeline + ?Sized>(
     }
     if cfg.tg > 0 {
         let mut runs = Vec::new();
+        let (mut proposed, mut accepted, mut windows, mut steps) = (0u64, 0u64, 0u64, 0u64);
         for r in 0..cfg.repeat {
             progress(&format!("tg{} run {}/{}", cfg.tg, r + 1, cfg.repeat));
             let before = p.report().await?;
-            let (seconds, ttft) = tg_run(p, seq, cfg.tg).await?;
+            let (seconds, ttft, stats) = tg_run(p, seq, cfg.tg, cfg.draft_window).await?;
             let after = p.report().await?;
             runs.push(measured(seconds, ttft, cfg.tg, &before, &after));
+            proposed += stats.proposed as u64;
+            accepted += stats.accepted as u64;
+            windows += stats.windows as u64;
+            // every step emits one sampled token plus the proposals it took
+            steps += (stats.generated_tokens - stats.accepted) as u64;
         }
-        tests.push(summarize(format!("tg{}", cfg.tg), 0, cfg.tg, runs));
+        let mut test = summarize(format!("tg{}", cfg.tg), 0, cfg.tg, runs);
+        if cfg.draft_window > 0 {
+            test.speculation = Some(BenchSpeculation {
+                proposed,
+                accepted,
+                windows,
+                tokens_per_step: (cfg.tg as u64 * cfg.repeat as u64) as f64 / steps.max(1) as f64,
+                acceptance: (proposed > 0).then(|| accepted as f64 / proposed as f64),
+            });
+        }
+        tests.push(test);
     }
     p.seq_rm(seq, -1, -1).await?;
     let last = p.report().await?;
@@ -217,7 +258,12 @@ async fn pp_run<P: Pipeline + ?Sized>(
 
 /// Generates `n` tokens from an empty context (the first decode is one start token, as in
 /// llama-bench). Returns (seconds for all n decodes, seconds for the first).
-async fn tg_run<P: Pipeline + ?Sized>(p: &P, seq: i32, n: u32) -> Result<(f64, f64), PipelineError> {
+async fn tg_run<P: Pipeline + ?Sized>(
+    p: &P,
+    seq: i32,
+    n: u32,
+    draft_window: u32,
+) -> Result<(f64, f64, super::GenerationStats), PipelineError> {
     p.seq_rm(seq, -1, -1).await?;
     let info = p.info();
     let start = info.bos.unwrap_or(0);
@@ -228,6 +274,7 @@ async fn tg_run<P: Pipeline + ?Sized>(p: &P, seq: i32, n: u32) -> Result<(f64, f
         sampling: sampling(p),
         max_tokens: Some(n),
         ignore_eos: false,
+        draft_window: draft_window as usize,
     };
     let stats = generate(p, req, |_| ControlFlow::Continue(())).await?;
     if stats.generated_tokens != n as usize {
@@ -236,7 +283,7 @@ async fn tg_run<P: Pipeline + ?Sized>(p: &P, seq: i32, n: u32) -> Result<(f64, f
         });
     }
     let first = stats.prompt_duration.as_secs_f64();
-    Ok((first + stats.eval_duration.as_secs_f64(), first))
+    Ok((first + stats.eval_duration.as_secs_f64(), first, stats))
 }
 
 fn measured(seconds: f64, ttft: f64, tokens: u32, before: &PipelineReport, after: &PipelineReport) -> BenchRun {
@@ -279,6 +326,7 @@ fn summarize(name: String, n_prompt: u32, n_gen: u32, runs: Vec<BenchRun>) -> Be
         stage_compute_ms: (0..n_stages).map(|i| median(runs.iter().map(|r| r.stage_compute_ms[i]))).collect(),
         transfer_bytes_per_token: median(runs.iter().map(|r| r.transfer_bytes as f64 / tokens)),
         runs,
+        speculation: None,
     }
 }
 
@@ -371,7 +419,9 @@ mod tests {
 
     #[test]
     fn config_checks() {
-        let c = BenchConfig { pp: vec![128, 512], tg: 128, repeat: 3 };
+        let c = BenchConfig { pp: vec![128, 512], tg: 128, repeat: 3, draft_window: 0 };
+        assert!(BenchConfig { draft_window: 8, ..c.clone() }.validate().is_ok());
+        assert!(BenchConfig { draft_window: 65, ..c.clone() }.validate().is_err());
         assert!(c.validate().is_ok());
         assert_eq!(c.n_ctx_needed(), 513);
         assert!(BenchConfig { repeat: 0, ..c.clone() }.validate().is_err());

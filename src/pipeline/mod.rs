@@ -5,15 +5,18 @@ mod bench;
 mod chain;
 mod embed;
 mod generate;
+mod lookup;
 mod pipe;
 
 pub use crate::transport::{FaultKind, StageFault, StageReport};
 pub use bench::{
-    median, run_bench, BenchConfig, BenchConfigError, BenchNode, BenchReport, BenchRun, BenchStage, BenchTest,
+    median, run_bench, BenchConfig, BenchConfigError, BenchNode, BenchReport, BenchRun, BenchSpeculation, BenchStage,
+    BenchTest,
 };
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
+pub use lookup::ngram;
 pub use pipe::{BoxFuture, Pipe, Stages};
 
 use crate::engine::{SamplingParams, Speculation, StageInfo, Token};

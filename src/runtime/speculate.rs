@@ -4,7 +4,6 @@
 //! (`engine::Speculation`), so what a sequence emits is what it would have emitted one token at
 //! a time (same logits under `--exact`, same sampler, same random draws).
 
-use crate::engine::Token;
 use serde::{Deserialize, Serialize};
 
 /// Where proposals come from.
@@ -70,29 +69,7 @@ impl SpecConfig {
 pub const MAX_WINDOW: usize = 8;
 /// Default widest batch that still speculates.
 pub const MAX_SEQUENCES: usize = 4;
-/// Longest n-gram looked up, and shortest.
-const NGRAM_MAX: usize = 4;
-const NGRAM_MIN: usize = 2;
-/// Tokens of history searched (the most recent ones): bounds the lookup's cost per step.
-const NGRAM_SPAN: usize = 8192;
-
-/// Up to `k` tokens that followed the most recent earlier occurrence of the longest suffix of
-/// `history` (NGRAM_MAX down to NGRAM_MIN tokens); empty when none recurs.
-pub fn ngram(history: &[Token], k: usize) -> Vec<Token> {
-    if k == 0 {
-        return Vec::new();
-    }
-    let h = &history[history.len().saturating_sub(NGRAM_SPAN)..];
-    for n in (NGRAM_MIN..=NGRAM_MAX.min(h.len().saturating_sub(1))).rev() {
-        let tail = &h[h.len() - n..];
-        // the latest match whose continuation is not the tail itself
-        if let Some(at) = (0..h.len() - n).rev().find(|&j| &h[j..j + n] == tail) {
-            let from = at + n;
-            return h[from..(from + k).min(h.len())].to_vec();
-        }
-    }
-    Vec::new()
-}
+pub use crate::pipeline::ngram;
 
 /// What a decode step costs, learnt from the steps the batcher sees: `time = fixed + per_row *
 /// rows` by least squares over recent steps (older ones weigh less). In one process extra rows
@@ -281,23 +258,6 @@ impl SpecCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ngram_proposes_what_followed_the_latest_match() {
-        // "1 2 3 9 | 1 2 3 7 8 | 1 2 3": the latest "1 2 3" was followed by 7 8
-        let h = [1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3];
-        assert_eq!(ngram(&h, 2), [7, 8]);
-        assert_eq!(ngram(&h, 10), [7, 8, 1, 2, 3]);
-        assert!(ngram(&h, 0).is_empty());
-        // nothing recurs
-        assert!(ngram(&[1, 2, 3, 4, 5], 4).is_empty());
-        // a single token never matches on its own (too noisy)
-        assert!(ngram(&[5, 1, 6, 5], 4).is_empty());
-        assert!(ngram(&[], 4).is_empty());
-        assert!(ngram(&[1], 4).is_empty());
-        // a run repeats itself
-        assert_eq!(ngram(&[4, 4, 4, 4], 3), [4]);
-    }
 
     #[test]
     fn the_window_follows_acceptance_and_the_cost_of_rows() {

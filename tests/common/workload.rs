@@ -101,6 +101,7 @@ pub async fn gen(chain: &Chain, prompt: &[Token], sampling: SamplingParams, n: u
         sampling,
         max_tokens: Some(n),
         ignore_eos: true,
+        draft_window: 0,
     };
     generate(chain, req, |t| {
         out.push(t);

@@ -52,7 +52,15 @@ fn models() -> tempfile::TempDir {
 async fn gen<P: Pipeline>(p: &P, vocab: &StageHandle, seq: i32, prompt: &str, sampling: SamplingParams) -> Vec<i32> {
     let tokens = vocab.tokenize(prompt, true, false).await.unwrap();
     let mut out = Vec::new();
-    let req = GenerateRequest { prompt: tokens, past: vec![], seq, sampling, max_tokens: Some(32), ignore_eos: true };
+    let req = GenerateRequest {
+        prompt: tokens,
+        past: vec![],
+        seq,
+        sampling,
+        max_tokens: Some(32),
+        ignore_eos: true,
+        draft_window: 0,
+    };
     generate(p, req, |t| {
         out.push(t);
         ControlFlow::Continue(())
@@ -269,6 +277,7 @@ async fn a_stage_node_that_dies_ends_the_request_quickly() {
             sampling: SamplingParams::greedy(),
             max_tokens: Some(100_000),
             ignore_eos: true,
+            draft_window: 0,
         };
         generate(c2.as_ref(), req, |_| ControlFlow::Continue(())).await
     });

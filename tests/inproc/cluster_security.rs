@@ -156,6 +156,7 @@ async fn captured_pipeline(plaintext: bool) -> (Vec<u8>, Vec<i32>, Vec<i32>) {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(48),
         ignore_eos: true,
+        draft_window: 0,
     };
     generate(&chain, req, |t| {
         out.push(t);

@@ -57,6 +57,7 @@ async fn answer(chain: &Chain, messages: Vec<TemplateMessage>, max_tokens: u32) 
         sampling: SamplingParams::greedy(),
         max_tokens: Some(max_tokens),
         ignore_eos: false,
+        draft_window: 0,
     };
     let stats = generate(chain, req, |t| {
         out.push(t);

@@ -358,3 +358,82 @@ async fn a_draft_model_with_another_vocabulary_is_refused_at_load() {
     };
     panic!("loaded with a foreign draft: {:?}", g.events.recv().await);
 }
+
+// ---- the generation loop (`exo bench --draft ngram`) -------------------------------------------
+
+/// `pipeline::generate` with n-gram windows gives the tokens of one-token steps, whole and in 2
+/// stages, and leaves exactly the emitted tokens' positions in the KV (a stop inside a window
+/// drops the proposals past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generation_loop_speculates_with_the_same_tokens() {
+    use exo::pipeline::{generate, GenerateRequest};
+    let (path, _) = model();
+    let ctx = ContextParams { n_ctx: 1024, n_batch: 64, n_ubatch: 64, n_threads: 2, n_seq_max: 1, exact: true };
+    let whole = Chain::load(&path, None, ctx, true).unwrap();
+    let n_layer = whole.info().n_layer;
+    let ranges = [LayerRange { begin: 0, end: n_layer / 2 }, LayerRange { begin: n_layer / 2, end: n_layer }];
+    let split = Chain::load(&path, Some(&ranges), ctx, true).unwrap();
+    let mut windows = 0;
+    for prompt in &PROMPTS[..4] {
+        let tokens = whole.vocab().tokenize(prompt, true, false).await.unwrap();
+        let run = |chain: &Chain, draft_window: usize, max: u32| {
+            let req = GenerateRequest {
+                prompt: tokens.clone(),
+                past: vec![],
+                seq: 0,
+                sampling: SamplingParams::greedy(),
+                max_tokens: Some(max),
+                ignore_eos: true,
+                draft_window,
+            };
+            let chain = chain.clone();
+            async move {
+                chain.remove_seq(0).await.unwrap();
+                let mut out = Vec::new();
+                let stats = generate(&chain, req, |t| {
+                    out.push(t);
+                    std::ops::ControlFlow::Continue(())
+                })
+                .await
+                .unwrap();
+                let kv = chain.stages().last().unwrap().seq_pos_max(0).await.unwrap();
+                (out, stats, kv)
+            }
+        };
+        let (want, plain, _) = run(&whole, 0, 48).await;
+        assert_eq!(plain.windows, 0);
+        for chain in [&whole, &split] {
+            let (got, stats, kv) = run(chain, 8, 48).await;
+            assert_eq!(got, want, "{prompt:?}");
+            assert_eq!(stats.n_past, plain.n_past);
+            assert_eq!(kv as usize + 1, stats.n_past, "the KV holds exactly the decoded positions");
+            windows += stats.windows;
+        }
+        // a caller that stops early (a stop sequence): the KV still ends at what was decoded
+        let stop_at = 5;
+        let req = GenerateRequest {
+            prompt: tokens.clone(),
+            past: vec![],
+            seq: 0,
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(48),
+            ignore_eos: true,
+            draft_window: 8,
+        };
+        whole.remove_seq(0).await.unwrap();
+        let mut n = 0;
+        let stats = generate(&whole, req, |_| {
+            n += 1;
+            if n == stop_at {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .await
+        .unwrap();
+        let kv = whole.stages()[0].seq_pos_max(0).await.unwrap();
+        assert_eq!(kv as usize + 1, stats.n_past, "{prompt:?}: stopped at {stop_at}");
+    }
+    assert!(windows > 4, "the prompts repeat themselves: proposals were verified");
+}
