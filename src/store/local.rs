@@ -189,7 +189,8 @@ pub fn scan_flat(dir: &Path, location: Location, allowed: &[PathBuf]) -> Vec<Loc
         .filter_map(|paths| {
             let name = super::local_names::model_name(&paths[0])?;
             Some(LocalModel {
-                quant: quant_from_name(&name),
+                // a file not named for its quantization: the one its header declares
+                quant: quant_from_name(&name).or_else(|| header_quant(&paths[0])),
                 name,
                 size: size(&paths),
                 location: location.clone(),

@@ -34,6 +34,8 @@ async fn root_version_tags_show() {
     assert_eq!(m["name"], "tiny-llama:latest", "tagged as Ollama lists names");
     assert_eq!(m["details"]["format"], "gguf");
     assert_eq!(m["details"]["family"], "llama");
+    // named without its quantization: the header's general.file_type gives it
+    assert_eq!(m["details"]["quantization_level"], "F32");
     assert!(m["size"].as_u64().unwrap() > 0 && m["modified_at"].is_string() && m["digest"].is_string());
 
     let (s, _, body) = post(&app, "/api/show", json!({ "model": "tiny-llama:latest" })).await;
