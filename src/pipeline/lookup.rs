@@ -7,7 +7,7 @@ use crate::engine::Token;
 const NGRAM_MAX: usize = 4;
 const NGRAM_MIN: usize = 2;
 /// Tokens of history searched (the most recent ones): bounds the lookup's cost per step.
-const NGRAM_SPAN: usize = 8192;
+pub const NGRAM_SPAN: usize = 8192;
 
 /// Up to `k` tokens that followed the most recent earlier occurrence of the longest suffix of
 /// `history` (NGRAM_MAX down to NGRAM_MIN tokens); empty when none recurs.

@@ -16,7 +16,7 @@ pub use bench::{
 pub use chain::{Chain, LOCAL};
 pub use embed::{embed_chunk, embed_tokens, MAX_EMBED_ROWS_BYTES};
 pub use generate::{generate, DoneReason, GenerateRequest, GenerationStats};
-pub use lookup::ngram;
+pub use lookup::{ngram, NGRAM_SPAN};
 pub use pipe::{BoxFuture, Pipe, Stages};
 
 use crate::engine::{SamplingParams, Speculation, StageInfo, Token};

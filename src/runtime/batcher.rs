@@ -29,6 +29,10 @@ use tokio::task::JoinSet;
 // recovery and moving: rebuilding the pipeline and replaying the sequences into it
 #[path = "batcher_heal.rs"]
 mod heal_impl;
+// speculation: the answers of verify windows and of the draft model
+#[path = "batcher_spec.rs"]
+mod spec_impl;
+use spec_impl::{cut_at_eog, propose};
 
 /// The pipeline an instance runs on now: replaced when a node fails.
 pub(crate) type SharedPipe = Arc<std::sync::RwLock<Arc<dyn Pipe>>>;
@@ -546,22 +550,7 @@ impl Batcher {
     fn complete(&mut self, done: Done) {
         match done {
             Done::Freed { slot } => self.slots[slot].freeing = false,
-            Done::Drafted { slot, ticket, result } => {
-                let Some(job) = self.slots[slot].job.as_mut().filter(|j| j.ticket == ticket) else { return };
-                let Phase::Drafting(t) = job.phase else { return }; // rebuilt meanwhile
-                job.phase = Phase::Ready(t);
-                match result {
-                    Ok((drafts, kv)) => {
-                        job.proposed = Some(drafts);
-                        job.draft_kv = kv;
-                    }
-                    Err(e) => {
-                        // the draft is only a guess: without it the sequence decodes plainly
-                        tracing::warn!(seq = slot, "the draft model failed, decoding without it: {e}");
-                        job.tuner = None;
-                    }
-                }
-            }
+            Done::Drafted { slot, ticket, result } => self.drafted(slot, ticket, result),
             Done::Recovered(r) => self.rebuilt(r),
             Done::Faster(t) => self.found(t),
             Done::Admitted { slot, epoch, keep } => {
@@ -625,52 +614,6 @@ impl Batcher {
         }
     }
 
-    /// A sequence's window answered: the tokens its rows sampled, up to the first miss.
-    fn verified(&mut self, i: usize, tokens: &[Token]) {
-        let Some(job) = self.slots[i].job.as_mut() else { return };
-        let drafts = std::mem::take(&mut job.drafts);
-        if drafts.len() + 1 != tokens.len() {
-            // a prompt's last row (no window), or a window of the pipeline before a rebuild
-            if let [t] = tokens {
-                self.sampled(i, *t);
-            }
-            return;
-        }
-        // the window's first row is the token decoded at `end - 1`; the rows after it are drafts
-        let end = job.pos() + drafts.len();
-        let mut taken = 0;
-        for (j, &t) in tokens.iter().enumerate() {
-            if t == UNSAMPLED {
-                break;
-            }
-            if j > 0 {
-                // row j sampled: the draft it was decoded on was right, its KV stays
-                match self.slots[i].job.as_mut() {
-                    Some(job) if !job.doomed => job.decoded.push(drafts[j - 1]),
-                    _ => break,
-                }
-            }
-            self.sampled(i, t);
-            taken = j + 1;
-        }
-        if !drafts.is_empty() {
-            self.counts.spec.add(drafts.len(), taken.saturating_sub(1), taken);
-        }
-        let slot = &mut self.slots[i];
-        match slot.job.as_mut() {
-            Some(job) => {
-                if let Some(tuner) = job.tuner.as_mut() {
-                    tuner.verified(drafts.len(), taken.saturating_sub(1));
-                }
-                if job.pos() < end {
-                    job.trim = Some(job.pos());
-                }
-            }
-            // ended inside its window: positions past its cache hold proposals
-            None => slot.stale = slot.cached.len() < end,
-        }
-    }
-
     /// A sequence's next token arrived.
     fn sampled(&mut self, i: usize, t: Token) {
         let n_ctx = self.cfg.n_ctx_seq as usize;
@@ -725,22 +668,6 @@ impl Batcher {
             }
         }
     }
-}
-
-/// Up to `k` n-gram proposals after the sequence's last token.
-fn propose(prompt: &[Token], emitted: &[Token], k: usize, eog: &[Token], ignore_eos: bool) -> Vec<Token> {
-    let history: Vec<Token> = prompt.iter().chain(emitted).copied().collect();
-    cut_at_eog(super::speculate::ngram(&history, k), eog, ignore_eos)
-}
-
-/// Proposals stop before an end-of-generation token (nothing follows it).
-fn cut_at_eog(mut d: Vec<Token>, eog: &[Token], ignore_eos: bool) -> Vec<Token> {
-    if !ignore_eos {
-        if let Some(e) = d.iter().position(|t| eog.contains(t)) {
-            d.truncate(e);
-        }
-    }
-    d
 }
 
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {
