@@ -359,6 +359,24 @@ async fn a_draft_model_with_another_vocabulary_is_refused_at_load() {
     panic!("loaded with a foreign draft: {:?}", g.events.recv().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_model_that_is_not_here_is_named_in_the_error() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::hard_link(common::model("tiny-llama"), d.path().join("tiny.gguf")).unwrap();
+    let limits = Limits {
+        default_ctx: 256,
+        threads: 2,
+        draft: Some(Proposer::Model),
+        draft_model: Some("no-such-model".into()),
+        ..Limits::default()
+    };
+    let rt = Runtime::new(common::offline_store(d.path()), limits, None);
+    match rt.generate(req("tiny", "hi", 4, SamplingParams::greedy())).await {
+        Err(e) => assert!(e.to_string().contains("no-such-model") && e.to_string().contains("not on this node"), "{e}"),
+        Ok(_) => panic!("loaded without its draft model"),
+    }
+}
+
 // ---- the generation loop (`exo bench --draft ngram`) -------------------------------------------
 
 /// `pipeline::generate` with n-gram windows gives the tokens of one-token steps, whole and in 2
